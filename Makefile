@@ -1,0 +1,70 @@
+# Every target installs what it needs into .venv first; `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+PYTEST := $(PY) -m pytest
+# Tests and demos never reach for the hub: bundled tiny models only, unless you pass --model yourself.
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+RETRIEVAL := $(OFFLINE) $(PY) -m stage1_demos.clip_retrieval
+W1 := outputs/week1
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-week1 week1 tiny-models clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+# CPU-only Linux takes the CPU build of torch (~200 MB) before anything else can ask for torch,
+# which would pull PyPI's default CUDA build (several GB). If pip's own configuration already
+# offers a +cpu wheel (a local wheelhouse), that one is used; otherwise the PyTorch CPU index.
+$(VENV)/.torch:
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	@if [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then \
+	  if $(PIP) install --dry-run --no-deps --quiet --report - torch==$(TORCH_VERSION) 2>/dev/null \
+	      | grep -q '"version": "$(TORCH_VERSION)+cpu"'; then \
+	    $(PIP) install --quiet torch==$(TORCH_VERSION); \
+	  else \
+	    $(PIP) install --quiet torch==$(TORCH_VERSION) --index-url $(TORCH_CPU_INDEX) \
+	      --extra-index-url https://pypi.org/simple; \
+	  fi; \
+	else \
+	  $(PIP) install --quiet torch==$(TORCH_VERSION); \
+	fi
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install (CPU torch on CPU-only Linux)
+
+demo: week1 ## the main demo: week 1 on the bundled tiny CLIP
+
+test: $(VENV)/.installed ## run every milestone's tests
+	$(OFFLINE) $(PYTEST)
+
+test-week%: $(VENV)/.installed ## run one milestone, e.g. make test-week1
+	$(OFFLINE) $(PYTEST) -m week$*
+
+week1: $(VENV)/.installed ## CLIP retrieval: gallery, index, text and image queries, recall table
+	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 300 --split test --out $(W1)/gallery
+	$(RETRIEVAL) index --images $(W1)/gallery --out $(W1)/index
+	$(RETRIEVAL) search --index $(W1)/index --text "a red circle" --out $(W1)/text_red_circle.png
+	$(RETRIEVAL) search --index $(W1)/index --text "a large blue square in the bottom right" \
+	  --out $(W1)/text_blue_square.png
+	$(RETRIEVAL) search --index $(W1)/index --text "a small yellow cross at the top left and a large green triangle at the bottom right" \
+	  --out $(W1)/text_two_objects.png
+	$(RETRIEVAL) search --index $(W1)/index --image $(W1)/gallery/test_00007.png \
+	  --out $(W1)/image_query.png
+	$(RETRIEVAL) eval --split test
+	@echo "pictures: $(W1)/*.png"
+
+tiny-models: $(VENV)/.installed ## retrain the bundled checkpoints in data/models (fixed seed)
+	$(PY) -m curriculum.tiny_clip --out data/models/tiny-clip --seed 0
+
+clean: ## remove outputs/ (keeps .venv and data/models)
+	rm -rf outputs

@@ -1,0 +1,54 @@
+"""Command-line conventions shared by every script (see DESIGN.md, 'Conventions').
+
+Bad input raises `UserError`; `run` turns it into one line on stderr and exit code 2, so the
+learner sees what to fix instead of a traceback. `--json` output goes through `print_json`.
+"""
+import argparse
+import json
+import sys
+
+
+class UserError(Exception):
+    """A mistake in the learner's input: the message names the problem and the fix."""
+
+
+class RawHelp(argparse.RawDescriptionHelpFormatter):
+    """Keeps the module docstring's line breaks in --help."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: <problem> (see --help)`, exit code 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def add_model_args(parser, default_model="tiny"):
+    parser.add_argument("--model", default=default_model,
+                        help=f"'tiny' (bundled, default), a hub id or a local folder (default {default_model})")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def print_json(obj):
+    print(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+def run(main, argv=None):
+    """Call main(argv); a UserError becomes a one-line message and exit code 2."""
+    try:
+        main(argv)
+    except UserError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)

@@ -1,0 +1,129 @@
+"""Train the bundled tiny CLIP: the real `transformers.CLIPModel`, small enough for 2 CPU cores.
+
+It learns ShapesWorld with CLIP's own contrastive loss (`return_loss=True`) and is saved with
+`save_pretrained`, so every script loads it exactly like `openai/clip-vit-base-patch32`.
+
+    python -m curriculum.tiny_clip --out data/models/tiny-clip      (or: make tiny-models)
+
+The tokenizer is a real `CLIPTokenizer` (byte-level BPE, `</w>` word ends) whose merges are
+learned from ShapesWorld captions, so every caption word is one token and any other text still
+tokenizes, byte by byte.
+"""
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import pre_tokenizers, trainers
+from tqdm import tqdm
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+from curriculum import MODELS_DIR, cli, runtime, shapesworld, viz
+
+IMAGE_SIZE = 64
+MAX_TOKENS = 32
+
+
+def build_tokenizer(n_captions=4000):
+    """BPE merges learned from ShapesWorld captions, vocabulary laid out like OpenAI's CLIP:
+    256 byte symbols, the same with `</w>`, the merges, then <|startoftext|>, <|endoftext|>."""
+    texts = [s.caption_en for s in shapesworld.generate("train", n_captions)]
+    texts += [shapesworld.caption_en(s.objects, t) for s in shapesworld.generate("val", 200)
+              for t in range(len(shapesworld.EN_TEMPLATES))]
+    scratch = CLIPTokenizer()  # only for its CLIP normaliser and pre-tokeniser
+    trainer = trainers.BpeTrainer(vocab_size=100_000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  end_of_word_suffix="</w>", show_progress=False)
+    scratch.backend_tokenizer.train_from_iterator(texts, trainer=trainer)
+    merges = [tuple(m) for m in json.loads(scratch.backend_tokenizer.to_str())["model"]["merges"]]
+    base = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = base + [b + "</w>" for b in base] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+
+
+def build_processor():
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
+                                            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return CLIPProcessor(image_processor=image_processor, tokenizer=build_tokenizer())
+
+
+def build_config(tokenizer, hidden=64, patch=16, text_layers=2, vision_layers=4, heads=2, projection=64):
+    """Same classes and wiring as ViT-B/32 CLIP, scaled down: 64 px images, 16 px patches."""
+    specials = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id)
+    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+                num_hidden_layers=text_layers, num_attention_heads=heads, max_position_embeddings=MAX_TOKENS,
+                **specials)
+    vision = dict(image_size=IMAGE_SIZE, patch_size=patch, hidden_size=hidden, intermediate_size=4 * hidden,
+                  num_hidden_layers=vision_layers, num_attention_heads=heads)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection)
+
+
+def pixels(images, image_processor):
+    """uint8 NHWC -> normalised NCHW floats: what the processor computes for IMAGE_SIZE inputs."""
+    mean = torch.tensor(image_processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(image_processor.image_std).view(1, 3, 1, 1)
+    return (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+
+
+def train(out, steps=3000, batch_size=256, pool=40_000, lr=1e-3, seed=0, device="auto", **model_size):
+    runtime.seed_everything(seed)
+    device = runtime.pick_device(device)
+    processor = build_processor()
+    model = CLIPModel(build_config(processor.tokenizer, **model_size)).to(device)
+    data = shapesworld.generate("train", pool, seed=seed, size=IMAGE_SIZE, progress=True)
+    images = np.stack([np.asarray(s.image) for s in data])
+    objects = [s.objects for s in data]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
+    warmup = steps // 20
+    # linear warm-up, then cosine decay to zero
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 0.5 * (
+        1 + math.cos(math.pi * min(s, steps) / steps))))
+    rng = np.random.default_rng(seed)
+    losses, start = [], time.time()
+    bar = tqdm(range(steps), desc="train tiny-clip")
+    for _ in bar:
+        idx = rng.choice(pool, batch_size, replace=False)
+        # a fresh caption template each time an image is drawn: more text variety for free
+        captions = [shapesworld.caption_en(objects[i], int(rng.integers(len(shapesworld.EN_TEMPLATES))))
+                    for i in idx]
+        text = processor.tokenizer(captions, padding=True, return_tensors="pt").to(device)
+        with runtime.training_autocast(device):
+            loss = model(**text, pixel_values=pixels(images[idx], processor.image_processor).to(device),
+                         return_loss=True).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    minutes = (time.time() - start) / 60
+    out = Path(out)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    curve_png = viz.curve(losses, out / "loss.png",
+                          "tiny CLIP: contrastive loss")
+    (out / "training.json").write_text(json.dumps(
+        {"steps": steps, "batch_size": batch_size, "pool": pool, "lr": lr, "seed": seed,
+         "final_loss": float(np.mean(losses[-50:])), "train_minutes": round(minutes, 2),
+         "device": str(device), "bf16_autocast": runtime.trains_in_bf16(device)}, indent=2) + "\n")
+    print(f"saved {out} ({minutes:.1f} min, final loss {np.mean(losses[-50:]):.3f}); loss curve: {curve_png}")
+
+
+def main(argv=None):
+    parser = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
+    parser.add_argument("--out", default=str(MODELS_DIR / "tiny-clip"), help="checkpoint folder")
+    parser.add_argument("--steps", type=cli.positive_int, default=3000, help="optimiser steps (default 3000)")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=256, help="contrastive batch (default 256)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
+    args = parser.parse_args(argv)
+    train(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,56 @@
+"""Pictures a learner would rather look at than read: captioned image grids and curves."""
+import textwrap
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+TILE = 160  # px: small images are upscaled (nearest) so shapes stay crisp
+
+
+def _font(size=11):
+    return ImageFont.load_default(size=size)
+
+
+def text_tile(text, size=TILE):
+    """A tile that shows a text query in place of an image."""
+    tile = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(tile)
+    draw.multiline_text((8, 8), "\n".join(textwrap.wrap(text, 22)), fill="black", font=_font(13))
+    return tile
+
+
+def image_grid(images, captions, out, cols=None, tile=TILE):
+    """Tiles with a wrapped caption under each; written to `out` as PNG. Returns the path."""
+    cols = cols or min(len(images), 8)
+    rows = -(-len(images) // cols)
+    lines = [textwrap.wrap(c, 26)[:4] for c in captions]
+    text_h = 14 * max((len(x) for x in lines), default=0) + 6
+    grid = Image.new("RGB", (cols * tile, rows * (tile + text_h)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (image, caption) in enumerate(zip(images, lines)):
+        x, y = (i % cols) * tile, (i // cols) * (tile + text_h)
+        grid.paste(image.convert("RGB").resize((tile - 4, tile - 4), Image.NEAREST), (x + 2, y + 2))
+        draw.multiline_text((x + 4, y + tile + 2), "\n".join(caption), fill="black", font=_font())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    return out
+
+
+def curve(ys, out, title, xlabel="step", ylabel="loss"):
+    """A line plot as PNG (matplotlib, headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(ys) + 1), ys)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,51 @@
+"""The model zoo: `--model tiny` names a bundled checkpoint, anything else loads like the hub.
+
+Bundled checkpoints live in data/models/tiny-<family> and are read with the very same
+`from_pretrained` calls as `openai/clip-vit-base-patch32`; swapping in a real model is a flag.
+"""
+from pathlib import Path
+
+from huggingface_hub.errors import HFValidationError
+
+from curriculum import MODELS_DIR, runtime
+from curriculum.cli import UserError
+
+TINY = {"clip": "tiny-clip"}
+
+
+def resolve(name, family):
+    """'tiny' -> the bundled folder; an existing folder -> itself; anything else -> a hub id."""
+    if name == "tiny":
+        path = MODELS_DIR / TINY[family]
+        if not (path / "config.json").exists():
+            raise UserError(f"the bundled {TINY[family]} checkpoint is missing at {path}: run `make tiny-models`")
+        return str(path)
+    if Path(name).is_dir():
+        if not (Path(name) / "config.json").exists():
+            raise UserError(f"{name} is a folder but not a saved model (no config.json): "
+                            "pass a folder written by save_pretrained, a hub id, or tiny")
+        return str(Path(name).resolve())
+    return name
+
+
+def from_pretrained(cls, name_or_path, **kwargs):
+    """`cls.from_pretrained`, with the offline / not-cached failure turned into advice."""
+    try:
+        return cls.from_pretrained(name_or_path, **kwargs)
+    except HFValidationError:
+        raise UserError(f"{name_or_path!r} is neither a folder nor a hub id like "
+                        "openai/clip-vit-base-patch32; use --model tiny for the bundled model") from None
+    except OSError:
+        raise UserError(f"cannot load {name_or_path!r}: it is not in the local Hugging Face cache and the hub "
+                        f"cannot be reached; on a machine with internet run `hf download {name_or_path}`, "
+                        "or use --model tiny") from None
+
+
+def load_clip(name="tiny", device="auto"):
+    """(CLIPModel in eval mode on the chosen device, its processor)."""
+    from transformers import AutoProcessor, CLIPModel
+
+    path = resolve(name, "clip")
+    device = runtime.pick_device(device)
+    model = from_pretrained(CLIPModel, path, dtype=runtime.inference_dtype(device))
+    return model.to(device).eval(), from_pretrained(AutoProcessor, path)

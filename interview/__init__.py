@@ -1,0 +1,1 @@
+"""Week 12: interview preparation backed by runnable evidence."""

@@ -1,0 +1,1 @@
+"""Stage 1: working demos first (weeks 1-3). One script per demo."""

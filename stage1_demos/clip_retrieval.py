@@ -1,0 +1,252 @@
+"""Week 1: CLIP image-text retrieval. Search a folder of images by text or by image.
+
+Why two encoders? Pixels and words are different signals, so CLIP gives each its own tower (a
+vision Transformer for images, a text Transformer for captions) and trains both together so
+that a matching pair lands close in one shared vector space. Because the towers never look at
+each other, a gallery is embedded once (`index`) and every later query costs one encoder pass
+plus a dot product against the stored vectors (`search`).
+
+Cosine similarity: cos(a, b) = a.b / (|a| |b|). Every feature vector is L2-normalised
+(|v| = 1) as it is made, so cosine similarity is a plain dot product, which is what the FAISS
+inner-product index computes.
+
+    python -m stage1_demos.clip_retrieval index --images outputs/week1/gallery --out outputs/week1/index
+    python -m stage1_demos.clip_retrieval search --index outputs/week1/index --text "a red circle" --out hits.png
+    python -m stage1_demos.clip_retrieval search --index outputs/week1/index --image query.png -k 5 --json
+    python -m stage1_demos.clip_retrieval eval --split test --json
+
+Every subcommand takes --model tiny (bundled, default) or a hub id / folder, e.g.
+--model openai/clip-vit-base-patch32.
+"""
+import json
+import sys
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from curriculum import cli, shapesworld, viz, zoo
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+INDEX_FILE, META_FILE = "index.faiss", "meta.json"
+
+
+# ---------------------------------------------------------------- embeddings
+def l2_normalize(x):
+    return x / x.norm(dim=-1, keepdim=True)  # v / |v|, so that a.b = cos(a, b)
+
+
+@torch.no_grad()
+def embed_images(model, processor, images, batch_size=64, progress=False):
+    """PIL images -> (N, D) float32 unit vectors from the image tower."""
+    chunks = []
+    for i in tqdm(range(0, len(images), batch_size), desc="embed images", disable=not progress):
+        inputs = processor(images=images[i:i + batch_size], return_tensors="pt").to(model.device)
+        features = model.get_image_features(pixel_values=inputs.pixel_values.to(model.dtype)).pooler_output
+        chunks.append(l2_normalize(features.float()).cpu())
+    return torch.cat(chunks).numpy()
+
+
+@torch.no_grad()
+def embed_texts(model, processor, texts, batch_size=256):
+    """Strings -> (N, D) float32 unit vectors from the text tower."""
+    chunks = []
+    for i in range(0, len(texts), batch_size):
+        inputs = processor(text=texts[i:i + batch_size], padding=True, truncation=True,
+                           return_tensors="pt").to(model.device)
+        chunks.append(l2_normalize(model.get_text_features(**inputs).pooler_output.float()).cpu())
+    return torch.cat(chunks).numpy()
+
+
+def open_image(path):
+    """A readable image as RGB, or None (the caller decides whether that is an error)."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError):
+        return None
+
+
+# ---------------------------------------------------------------- index
+def build_index(images_dir, out, model_name="tiny", device="auto", batch_size=64):
+    """Embed every image of a folder into a FAISS inner-product index plus meta.json."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise cli.UserError(f"no folder at {images_dir}: pass --images a folder of images "
+                            "(make one with `python -m curriculum.shapesworld export`)")
+    files = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise cli.UserError(f"{images_dir} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    model, processor = zoo.load_clip(model_name, device)
+    captions = shapesworld.read_captions(images_dir)
+    kept, skipped, vectors = [], [], []
+    for i in tqdm(range(0, len(files), batch_size), desc="index images"):
+        batch = []
+        for path in files[i:i + batch_size]:
+            image = open_image(path)
+            if image is None:
+                print(f"warning: skipping {path}: not a readable image", file=sys.stderr)
+                skipped.append(str(path))
+            else:
+                batch.append(image)
+                kept.append(path)
+        if batch:
+            vectors.append(embed_images(model, processor, batch, batch_size))
+    if not kept:
+        raise cli.UserError(f"none of the {len(files)} image files in {images_dir} could be read")
+    vectors = np.concatenate(vectors)
+    index = faiss.IndexFlatIP(vectors.shape[1])  # exact search; score = dot product = cosine
+    index.add(vectors)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    faiss.write_index(index, str(out / INDEX_FILE))
+    meta = {"model": model_name if model_name == "tiny" else zoo.resolve(model_name, "clip"),
+            "dim": int(vectors.shape[1]), "paths": [str(p.resolve()) for p in kept],
+            "captions": [captions.get(str(p.relative_to(images_dir)), {}).get("caption_en", "") for p in kept],
+            "skipped": skipped}
+    (out / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    return meta
+
+
+def load_index(index_dir):
+    index_dir = Path(index_dir)
+    if not (index_dir / INDEX_FILE).exists() or not (index_dir / META_FILE).exists():
+        raise cli.UserError(f"no index at {index_dir}: build one with "
+                            "`python -m stage1_demos.clip_retrieval index --images DIR --out INDEX_DIR`")
+    meta = json.loads((index_dir / META_FILE).read_text(encoding="utf-8"))
+    return faiss.read_index(str(index_dir / INDEX_FILE)), meta
+
+
+def search(index_dir, text=None, image=None, k=5, device="auto"):
+    """Top-k gallery images for a text or an image query, with the query's own model."""
+    if (text is None) == (image is None):
+        raise cli.UserError("give exactly one query: --text or --image")
+    if text is not None and not text.strip():
+        raise cli.UserError("empty --text query: describe what to find, e.g. --text 'a red circle'")
+    index, meta = load_index(index_dir)
+    if image is not None:
+        query_image = open_image(image)
+        if query_image is None:
+            raise cli.UserError(f"--image {image} is not a readable image file")
+    model, processor = zoo.load_clip(meta["model"], device)
+    if text is not None:
+        query = embed_texts(model, processor, [text])
+    else:
+        query = embed_images(model, processor, [query_image])
+    scores, ids = index.search(query, min(k, index.ntotal))
+    results = [{"path": meta["paths"][i], "score": round(float(s), 4), "caption": meta["captions"][i]}
+               for s, i in zip(scores[0], ids[0])]
+    return {"query": {"text": text} if text is not None else {"image": str(image)}, "results": results}
+
+
+def save_hits_picture(result, out):
+    """The query (its text, or the image itself) followed by its hits and their scores."""
+    query = result["query"]
+    first = viz.text_tile(f"query: {query['text']}") if "text" in query else open_image(query["image"])
+    images = [first] + [open_image(r["path"]) for r in result["results"]]
+    captions = ["query" if "text" in query else f"query: {Path(query['image']).name}"]
+    captions += [f"#{n} {r['score']:.3f} {r['caption'] or Path(r['path']).name}"
+                 for n, r in enumerate(result["results"], 1)]
+    return viz.image_grid(images, captions, out)
+
+
+# ---------------------------------------------------------------- evaluation
+def recall_at_k(similarity, query_keys, gallery_keys, ks=(1, 5, 10)):
+    """Share of queries with a correct item among the top k; correct = same ShapesWorld labels."""
+    top = np.argsort(-similarity, axis=1, kind="stable")[:, :max(ks)]
+    hits = np.array([[gallery_keys[j] == key for j in row] for key, row in zip(query_keys, top)])
+    return {f"R@{k}": round(float(hits[:, :k].any(axis=1).mean()), 4) for k in ks}
+
+
+def evaluate(model_name="tiny", split="test", n=1000, seed=0, device="auto"):
+    """Recall@k on n ShapesWorld images of a split, every image and caption in the gallery.
+
+    A retrieved item counts as correct when its objects equal the query's (same labels, any
+    jitter). text_to_image and image_to_text use queries whose colour-shape pairs were seen in
+    training; heldout_combinations uses the queries with a pair never seen in training.
+    """
+    model, processor = zoo.load_clip(model_name, device)
+    samples = shapesworld.generate(split, n, seed=seed, size=processor.image_processor.crop_size["height"])
+    image_vectors = embed_images(model, processor, [s.image for s in samples], progress=True)
+    text_vectors = embed_texts(model, processor, [s.caption_en for s in samples])
+    keys = [shapesworld.label_key(s.objects) for s in samples]
+    heldout = np.array([s.heldout for s in samples])
+    seen = ~heldout
+    text_to_image = text_vectors @ image_vectors.T  # cos(text_i, image_j) for unit vectors
+    seen_keys = [k for k, s in zip(keys, seen) if s]
+    heldout_keys = [k for k, h in zip(keys, heldout) if h]
+    return {
+        "text_to_image": recall_at_k(text_to_image[seen], seen_keys, keys),
+        "image_to_text": recall_at_k(text_to_image.T[seen], seen_keys, keys),
+        "n": n, "n_seen": int(seen.sum()), "n_heldout": int(heldout.sum()),
+        "heldout_combinations": recall_at_k(text_to_image[heldout], heldout_keys, keys, ks=(1,)),
+        "model": model_name, "split": split,
+    }
+
+
+def print_eval_table(result):
+    print(f"ShapesWorld {result['split']}: {result['n']} images "
+          f"({result['n_seen']} seen combinations, {result['n_heldout']} held out), model {result['model']}")
+    print(f"{'direction':<16}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
+    for name in ("text_to_image", "image_to_text"):
+        r = result[name]
+        print(f"{name:<16}{r['R@1']:>8.3f}{r['R@5']:>8.3f}{r['R@10']:>8.3f}")
+    print(f"{'held-out combos':<16}{result['heldout_combinations']['R@1']:>8.3f}   (text->image R@1)")
+
+
+# ---------------------------------------------------------------- command line
+def main(argv=None):
+    parser = cli.Parser(prog="python -m stage1_demos.clip_retrieval", description=__doc__,
+                        formatter_class=cli.RawHelp)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="embed a folder of images into a FAISS index")
+    p.add_argument("--images", required=True, help="folder of images (captions.jsonl beside them is used)")
+    p.add_argument("--out", required=True, help="index folder to write (index.faiss, meta.json)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=64, help="images per forward pass")
+    cli.add_model_args(p)
+
+    p = sub.add_parser("search", help="text->image or image->image search in an index")
+    p.add_argument("--index", required=True, help="folder written by `index`")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="find images matching this description")
+    query.add_argument("--image", help="find images similar to this image file")
+    p.add_argument("-k", type=cli.positive_int, default=5, help="number of hits (default 5)")
+    p.add_argument("--out", help="write a PNG of the query and its hits here")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("eval", help="recall@1/5/10 on ShapesWorld, both directions")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="split (default test)")
+    p.add_argument("--n", type=cli.positive_int, default=1000, help="gallery size (default 1000)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    cli.add_model_args(p)
+
+    args = parser.parse_args(argv)
+    if args.command == "index":
+        meta = build_index(args.images, args.out, args.model, args.device, args.batch_size)
+        print(f"indexed {len(meta['paths'])} images into {args.out} (skipped {len(meta['skipped'])} unreadable)")
+    elif args.command == "search":
+        result = search(args.index, args.text, args.image, args.k, args.device)
+        if args.out:
+            save_hits_picture(result, args.out)
+        if args.json:
+            cli.print_json(result)
+            return
+        for n, r in enumerate(result["results"], 1):
+            print(f"{n:>2}. {r['score']:.3f}  {r['path']}  {r['caption']}")
+        if args.out:
+            print(f"picture: {args.out}")
+    else:
+        result = evaluate(args.model, args.split, args.n, args.seed, args.device)
+        if args.json:
+            cli.print_json(result)
+        else:
+            print_eval_table(result)
+
+
+if __name__ == "__main__":
+    cli.run(main)

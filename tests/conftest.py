@@ -1,0 +1,32 @@
+"""Shared fixtures. Tests never reach the hub: offline mode is forced before transformers loads."""
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+
+from curriculum import cli  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    from curriculum import zoo
+
+    return zoo.load_clip("tiny", "cpu")
+
+
+def run_cli(main, argv, capsys):
+    """Run a script's main in-process as the shell would: (exit code, stdout, stderr)."""
+    try:
+        cli.run(main, argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def cli_runner(capsys):
+    return lambda main, argv: run_cli(main, argv, capsys)

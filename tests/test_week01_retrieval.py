@@ -1,0 +1,134 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from curriculum import shapesworld as sw
+from stage1_demos import clip_retrieval as cr
+
+pytestmark = pytest.mark.week1
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory):
+    """120 exported test images, plus two re-renders (new jitter) of image 0, indexed."""
+    folder = tmp_path_factory.mktemp("gallery")
+    sw.export("test", 120, folder)
+    original = sw.sample("test", 0)
+    for n in (1, 2):
+        sw.render(original.objects, 64, np.random.default_rng(1000 + n)).save(folder / f"near_duplicate_{n}.png")
+    index_dir = folder.parent / (folder.name + "_index")
+    cr.build_index(folder, index_dir, "tiny", "cpu")
+    return folder, index_dir
+
+
+@pytest.mark.parametrize("color,shape", [("red", "circle"), ("blue", "square"), ("yellow", "cross"),
+                                         ("purple", "triangle"), ("orange", "square")])
+def test_colour_shape_queries_return_matching_images_first(gallery, color, shape):
+    folder, index_dir = gallery
+    labels = {r["path"]: r["labels"]["objects"] for r in sw.read_captions(folder).values()}
+    result = cr.search(index_dir, text=f"a {color} {shape}", k=3, device="cpu")
+    for hit in result["results"]:
+        objects = labels[hit["path"].rsplit("/", 1)[-1]]
+        assert any(o["color"] == color and o["shape"] == shape for o in objects), (hit, objects)
+
+
+def test_image_query_returns_its_near_duplicates_first(gallery):
+    folder, index_dir = gallery
+    result = cr.search(index_dir, image=folder / "test_00000.png", k=3, device="cpu")
+    names = {r["path"].rsplit("/", 1)[-1] for r in result["results"]}
+    assert names == {"test_00000.png", "near_duplicate_1.png", "near_duplicate_2.png"}
+    scores = [r["score"] for r in result["results"]]
+    assert scores == sorted(scores, reverse=True) and scores[0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_search_json_and_picture(gallery, tmp_path, cli_runner):
+    _, index_dir = gallery
+    png = tmp_path / "hits.png"
+    code, out, _ = cli_runner(cr.main, ["search", "--index", str(index_dir), "--text", "a green circle",
+                                        "-k", "4", "--json", "--out", str(png)])
+    assert code == 0
+    result = json.loads(out)
+    assert set(result) == {"query", "results"} and result["query"] == {"text": "a green circle"}
+    assert len(result["results"]) == 4
+    assert all(set(r) == {"path", "score", "caption"} and r["caption"] for r in result["results"])
+    assert Image.open(png).size[0] == 5 * 160  # the query tile and four hits
+
+
+def test_vectors_are_unit_length_so_dot_product_is_cosine(tiny_clip):
+    model, processor = tiny_clip
+    texts = cr.embed_texts(model, processor, ["a red circle", "a large blue square in the top left"])
+    images = cr.embed_images(model, processor, [sw.sample("test", i).image for i in range(3)])
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1, atol=1e-5)
+
+
+def test_eval_meets_the_recall_bar(cli_runner):
+    code, out, _ = cli_runner(cr.main, ["eval", "--split", "test", "--json", "--device", "cpu"])
+    assert code == 0
+    result = json.loads(out)
+    assert {"text_to_image", "image_to_text", "n", "heldout_combinations"} <= set(result)
+    assert set(result["text_to_image"]) == set(result["image_to_text"]) == {"R@1", "R@5", "R@10"}
+    assert result["n"] == 1000
+    print("\nweek1 eval:", json.dumps(result))
+    assert result["text_to_image"]["R@1"] >= 0.90
+    assert result["text_to_image"]["R@5"] >= result["text_to_image"]["R@1"]
+    assert 0 <= result["heldout_combinations"]["R@1"] <= 1
+
+
+def test_recall_counts_any_image_with_the_same_labels():
+    key_a, key_b = ("a",), ("b",)
+    similarity = np.array([[0.9, 0.8, 0.1], [0.9, 0.1, 0.2]])
+    r = cr.recall_at_k(similarity, [key_a, key_b], [key_a, key_a, key_b], ks=(1, 2, 3))
+    assert r == {"R@1": 0.5, "R@2": 0.5, "R@3": 1.0}
+
+
+def test_real_architecture_path(tmp_path):
+    """openai/clip-vit-base-patch32's architecture (CLIPConfig() defaults), random weights, by path."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    from curriculum import tiny_clip
+
+    torch.manual_seed(0)
+    config = CLIPConfig()
+    assert (config.vision_config.patch_size, config.vision_config.hidden_size, config.projection_dim) == (32, 768, 512)
+    model_dir = tmp_path / "clip-vit-b32-random"
+    CLIPModel(config).save_pretrained(model_dir)
+    # the OpenAI vocabulary cannot be downloaded here; the tiny BPE stands in (ids < 49408)
+    CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tiny_clip.build_tokenizer(400)).save_pretrained(model_dir)
+    images = tmp_path / "images"
+    sw.export("test", 6, images)
+    meta = cr.build_index(images, tmp_path / "index", str(model_dir), "cpu")
+    assert meta["dim"] == 512 and len(meta["paths"]) == 6
+    result = cr.search(tmp_path / "index", text="a red circle", k=3, device="cpu")
+    assert len(result["results"]) == 3
+    result = cr.search(tmp_path / "index", image=images / "test_00002.png", k=1, device="cpu")
+    assert result["results"][0]["path"].endswith("test_00002.png")
+
+
+def test_index_skips_unreadable_files_and_counts_them(tmp_path, capsys):
+    sw.export("test", 3, tmp_path / "imgs")
+    (tmp_path / "imgs" / "broken.png").write_text("not really a png")
+    meta = cr.build_index(tmp_path / "imgs", tmp_path / "index", "tiny", "cpu")
+    assert len(meta["paths"]) == 3 and len(meta["skipped"]) == 1
+    assert "skipping" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["index", "--images", "/no/such/folder", "--out", "/tmp/x"], "no folder"),
+    (["search", "--index", "{index}", "--text", "  "], "empty --text"),
+    (["search", "--index", "{index}", "--image", "{textfile}"], "not a readable image"),
+    (["search", "--index", "{index}", "--text", "a red circle", "--image", "{textfile}"], "not allowed with"),
+    (["search", "--index", "/no/such/index", "--text", "a red circle"], "no index"),
+    (["eval", "--n", "0"], "positive integer"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(gallery, tmp_path, cli_runner, argv, needle):
+    _, index_dir = gallery
+    textfile = tmp_path / "notes.txt"
+    textfile.write_text("hello")
+    argv = [a.format(index=index_dir, textfile=textfile) for a in argv]
+    code, out, err = cli_runner(cr.main, argv)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and needle in err, err

@@ -1,0 +1,79 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from curriculum import MODELS_DIR, REPO_ROOT, cli, runtime, shapesworld, tiny_clip, zoo
+
+pytestmark = pytest.mark.week1
+
+
+def test_tokenizer_round_trip(tiny_clip):
+    _, processor = tiny_clip
+    tok = processor.tokenizer
+    for s in shapesworld.generate("test", 50):
+        ids = tok(s.caption_en).input_ids
+        assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+        assert tok.decode(ids, skip_special_tokens=True) == s.caption_en
+        assert len(ids) == len(s.caption_en.split()) + 2, "every caption word is one token"
+    # text outside ShapesWorld still tokenizes (byte-level BPE), and round-trips
+    assert tok.decode(tok("zebras 42").input_ids, skip_special_tokens=True) == "zebras 42"
+
+
+def test_training_pixels_match_the_saved_processor(tiny_clip):
+    """The trainer normalises pixels itself for speed; it must equal what inference computes."""
+    _, processor = tiny_clip
+    images = [s.image for s in shapesworld.generate("test", 4)]
+    ours = tiny_clip.pixels(np.stack([np.asarray(im) for im in images]), processor.image_processor)
+    theirs = processor(images=images, return_tensors="pt").pixel_values
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_tiny_resolves_to_the_bundled_checkpoint(tiny_clip):
+    model, _ = tiny_clip
+    assert zoo.resolve("tiny", "clip") == str(MODELS_DIR / "tiny-clip")
+    assert type(model).__name__ == "CLIPModel" and model.config.projection_dim == 64
+
+
+def test_bundled_checkpoints_stay_small():
+    size = sum(p.stat().st_size for p in MODELS_DIR.rglob("*") if p.is_file())
+    assert size < 40e6, f"data/models is {size / 1e6:.1f} MB"
+
+
+def test_folder_without_a_model_is_a_user_error(tmp_path):
+    with pytest.raises(cli.UserError, match="no config.json"):
+        zoo.resolve(str(tmp_path), "clip")
+
+
+def test_uncached_hub_id_offline_gives_advice_not_traceback(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "stage1_demos.clip_retrieval", "eval", "--n", "4",
+                           "--model", "openai/clip-vit-base-patch32"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "hf download openai/clip-vit-base-patch32" in lines[0] and "--model tiny" in lines[0]
+
+
+def test_devices():
+    assert runtime.pick_device("cpu").type == "cpu"
+    assert runtime.inference_dtype(torch.device("cpu")) == torch.float32
+    if not torch.cuda.is_available():
+        with pytest.raises(cli.UserError, match="not available"):
+            runtime.pick_device("cuda")
+    with pytest.raises(cli.UserError, match="unknown device"):
+        runtime.pick_device("tpu")
+
+
+def test_training_runs_and_saves_a_loadable_checkpoint(tmp_path):
+    """A few steps of the real trainer: the loss moves and from_pretrained reads the result."""
+    out = tmp_path / "tiny-clip"
+    tiny_clip.train(out, steps=6, batch_size=16, pool=64, lr=3e-3, device="cpu")
+    model, processor = zoo.load_clip(str(out), "cpu")
+    assert processor.image_processor.crop_size["height"] == tiny_clip.IMAGE_SIZE
+    assert (out / "training.json").exists()
+    assert next(model.parameters()).isfinite().all()

@@ -100,6 +100,14 @@ ZH_TEMPLATES = (
 )
 
 
+def describe_en(o):
+    """An English phrase for an object whose size and/or position may be None (left unsaid),
+    e.g. 'a red circle': the short queries people type."""
+    words = " ".join(w for w in (o.size, o.color, o.shape) if w)
+    article = "an" if words[0] in "aeiou" else "a"
+    return f"{article} {words}" + (f" in the {o.position}" if o.position else "")
+
+
 def caption_en(objects, template=0):
     return " and ".join(EN_TEMPLATES[template](o) for o in objects)
 

@@ -1,6 +1,6 @@
 """Train the bundled tiny CLIP: the real `transformers.CLIPModel`, small enough for 2 CPU cores.
 
-It learns ShapesWorld with CLIP's own contrastive loss (`return_loss=True`) and is saved with
+It learns ShapesWorld with CLIP's contrastive loss (several positives allowed) and is saved with
 `save_pretrained`, so every script loads it exactly like `openai/clip-vit-base-patch32`.
 
     python -m curriculum.tiny_clip --out data/models/tiny-clip      (or: make tiny-models)
@@ -9,9 +9,11 @@ The tokenizer is a real `CLIPTokenizer` (byte-level BPE, `</w>` word ends) whose
 learned from ShapesWorld captions, so every caption word is one token and any other text still
 tokenizes, byte by byte.
 """
+import itertools
 import json
 import math
 import time
+from dataclasses import astuple, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,16 +71,63 @@ def pixels(images, image_processor):
     return (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
 
 
-def train(out, steps=3000, batch_size=256, pool=40_000, lr=1e-3, seed=0, device="auto", **model_size):
+PARTIAL_CAPTIONS = 0.3  # share of training captions that leave size and/or position unsaid
+
+
+def training_caption(objects, rng):
+    """(caption, objects it names, whether it describes the whole image).
+
+    Most captions are full ShapesWorld captions in a random template; the rest name one or all
+    objects with size and/or position left out ('a red circle'), so short queries work too.
+    """
+    if rng.random() >= PARTIAL_CAPTIONS:
+        template = int(rng.integers(len(shapesworld.EN_TEMPLATES)))
+        return shapesworld.caption_en(objects, template), objects, True
+    named = objects if rng.random() < 0.5 else [objects[int(rng.integers(len(objects)))]]
+    named = [replace(o, size=o.size if rng.random() < 0.5 else None,
+                     position=o.position if rng.random() < 0.5 else None) for o in named]
+    return " and ".join(shapesworld.describe_en(o) for o in named), named, False
+
+
+def mention_table(objects):
+    """(images x mentions) booleans, and each mention's column. A mention is an object with size
+    and/or position possibly unsaid (None); image i fits mention m if one of its objects does."""
+    mentions = itertools.product(shapesworld.COLORS, shapesworld.SHAPES, [*shapesworld.SIZES, None],
+                                 [*shapesworld.POSITIONS, None])
+    column = {m: c for c, m in enumerate(mentions)}
+    table = np.zeros((len(objects), len(column)), dtype=bool)
+    for i, image_objects in enumerate(objects):
+        for o in image_objects:
+            for size, position in itertools.product((o.size, None), (o.position, None)):
+                table[i, column[(o.color, o.shape, size, position)]] = True
+    return table, column
+
+
+def contrastive_loss(logits_per_text, positives):
+    """CLIP's symmetric InfoNCE, with several positives where a partial caption fits several images:
+    L = -1/2 [ mean_i sum_j p_ij log softmax_j(s_ij) + mean_j sum_i q_ij log softmax_i(s_ij) ],
+    p = positives normalised over images (rows), q = over captions (columns). With one positive
+    per row and column this is exactly `CLIPModel(..., return_loss=True).loss`."""
+    p = positives / positives.sum(dim=1, keepdim=True)
+    q = positives / positives.sum(dim=0, keepdim=True)
+    text_to_image = -(p * logits_per_text.log_softmax(dim=1)).sum(dim=1).mean()
+    image_to_text = -(q * logits_per_text.log_softmax(dim=0)).sum(dim=0).mean()
+    return (text_to_image + image_to_text) / 2
+
+
+def train(out, steps=1200, batch_size=256, pool=30_000, lr=1e-3, seed=0, device="auto"):
     runtime.seed_everything(seed)
     device = runtime.pick_device(device)
     processor = build_processor()
-    model = CLIPModel(build_config(processor.tokenizer, **model_size)).to(device)
+    model = CLIPModel(build_config(processor.tokenizer)).to(device)
     data = shapesworld.generate("train", pool, seed=seed, size=IMAGE_SIZE, progress=True)
     images = np.stack([np.asarray(s.image) for s in data])
     objects = [s.objects for s in data]
+    key_ids = {}
+    keys = np.array([key_ids.setdefault(shapesworld.label_key(o), len(key_ids)) for o in objects])
+    fits, column = mention_table(objects)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
-    warmup = steps // 20
+    warmup = max(1, steps // 20)
     # linear warm-up, then cosine decay to zero
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 0.5 * (
         1 + math.cos(math.pi * min(s, steps) / steps))))
@@ -87,13 +136,17 @@ def train(out, steps=3000, batch_size=256, pool=40_000, lr=1e-3, seed=0, device=
     bar = tqdm(range(steps), desc="train tiny-clip")
     for _ in bar:
         idx = rng.choice(pool, batch_size, replace=False)
-        # a fresh caption template each time an image is drawn: more text variety for free
-        captions = [shapesworld.caption_en(objects[i], int(rng.integers(len(shapesworld.EN_TEMPLATES))))
-                    for i in idx]
-        text = processor.tokenizer(captions, padding=True, return_tensors="pt").to(device)
+        # a fresh caption each time an image is drawn: more text variety for free
+        captions, named, whole = zip(*(training_caption(objects[i], rng) for i in idx))
+        # positives[i, j]: caption i is true of image j (a partial caption can fit several images)
+        positives = torch.from_numpy(np.stack([
+            keys[idx] == keys[i] if w else fits[idx][:, [column[astuple(o)] for o in n]].all(axis=1)
+            for i, n, w in zip(idx, named, whole)])).float().to(device)
+        text = processor.tokenizer(list(captions), padding=True, return_tensors="pt").to(device)
         with runtime.training_autocast(device):
-            loss = model(**text, pixel_values=pixels(images[idx], processor.image_processor).to(device),
-                         return_loss=True).loss
+            logits = model(**text, pixel_values=pixels(images[idx], processor.image_processor).to(device)
+                           ).logits_per_text
+        loss = contrastive_loss(logits.float(), positives)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -117,7 +170,7 @@ def train(out, steps=3000, batch_size=256, pool=40_000, lr=1e-3, seed=0, device=
 def main(argv=None):
     parser = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
     parser.add_argument("--out", default=str(MODELS_DIR / "tiny-clip"), help="checkpoint folder")
-    parser.add_argument("--steps", type=cli.positive_int, default=3000, help="optimiser steps (default 3000)")
+    parser.add_argument("--steps", type=cli.positive_int, default=1200, help="optimiser steps (default 1200)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=256, help="contrastive batch (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")

@@ -148,7 +148,7 @@ def save_hits_picture(result, out):
     first = viz.text_tile(f"query: {query['text']}") if "text" in query else open_image(query["image"])
     images = [first] + [open_image(r["path"]) for r in result["results"]]
     captions = ["query" if "text" in query else f"query: {Path(query['image']).name}"]
-    captions += [f"#{n} {r['score']:.3f} {r['caption'] or Path(r['path']).name}"
+    captions += [f"#{n} ({r['score']:.3f}) {r['caption'] or Path(r['path']).name}"
                  for n, r in enumerate(result["results"], 1)]
     return viz.image_grid(images, captions, out)
 

@@ -10,7 +10,7 @@ from curriculum import cli  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny_clip():
+def clip_model():
     from curriculum import zoo
 
     return zoo.load_clip("tiny", "cpu")

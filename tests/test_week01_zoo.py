@@ -11,8 +11,8 @@ from curriculum import MODELS_DIR, REPO_ROOT, cli, runtime, shapesworld, tiny_cl
 pytestmark = pytest.mark.week1
 
 
-def test_tokenizer_round_trip(tiny_clip):
-    _, processor = tiny_clip
+def test_tokenizer_round_trip(clip_model):
+    _, processor = clip_model
     tok = processor.tokenizer
     for s in shapesworld.generate("test", 50):
         ids = tok(s.caption_en).input_ids
@@ -20,20 +20,20 @@ def test_tokenizer_round_trip(tiny_clip):
         assert tok.decode(ids, skip_special_tokens=True) == s.caption_en
         assert len(ids) == len(s.caption_en.split()) + 2, "every caption word is one token"
     # text outside ShapesWorld still tokenizes (byte-level BPE), and round-trips
-    assert tok.decode(tok("zebras 42").input_ids, skip_special_tokens=True) == "zebras 42"
+    assert tok.decode(tok("purple zebras").input_ids, skip_special_tokens=True) == "purple zebras"
 
 
-def test_training_pixels_match_the_saved_processor(tiny_clip):
+def test_training_pixels_match_the_saved_processor(clip_model):
     """The trainer normalises pixels itself for speed; it must equal what inference computes."""
-    _, processor = tiny_clip
+    _, processor = clip_model
     images = [s.image for s in shapesworld.generate("test", 4)]
     ours = tiny_clip.pixels(np.stack([np.asarray(im) for im in images]), processor.image_processor)
     theirs = processor(images=images, return_tensors="pt").pixel_values
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
-def test_tiny_resolves_to_the_bundled_checkpoint(tiny_clip):
-    model, _ = tiny_clip
+def test_tiny_resolves_to_the_bundled_checkpoint(clip_model):
+    model, _ = clip_model
     assert zoo.resolve("tiny", "clip") == str(MODELS_DIR / "tiny-clip")
     assert type(model).__name__ == "CLIPModel" and model.config.projection_dim == 64
 
@@ -77,3 +77,37 @@ def test_training_runs_and_saves_a_loadable_checkpoint(tmp_path):
     assert processor.image_processor.crop_size["height"] == tiny_clip.IMAGE_SIZE
     assert (out / "training.json").exists()
     assert next(model.parameters()).isfinite().all()
+
+
+def test_contrastive_loss_is_clips_loss_when_each_caption_fits_one_image():
+    from transformers import CLIPModel
+
+    processor = tiny_clip.build_processor()
+    torch.manual_seed(0)
+    model = CLIPModel(tiny_clip.build_config(processor.tokenizer))
+    samples = shapesworld.generate("val", 40)
+    keys = [shapesworld.label_key(s.objects) for s in samples]
+    samples = [s for i, s in enumerate(samples) if keys.index(keys[i]) == i]  # unique labels only
+    text = processor.tokenizer([s.caption_en for s in samples], padding=True, return_tensors="pt")
+    out = model(**text, pixel_values=tiny_clip.pixels(np.stack([np.asarray(s.image) for s in samples]),
+                                                       processor.image_processor), return_loss=True)
+    ours = tiny_clip.contrastive_loss(out.logits_per_text, torch.eye(len(samples)))
+    torch.testing.assert_close(ours, out.loss, atol=1e-6, rtol=1e-6)
+
+
+def test_partial_captions_fit_exactly_the_images_that_show_them():
+    objects = [s.objects for s in shapesworld.generate("val", 300)]
+    table, column = tiny_clip.mention_table(objects)
+    rng = np.random.default_rng(0)
+    partial = 0
+    for i in range(300):
+        caption, named, whole = tiny_clip.training_caption(objects[i], rng)
+        if whole:
+            assert shapesworld.label_key(shapesworld.parse_caption(caption)) == shapesworld.label_key(objects[i])
+            continue
+        partial += 1
+        fits = table[:, [column[(o.color, o.shape, o.size, o.position)] for o in named]].all(axis=1)
+        brute = [all(any(o.color == m.color and o.shape == m.shape and m.size in (None, o.size)
+                         and m.position in (None, o.position) for o in image) for m in named) for image in objects]
+        assert fits[i] and list(fits) == brute, caption
+    assert partial > 50

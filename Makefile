@@ -15,7 +15,7 @@ W1 := outputs/week1
 .PHONY: help install demo test test-week1 week1 tiny-models clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 # CPU-only Linux takes the CPU build of torch (~200 MB) before anything else can ask for torch,
 # which would pull PyPI's default CUDA build (several GB). If pip's own configuration already

@@ -15,8 +15,8 @@ inner-product index computes.
     python -m stage1_demos.clip_retrieval search --index outputs/week1/index --image query.png -k 5 --json
     python -m stage1_demos.clip_retrieval eval --split test --json
 
-Every subcommand takes --model tiny (bundled, default) or a hub id / folder, e.g.
---model openai/clip-vit-base-patch32.
+`index` and `eval` take --model tiny (bundled, default) or a hub id / folder, e.g.
+--model openai/clip-vit-base-patch32; `search` uses the model its index was built with.
 """
 import json
 import sys

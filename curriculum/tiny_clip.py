@@ -139,8 +139,9 @@ def train(out, steps=1200, batch_size=256, pool=30_000, lr=1e-3, seed=0, device=
         # a fresh caption each time an image is drawn: more text variety for free
         captions, named, whole = zip(*(training_caption(objects[i], rng) for i in idx))
         # positives[i, j]: caption i is true of image j (a partial caption can fit several images)
+        batch_keys, batch_fits = keys[idx], fits[idx]
         positives = torch.from_numpy(np.stack([
-            keys[idx] == keys[i] if w else fits[idx][:, [column[astuple(o)] for o in n]].all(axis=1)
+            batch_keys == keys[i] if w else batch_fits[:, [column[astuple(o)] for o in n]].all(axis=1)
             for i, n, w in zip(idx, named, whole)])).float().to(device)
         text = processor.tokenizer(list(captions), padding=True, return_tensors="pt").to(device)
         with runtime.training_autocast(device):

@@ -35,7 +35,6 @@ def add_model_args(parser, default_model="tiny"):
     parser.add_argument("--model", default=default_model,
                         help=f"'tiny' (bundled, default), a hub id or a local folder (default {default_model})")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
 def print_json(obj):

@@ -222,6 +222,7 @@ def main(argv=None):
     p = sub.add_parser("eval", help="recall@1/5/10 on ShapesWorld, both directions")
     p.add_argument("--split", choices=["val", "test"], default="test", help="split (default test)")
     p.add_argument("--n", type=cli.positive_int, default=1000, help="gallery size (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="ShapesWorld seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     cli.add_model_args(p)
 

@@ -31,10 +31,14 @@ def positive_int(text):
     return value
 
 
+def add_device_arg(parser):
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
+
+
 def add_model_args(parser, default_model="tiny"):
     parser.add_argument("--model", default=default_model,
                         help=f"'tiny' (bundled, default), a hub id or a local folder (default {default_model})")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
+    add_device_arg(parser)
 
 
 def print_json(obj):

@@ -174,7 +174,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=cli.positive_int, default=1200, help="optimiser steps (default 1200)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=256, help="contrastive batch (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
+    cli.add_device_arg(parser)
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device)
 

@@ -216,7 +216,7 @@ def main(argv=None):
     query.add_argument("--image", help="find images similar to this image file")
     p.add_argument("-k", type=cli.positive_int, default=5, help="number of hits (default 5)")
     p.add_argument("--out", help="write a PNG of the query and its hits here")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
+    cli.add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("eval", help="recall@1/5/10 on ShapesWorld, both directions")

@@ -6,6 +6,7 @@ learner sees what to fix instead of a traceback. `--json` output goes through `p
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -31,6 +32,13 @@ def positive_int(text):
     return value
 
 
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+    return value
+
+
 def add_device_arg(parser):
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
 
@@ -43,6 +51,21 @@ def add_model_args(parser, default_model="tiny"):
 
 def print_json(obj):
     print(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+def emit(result, as_json, print_text):
+    """--json prints the result as JSON; otherwise print_text(result) prints it for people."""
+    if as_json:
+        print_json(result)
+    else:
+        print_text(result)
+
+
+def write_json(obj, path):
+    """The same JSON as print_json, to a file (parent folders made)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
 def run(main, argv=None):

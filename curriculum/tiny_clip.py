@@ -10,19 +10,16 @@ learned from ShapesWorld captions, so every caption word is one token and any ot
 tokenizes, byte by byte.
 """
 import itertools
-import json
 import math
 import time
 from dataclasses import astuple, replace
-from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import pre_tokenizers, trainers
 from tqdm import tqdm
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from curriculum import MODELS_DIR, cli, runtime, shapesworld, viz
+from curriculum import MODELS_DIR, bpe, cli, runtime, shapesworld, training
 
 IMAGE_SIZE = 64
 MAX_TOKENS = 32
@@ -34,12 +31,8 @@ def build_tokenizer(n_captions=4000):
     texts = [s.caption_en for s in shapesworld.generate("train", n_captions)]
     texts += [shapesworld.caption_en(s.objects, t) for s in shapesworld.generate("val", 200)
               for t in range(len(shapesworld.EN_TEMPLATES))]
-    scratch = CLIPTokenizer()  # only for its CLIP normaliser and pre-tokeniser
-    trainer = trainers.BpeTrainer(vocab_size=100_000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  end_of_word_suffix="</w>", show_progress=False)
-    scratch.backend_tokenizer.train_from_iterator(texts, trainer=trainer)
-    merges = [tuple(m) for m in json.loads(scratch.backend_tokenizer.to_str())["model"]["merges"]]
-    base = sorted(pre_tokenizers.ByteLevel.alphabet())
+    merges = bpe.learn_merges(CLIPTokenizer(), texts, end_of_word_suffix="</w>")
+    base = bpe.byte_alphabet()
     tokens = base + [b + "</w>" for b in base] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
@@ -148,34 +141,14 @@ def train(out, steps=1200, batch_size=256, pool=30_000, lr=1e-3, seed=0, device=
             logits = model(**text, pixel_values=pixels(images[idx], processor.image_processor).to(device)
                            ).logits_per_text
         loss = contrastive_loss(logits.float(), positives)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    minutes = (time.time() - start) / 60
-    out = Path(out)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    curve_png = viz.curve(losses, out / "loss.png",
-                          "tiny CLIP: contrastive loss")
-    (out / "training.json").write_text(json.dumps(
-        {"steps": steps, "batch_size": batch_size, "pool": pool, "lr": lr, "seed": seed,
-         "final_loss": float(np.mean(losses[-50:])), "train_minutes": round(minutes, 2),
-         "device": str(device), "bf16_autocast": runtime.trains_in_bf16(device)}, indent=2) + "\n")
-    print(f"saved {out} ({minutes:.1f} min, final loss {np.mean(losses[-50:]):.3f}); loss curve: {curve_png}")
+        training.step(loss, optimizer, schedule, model.parameters(), losses, bar)
+    training.save(out, model, processor, losses, "tiny CLIP: contrastive loss", start, device,
+                  steps=steps, batch_size=batch_size, pool=pool, lr=lr, seed=seed)
 
 
 def main(argv=None):
-    parser = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
-    parser.add_argument("--out", default=str(MODELS_DIR / "tiny-clip"), help="checkpoint folder")
-    parser.add_argument("--steps", type=cli.positive_int, default=1200, help="optimiser steps (default 1200)")
-    parser.add_argument("--batch-size", type=cli.positive_int, default=256, help="contrastive batch (default 256)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    cli.add_device_arg(parser)
-    args = parser.parse_args(argv)
+    args = training.parser(__doc__, MODELS_DIR / "tiny-clip", steps=1200, batch_size=256,
+                           batch_help="contrastive batch").parse_args(argv)
     train(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device)
 
 

@@ -37,6 +37,20 @@ def image_grid(images, captions, out, cols=None, tile=TILE):
     return out
 
 
+def captioned_image(image, lines, out, width=480):
+    """One image, upscaled, with a list of text lines under it (e.g. prompt -> caption)."""
+    wrapped = [w for line in lines for w in textwrap.wrap(line, width // 7) or [""]]
+    side = width // 2
+    canvas = Image.new("RGB", (width, side + 16 * len(wrapped) + 12), "white")
+    canvas.paste(image.convert("RGB").resize((side, side), Image.NEAREST), ((width - side) // 2, 4))
+    ImageDraw.Draw(canvas).multiline_text((8, side + 10), "\n".join(wrapped), fill="black", font=_font(12),
+                                          spacing=4)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out
+
+
 def curve(ys, out, title, xlabel="step", ylabel="loss"):
     """A line plot as PNG (matplotlib, headless)."""
     import matplotlib

@@ -25,10 +25,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from curriculum import cli, shapesworld, viz, zoo
+from curriculum.images import load_image, open_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 INDEX_FILE, META_FILE = "index.faiss", "meta.json"
@@ -59,15 +59,6 @@ def embed_texts(model, processor, texts, batch_size=256):
                            return_tensors="pt").to(model.device)
         chunks.append(l2_normalize(model.get_text_features(**inputs).pooler_output.float()).cpu())
     return torch.cat(chunks).numpy()
-
-
-def open_image(path):
-    """A readable image as RGB, or None (the caller decides whether that is an error)."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError):
-        return None
 
 
 # ---------------------------------------------------------------- index
@@ -128,9 +119,7 @@ def search(index_dir, text=None, image=None, k=5, device="auto"):
         raise cli.UserError("empty --text query: describe what to find, e.g. --text 'a red circle'")
     index, meta = load_index(index_dir)
     if image is not None:
-        query_image = open_image(image)
-        if query_image is None:
-            raise cli.UserError(f"--image {image} is not a readable image file")
+        query_image = load_image(image)
     model, processor = zoo.load_clip(meta["model"], device)
     if text is not None:
         query = embed_texts(model, processor, [text])
@@ -243,10 +232,7 @@ def main(argv=None):
             print(f"picture: {args.out}")
     else:
         result = evaluate(args.model, args.split, args.n, args.seed, args.device)
-        if args.json:
-            cli.print_json(result)
-        else:
-            print_eval_table(result)
+        cli.emit(result, args.json, print_eval_table)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""What the tiny-model trainers share: one optimiser step, the saved checkpoint with its record,
+and the command line. Each trainer keeps its own data, loss and learning-rate schedule."""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from curriculum import cli, runtime, viz
+
+
+def step(loss, optimizer, schedule, params, losses, bar, max_grad_norm=1.0):
+    """Backward, clip, update, advance the schedule; log the loss to `losses` and the progress bar."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    schedule.step()
+    losses.append(loss.item())
+    bar.set_postfix(loss=f"{loss.item():.3f}")
+
+
+def save(out, model, processor, losses, title, start, device, **settings):
+    """save_pretrained both, plus loss.png and training.json (settings, final loss, minutes)."""
+    minutes = (time.time() - start) / 60
+    out = Path(out)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    curve_png = viz.curve(losses, out / "loss.png", title)
+    final_loss = float(np.mean(losses[-50:]))
+    (out / "training.json").write_text(json.dumps(
+        {**settings, "final_loss": final_loss, "train_minutes": round(minutes, 2), "device": str(device),
+         "bf16_autocast": runtime.trains_in_bf16(device)}, indent=2) + "\n")
+    print(f"saved {out} ({minutes:.1f} min, final loss {final_loss:.3f}); loss curve: {curve_png}")
+
+
+def parser(doc, default_out, steps, batch_size, batch_help):
+    """--out, --steps, --batch-size, --seed, --device."""
+    p = cli.Parser(description=doc, formatter_class=cli.RawHelp)
+    p.add_argument("--out", default=str(default_out), help="checkpoint folder")
+    p.add_argument("--steps", type=cli.positive_int, default=steps, help=f"optimiser steps (default {steps})")
+    p.add_argument("--batch-size", type=cli.positive_int, default=batch_size,
+                   help=f"{batch_help} (default {batch_size})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    cli.add_device_arg(p)
+    return p

@@ -10,7 +10,7 @@ from huggingface_hub.errors import HFValidationError
 from curriculum import MODELS_DIR, runtime
 from curriculum.cli import UserError
 
-TINY = {"clip": "tiny-clip"}
+TINY = {"clip": "tiny-clip", "blip2": "tiny-blip2"}
 
 
 def resolve(name, family):
@@ -49,3 +49,16 @@ def load_clip(name="tiny", device="auto"):
     device = runtime.pick_device(device)
     model = from_pretrained(CLIPModel, path, dtype=runtime.inference_dtype(device))
     return model.to(device).eval(), from_pretrained(AutoProcessor, path)
+
+
+def load_blip2(name="tiny", device="auto"):
+    """(Blip2ForConditionalGeneration in eval mode, its processor), set up for batched generation:
+    a decoder-only model continues the last token of each row, so prompts are padded on the left."""
+    from transformers import AutoProcessor, Blip2ForConditionalGeneration
+
+    path = resolve(name, "blip2")
+    device = runtime.pick_device(device)
+    model = from_pretrained(Blip2ForConditionalGeneration, path, dtype=runtime.inference_dtype(device))
+    processor = from_pretrained(AutoProcessor, path)
+    processor.tokenizer.padding_side = "left"
+    return model.to(device).eval(), processor

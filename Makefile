@@ -10,9 +10,11 @@ PYTEST := $(PY) -m pytest
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 RETRIEVAL := $(OFFLINE) $(PY) -m stage1_demos.clip_retrieval
 W1 := outputs/week1
+CAPTION := $(OFFLINE) $(PY) -m stage1_demos.blip2_caption
+W2 := outputs/week2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-week1 week1 tiny-models clean
+.PHONY: help install demo test week1 week2 tiny-models clean lavis-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -63,8 +65,30 @@ week1: $(VENV)/.installed ## CLIP retrieval: gallery, index, text and image quer
 	$(RETRIEVAL) eval --split test
 	@echo "pictures: $(W1)/*.png"
 
+week2: $(VENV)/.installed ## BLIP-2 captioning: gallery captions, prompts side by side, explain, accuracy
+	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 16 --split test --out $(W2)/gallery
+	$(CAPTION) caption $(W2)/gallery/*.png --out $(W2)/captions.png
+	$(CAPTION) caption $(W2)/gallery/test_0000[0-3].png --prompt "a photo of" --num-beams 3
+	$(CAPTION) ask $(W2)/gallery/test_00000.png --question "how many shapes are there?"
+	$(CAPTION) prompts $(W2)/gallery/test_00001.png --out $(W2)/prompts.png
+	$(CAPTION) explain $(W2)/gallery/test_00001.png
+	$(CAPTION) eval --split test --out $(W2)/eval.json
+	@echo "pictures: $(W2)/*.png"
+
 tiny-models: $(VENV)/.installed ## retrain the bundled checkpoints in data/models (fixed seed)
 	$(PY) -m curriculum.tiny_clip --out data/models/tiny-clip --seed 0
+	$(PY) -m curriculum.tiny_blip2 --out data/models/tiny-blip2 --seed 0
 
 clean: ## remove outputs/ (keeps .venv and data/models)
 	rm -rf outputs
+
+# Optional LAVIS backend for week 2. LAVIS 1.0.2 pins transformers<4.27, so it gets a venv of its
+# own (torch chosen by the .torch rule above, as for .venv) and runs only as a subprocess of
+# blip2_caption (stage1_demos/lavis_backend.py). requirements-lavis.txt pins the same torch.
+LAVIS_VENV := .venv-lavis
+$(LAVIS_VENV)/.lavis-installed: requirements-lavis.txt
+	$(MAKE) --no-print-directory VENV=$(LAVIS_VENV) $(LAVIS_VENV)/.torch
+	$(LAVIS_VENV)/bin/python -m pip install --quiet -r requirements-lavis.txt
+	touch $@
+
+lavis-venv: $(LAVIS_VENV)/.lavis-installed ## optional: LAVIS 1.0.2 in .venv-lavis for blip2_caption --backend lavis

@@ -16,6 +16,13 @@ def clip_model():
     return zoo.load_clip("tiny", "cpu")
 
 
+@pytest.fixture(scope="session")
+def blip2_model():
+    from curriculum import zoo
+
+    return zoo.load_blip2("tiny", "cpu")
+
+
 def run_cli(main, argv, capsys):
     """Run a script's main in-process as the shell would: (exit code, stdout, stderr)."""
     try:

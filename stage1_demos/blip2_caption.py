@@ -1,0 +1,322 @@
+"""Week 2: BLIP-2 image captioning, prompts and generation settings.
+
+How BLIP-2 joins an image to text. An image encoder (a ViT) turns the picture into patch
+features. The Q-Former, a small Transformer with a fixed set of learned *query tokens*,
+cross-attends to those patches and distils them into as many vectors as it has queries; a linear
+projection maps them into the language model's word-embedding space. The decoder (OPT) reads
+them as if they were the first words of the text, then the prompt, and continues it:
+
+    [q1 .. qN] </s> Question: what colour is the shape? Answer:   ->   red
+
+So a prompt is text for the decoder to continue: 'a photo of' asks for a completion,
+'Question: ... Answer:' for an answer. `explain` prints every shape on the way.
+
+    python -m stage1_demos.blip2_caption caption outputs/week2/gallery/*.png --out captions.png
+    python -m stage1_demos.blip2_caption caption img.png --prompt "a photo of" --num-beams 3 --json
+    python -m stage1_demos.blip2_caption ask img.png --question "what colour is the shape?"
+    python -m stage1_demos.blip2_caption prompts img.png --out prompts.png
+    python -m stage1_demos.blip2_caption explain img.png
+    python -m stage1_demos.blip2_caption eval --split test
+
+--model tiny (bundled, default), or a hub id / folder such as Salesforce/blip2-opt-2.7b (half
+precision on a GPU). --backend lavis runs caption and ask through Salesforce LAVIS instead of
+transformers (run `make lavis-venv` once).
+"""
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import Blip2Config
+
+from curriculum import cli, shapesworld, viz, zoo
+from curriculum.images import load_image
+from curriculum.tiny_blip2 import (DETAIL_PROMPT, PHOTO_PROMPT, qa_prompt, question_answer,
+                                   reading_order)
+
+PROMPTS = ["", PHOTO_PROMPT, DETAIL_PROMPT, qa_prompt("what colour is the shape?"),
+           qa_prompt("how many shapes are there?")]
+GREEDY = {"max_new_tokens": 40, "num_beams": 1, "do_sample": False, "temperature": None, "top_p": None,
+          "repetition_penalty": 1.0}
+ATTRIBUTES = ("color", "shape", "size", "position")
+
+# Salesforce/blip2-opt-2.7b's config.json, the sizes only: `explain` prints its shapes beside the
+# loaded model's without downloading 15 GB.
+BLIP2_OPT_2_7B = Blip2Config(
+    vision_config=dict(image_size=224, patch_size=14, hidden_size=1408, num_hidden_layers=39, num_attention_heads=16,
+                       intermediate_size=6144),
+    qformer_config=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, encoder_hidden_size=1408),
+    text_config=dict(model_type="opt", hidden_size=2560, word_embed_proj_dim=2560, num_hidden_layers=32,
+                     num_attention_heads=32, ffn_dim=10240, vocab_size=50272),
+    num_query_tokens=32)
+
+
+# ---------------------------------------------------------------- generation
+def generate_kwargs(settings):
+    """The `generate()` arguments; temperature and top-p only mean something when sampling."""
+    kwargs = {k: settings[k] for k in ("max_new_tokens", "num_beams", "do_sample", "repetition_penalty")}
+    if settings["do_sample"]:
+        kwargs |= {"temperature": settings["temperature"] or 1.0, "top_p": settings["top_p"] or 1.0}
+    return kwargs
+
+
+@torch.no_grad()
+def caption_images(model, processor, images, prompts, settings=GREEDY, batch_size=16, progress=False):
+    """One caption per (image, prompt), `batch_size` at a time; the prompt itself is not repeated."""
+    captions = []
+    for start in tqdm(range(0, len(images), batch_size), desc="caption", disable=not progress):
+        inputs = processor(images=images[start:start + batch_size], text=prompts[start:start + batch_size],
+                           padding=True, return_tensors="pt").to(model.device, model.dtype)
+        generated = model.generate(**inputs, **generate_kwargs(settings))
+        new_tokens = generated[:, inputs["input_ids"].shape[1]:]  # generate returns prompt + continuation
+        captions += [c.strip() for c in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    return captions
+
+
+def caption_files(paths, prompt, settings, model_name="tiny", device="auto", batch_size=16, backend="transformers"):
+    """{"results": [{"image", "prompt", "caption"}], "settings": {...}} for a list of image files."""
+    images = [load_image(p) for p in paths]  # fail on a bad file before loading a model
+    prompts = [prompt] * len(paths)
+    if backend == "lavis":
+        from stage1_demos import lavis_backend  # only a subprocess launcher: LAVIS lives in .venv-lavis
+
+        captions = lavis_backend.caption([str(p) for p in paths], prompts, settings, model_name, device)
+    else:
+        model, processor = zoo.load_blip2(model_name, device)
+        captions = caption_images(model, processor, images, prompts, settings, batch_size, progress=len(paths) > 64)
+    return {"results": [{"image": str(p), "prompt": prompt, "caption": c} for p, c in zip(paths, captions)],
+            "settings": {**settings, "model": model_name, "backend": backend, "batch_size": batch_size}}
+
+
+# ---------------------------------------------------------------- explain
+def shape(*dims):
+    return "×".join(str(d) for d in dims)
+
+
+def journey_shapes(config, prompt_tokens):
+    """(stage, shape) for one image and a prompt of `prompt_tokens` tokens, from the config alone."""
+    v, q, t = config.vision_config, config.qformer_config, config.text_config
+    patches = (v.image_size // v.patch_size) ** 2 + 1  # + the [CLS] embedding
+    n = config.num_query_tokens
+    return [("pixel values", shape(1, 3, v.image_size, v.image_size)),
+            ("patch embeddings (+CLS)", shape(1, patches, v.hidden_size)),
+            ("vision encoder output", shape(1, patches, v.hidden_size)),
+            ("learned query tokens", shape(1, n, q.hidden_size)),
+            ("Q-Former output", shape(1, n, q.hidden_size)),
+            ("projected queries", shape(1, n, t.hidden_size)),
+            ("prompt token embeddings", shape(1, prompt_tokens, t.hidden_size)),
+            ("decoder input (joined)", shape(1, n + prompt_tokens, t.hidden_size)),
+            ("decoder logits", shape(1, n + prompt_tokens, t.vocab_size))]
+
+
+@torch.no_grad()
+def explain(model, processor, image, prompt):
+    """Run the model stage by stage on one image and report each real tensor shape."""
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt").to(model.device, model.dtype)
+    image_token = model.config.image_token_id
+    is_image = inputs["input_ids"][0] == image_token
+    prompt_ids = inputs["input_ids"][:, ~is_image]
+    pixel_values = inputs["pixel_values"]
+    patches = model.vision_model.embeddings(pixel_values)
+    image_embeds = model.vision_model(pixel_values).last_hidden_state
+    queries = model.query_tokens.expand(1, -1, -1)
+    query_output = model.qformer(query_embeds=queries, encoder_hidden_states=image_embeds).last_hidden_state
+    projected = model.language_projection(query_output.to(model.dtype))
+    token_embeds = model.get_input_embeddings()(prompt_ids)
+    # the processor put one <image> placeholder per query before the prompt; the model swaps them in
+    joined = torch.cat([projected, token_embeds], dim=1)
+    logits = model.language_model(inputs_embeds=joined, attention_mask=inputs["attention_mask"]).logits
+    real = [pixel_values, patches, image_embeds, queries, query_output, projected, token_embeds, joined, logits]
+    expected = journey_shapes(model.config, prompt_ids.shape[1])
+    reference = journey_shapes(BLIP2_OPT_2_7B, prompt_ids.shape[1])
+    return {"prompt": prompt,
+            "prompt_tokens": processor.tokenizer.convert_ids_to_tokens(prompt_ids[0]),
+            "next_token": processor.tokenizer.decode(logits[0, -1].argmax()),
+            "stages": [{"stage": name, "shape": shape(*t.shape), "from_config": cfg, "blip2_opt_2_7b": ref}
+                       for t, (name, cfg), (_, ref) in zip(real, expected, reference)]}
+
+
+QFORMER_NOTE = """\
+What the Q-Former is for: the image encoder gives one vector per patch (257 for BLIP-2's ViT-g),
+in its own feature space. The Q-Former's learned queries cross-attend to all of them and return a
+fixed, small number of vectors (32), which one linear layer maps to the decoder's embedding size.
+The decoder sees a short, fixed-length 'visual prompt' instead of hundreds of patch features, and
+in real BLIP-2 both the image encoder and the language model stay frozen: only the Q-Former
+(188M parameters) learns to translate between them."""
+
+
+def print_explain(result, model_name):
+    print(f"prompt {result['prompt']!r} -> {len(result['prompt_tokens'])} tokens {result['prompt_tokens']}")
+    print("(the blip2-opt-2.7b column assumes the same number of prompt tokens)")
+    print(f"\n{'stage':<26} {model_name:<18} {'blip2-opt-2.7b':<18}")
+    for s in result["stages"]:
+        print(f"{s['stage']:<26} {s['shape']:<18} {s['blip2_opt_2_7b']:<18}")
+    print(f"\nmost likely next token: {result['next_token']!r}\n\n{QFORMER_NOTE}")
+
+
+# ---------------------------------------------------------------- eval
+def attribute_correct(truth, predicted, attribute):
+    """The caption names the right values of one attribute, object by object in reading order."""
+    return ([getattr(o, attribute) for o in reading_order(truth)]
+            == [getattr(o, attribute) for o in reading_order(predicted)])
+
+
+def evaluate(model_name="tiny", split="test", n=500, seed=0, device="auto", batch_size=64):
+    """Greedy captions and one question per image; accuracy per attribute, seen vs held-out pairs."""
+    model, processor = zoo.load_blip2(model_name, device)
+    samples = shapesworld.generate(split, n, seed)
+    images = [s.image for s in samples]
+    captions = caption_images(model, processor, images, [""] * n, GREEDY, batch_size, progress=True)
+    rng = np.random.default_rng(seed)
+    questions, answers = zip(*(question_answer(s.objects, rng) for s in samples))
+    replies = caption_images(model, processor, images, [qa_prompt(q) for q in questions],
+                             GREEDY | {"max_new_tokens": 8}, batch_size, progress=True)
+    groups = {}
+    for name, keep in (("seen", False), ("heldout", True)):
+        rows = [i for i, s in enumerate(samples) if s.heldout == keep]
+        parsed = {i: shapesworld.parse_caption(captions[i]) for i in rows}
+        groups[name] = {"n": len(rows),
+                        **{a: float(np.mean([attribute_correct(samples[i].objects, parsed[i], a) for i in rows]))
+                           for a in ATTRIBUTES},
+                        "exact": float(np.mean([reading_order(parsed[i]) == reading_order(samples[i].objects)
+                                                for i in rows])),
+                        "qa": float(np.mean([replies[i] == answers[i] for i in rows]))}
+    examples = [{"caption": captions[i], "truth": samples[i].caption_en, "question": questions[i],
+                 "answer": replies[i], "expected": answers[i]} for i in range(5)]
+    return {"model": model_name, "split": split, "n": n, "groups": groups, "examples": examples}
+
+
+def print_eval_table(result):
+    print(f"BLIP-2 ({result['model']}) on ShapesWorld {result['split']}, n={result['n']}, greedy decoding")
+    print("caption: share of captions naming every object's attribute right; qa: exact answers\n")
+    print(f"{'':<10}{'colour':>8}{'shape':>8}{'size':>8}{'position':>10}{'exact':>8}{'qa':>8}{'n':>6}")
+    for name, g in result["groups"].items():
+        print(f"{name:<10}{g['color']:>8.3f}{g['shape']:>8.3f}{g['size']:>8.3f}{g['position']:>10.3f}"
+              f"{g['exact']:>8.3f}{g['qa']:>8.3f}{g['n']:>6}")
+    for e in result["examples"][:3]:
+        print(f"\n  caption  {e['caption']}\n  truth    {e['truth']}\n"
+              f"  Q: {e['question']}  A: {e['answer']}  (expected {e['expected']})")
+
+
+# ---------------------------------------------------------------- command line
+def add_generation_args(p):
+    p.add_argument("--max-new-tokens", type=cli.positive_int, default=GREEDY["max_new_tokens"],
+                   help=f"most tokens to generate (default {GREEDY['max_new_tokens']})")
+    p.add_argument("--num-beams", type=cli.positive_int, default=1, help="beam search width; 1 = greedy (default)")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of taking the most likely token")
+    p.add_argument("--temperature", type=cli.positive_float, help="with --do-sample: <1 sharper, >1 flatter (1.0)")
+    p.add_argument("--top-p", type=cli.positive_float, help="with --do-sample: nucleus mass to keep, in (0, 1] (1.0)")
+    p.add_argument("--repetition-penalty", type=cli.positive_float, default=1.0,
+                   help="divide the score of tokens already generated; 1.0 = off (default)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for --do-sample (default 0)")
+    p.add_argument("--backend", choices=["transformers", "lavis"], default="transformers",
+                   help="transformers (default) or Salesforce LAVIS in .venv-lavis (make lavis-venv)")
+
+
+def generation_settings(args):
+    if not args.do_sample and (args.temperature is not None or args.top_p is not None):
+        raise cli.UserError("--temperature and --top-p only change anything with --do-sample")
+    if args.top_p is not None and args.top_p > 1:
+        raise cli.UserError(f"--top-p is a probability mass in (0, 1], got {args.top_p}")
+    torch.manual_seed(args.seed)
+    return {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "do_sample": args.do_sample,
+            "temperature": args.temperature, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
+            "seed": args.seed}
+
+
+def main(argv=None):
+    parser = cli.Parser(prog="python -m stage1_demos.blip2_caption", description=__doc__,
+                        formatter_class=cli.RawHelp)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("caption", help="caption images, optionally continuing a prompt")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--prompt", default="", help="text the caption continues, e.g. 'a photo of' (default none)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=16, help="images per generate() call (16)")
+    p.add_argument("--out", help="write a PNG of the images with their captions here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_generation_args(p)
+    cli.add_model_args(p)
+
+    p = sub.add_parser("ask", help="visual question answering: 'Question: ... Answer:'")
+    p.add_argument("image", help="image file")
+    p.add_argument("--question", required=True, help="e.g. 'what colour is the shape?'")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_generation_args(p)
+    cli.add_model_args(p)
+
+    p = sub.add_parser("prompts", help="one image under several prompts, side by side")
+    p.add_argument("image", help="image file")
+    p.add_argument("--prompt", action="append", help="a prompt to compare (repeatable; default: the trained styles)")
+    p.add_argument("--out", help="write a PNG of the image with each prompt's caption here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    cli.add_model_args(p)
+
+    p = sub.add_parser("explain", help="how image and prompt are joined, with real tensor shapes")
+    p.add_argument("image", help="image file")
+    p.add_argument("--prompt", default=qa_prompt("what colour is the shape?"), help="prompt to trace")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    cli.add_model_args(p)
+
+    p = sub.add_parser("eval", help="caption and question-answering accuracy on ShapesWorld")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="split (default test)")
+    p.add_argument("--n", type=cli.positive_int, default=500, help="images (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="ShapesWorld seed (default 0)")
+    p.add_argument("--out", help="also write the result as JSON here (later weeks read it)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    cli.add_model_args(p)
+
+    args = parser.parse_args(argv)
+    if args.command == "caption":
+        result = caption_files(args.images, args.prompt, generation_settings(args), args.model, args.device,
+                               args.batch_size, args.backend)
+        if args.out:
+            viz.image_grid([load_image(r["image"]) for r in result["results"]],
+                           [r["caption"] for r in result["results"]], args.out)
+        if args.json:
+            cli.print_json(result)
+            return
+        for r in result["results"]:
+            print(f"{r['image']}: {r['caption']}")
+        if args.out:
+            print(f"picture: {args.out}")
+    elif args.command == "ask":
+        if not args.question.strip():
+            raise cli.UserError("--question is empty: ask something, e.g. --question 'what colour is the shape?'")
+        result = caption_files([args.image], qa_prompt(args.question.strip()), generation_settings(args),
+                               args.model, args.device, backend=args.backend)
+        answer = result["results"][0]["caption"]
+        if args.json:
+            cli.print_json({"image": args.image, "question": args.question, "answer": answer,
+                            "settings": result["settings"]})
+        else:
+            print(answer)
+    elif args.command == "prompts":
+        image = load_image(args.image)
+        prompts = args.prompt or PROMPTS
+        model, processor = zoo.load_blip2(args.model, args.device)
+        captions = caption_images(model, processor, [image] * len(prompts), prompts)
+        rows = [{"prompt": p, "caption": c} for p, c in zip(prompts, captions)]
+        if args.out:
+            viz.captioned_image(image, [f"{r['prompt'] or '(no prompt)'} -> {r['caption']}" for r in rows], args.out)
+        if args.json:
+            cli.print_json({"image": args.image, "results": rows})
+            return
+        width = max(len(p) for p in prompts) + 2
+        for r in rows:
+            print(f"{r['prompt'] or '(no prompt)':<{width}} {r['caption']}")
+        if args.out:
+            print(f"picture: {args.out}")
+    elif args.command == "explain":
+        image = load_image(args.image)
+        model, processor = zoo.load_blip2(args.model, args.device)
+        result = explain(model, processor, image, args.prompt)
+        cli.emit(result, args.json, lambda r: print_explain(r, args.model))
+    else:
+        result = evaluate(args.model, args.split, args.n, args.seed, args.device)
+        if args.out:
+            cli.write_json(result, args.out)
+        cli.emit(result, args.json, print_eval_table)
+
+
+if __name__ == "__main__":
+    cli.run(main)

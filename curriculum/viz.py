@@ -23,7 +23,7 @@ def image_grid(images, captions, out, cols=None, tile=TILE):
     """Tiles with a wrapped caption under each; written to `out` as PNG. Returns the path."""
     cols = cols or min(len(images), 8)
     rows = -(-len(images) // cols)
-    lines = [textwrap.wrap(c, 26)[:4] for c in captions]
+    lines = [textwrap.wrap(c, 26)[:6] for c in captions]
     text_h = 14 * max((len(x) for x in lines), default=0) + 6
     grid = Image.new("RGB", (cols * tile, rows * (tile + text_h)), "white")
     draw = ImageDraw.Draw(grid)

@@ -53,7 +53,8 @@ def test_loads_like_the_hub_checkpoint(blip2_model):
     n = model.config.num_query_tokens
     # one <image> placeholder per Q-Former query, in front of </s> and the prompt
     assert inputs["input_ids"][0, :n].eq(model.config.image_token_id).all()
-    assert processor.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0, n:].tolist()) == ["</s>", "a", "Ġphoto", "Ġof"]
+    prompt_tokens = processor.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0, n:].tolist())
+    assert prompt_tokens == ["</s>", "a", "Ġphoto", "Ġof"]
     assert inputs["pixel_values"].shape == (1, 3, 64, 64)
 
 
@@ -143,7 +144,8 @@ def test_quality_on_the_test_split(capsys):
 
 def test_attribute_scoring_can_fail():
     truth = shapesworld.parse_caption("a small red circle in the top left and a large blue square in the bottom right")
-    swapped = shapesworld.parse_caption("a small blue circle in the top left and a large red square in the bottom right")
+    swapped = shapesworld.parse_caption(
+        "a small blue circle in the top left and a large red square in the bottom right")
     assert blip2_caption.attribute_correct(truth, tuple(reversed(truth)), "color")
     assert not blip2_caption.attribute_correct(truth, swapped, "color")
     assert blip2_caption.attribute_correct(truth, swapped, "shape")
@@ -214,7 +216,8 @@ def test_real_architecture_runs_every_command(cli_runner, gallery, real_architec
                                        "--max-new-tokens", "4", "--json", *model])
     assert code == 0, err
     assert len(json.loads(out)["results"]) == 3
-    code, _, err = cli_runner(main, ["ask", str(paths[0]), "--question", "what is it?", "--max-new-tokens", "3", *model])
+    code, _, err = cli_runner(main, ["ask", str(paths[0]), "--question", "what is it?", "--max-new-tokens", "3",
+                                     *model])
     assert code == 0, err
 
 

@@ -72,8 +72,10 @@ def caption_images(model, processor, images, prompts, settings=GREEDY, batch_siz
     return captions
 
 
-def caption_files(paths, prompt, settings, model_name="tiny", device="auto", batch_size=16, backend="transformers"):
-    """{"results": [{"image", "prompt", "caption"}], "settings": {...}} for a list of image files."""
+def caption_files(paths, prompt, settings, model_name="tiny", device="auto", batch_size=16, backend="transformers",
+                  out=None):
+    """{"results": [{"image", "prompt", "caption"}], "settings": {...}} for a list of image files;
+    with `out`, also a PNG of the images with their captions."""
     images = [load_image(p) for p in paths]  # fail on a bad file before loading a model
     prompts = [prompt] * len(paths)
     if backend == "lavis":
@@ -82,7 +84,10 @@ def caption_files(paths, prompt, settings, model_name="tiny", device="auto", bat
         captions = lavis_backend.caption([str(p) for p in paths], prompts, settings, model_name, device)
     else:
         model, processor = zoo.load_blip2(model_name, device)
+        torch.manual_seed(settings["seed"])  # what --do-sample draws from
         captions = caption_images(model, processor, images, prompts, settings, batch_size, progress=len(paths) > 64)
+    if out:
+        viz.image_grid(images, captions, out)
     return {"results": [{"image": str(p), "prompt": prompt, "caption": c} for p, c in zip(paths, captions)],
             "settings": {**settings, "model": model_name, "backend": backend, "batch_size": batch_size}}
 
@@ -117,10 +122,11 @@ def explain(model, processor, image, prompt):
     prompt_ids = inputs["input_ids"][:, ~is_image]
     pixel_values = inputs["pixel_values"]
     patches = model.vision_model.embeddings(pixel_values)
-    image_embeds = model.vision_model(pixel_values).last_hidden_state
     queries = model.query_tokens.expand(1, -1, -1)
-    query_output = model.qformer(query_embeds=queries, encoder_hidden_states=image_embeds).last_hidden_state
-    projected = model.language_projection(query_output.to(model.dtype))
+    # the model's own image path: ViT -> Q-Former (queries cross-attend to patches) -> projection
+    features = model.get_image_features(pixel_values=pixel_values, return_dict=True)
+    image_embeds, query_output = features.last_hidden_state, features.qformer_outputs.last_hidden_state
+    projected = features.pooler_output
     token_embeds = model.get_input_embeddings()(prompt_ids)
     # the processor put one <image> placeholder per query before the prompt; the model swaps them in
     joined = torch.cat([projected, token_embeds], dim=1)
@@ -217,7 +223,6 @@ def generation_settings(args):
         raise cli.UserError("--temperature and --top-p only change anything with --do-sample")
     if args.top_p is not None and args.top_p > 1:
         raise cli.UserError(f"--top-p is a probability mass in (0, 1], got {args.top_p}")
-    torch.manual_seed(args.seed)
     return {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "do_sample": args.do_sample,
             "temperature": args.temperature, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
             "seed": args.seed}
@@ -268,10 +273,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "caption":
         result = caption_files(args.images, args.prompt, generation_settings(args), args.model, args.device,
-                               args.batch_size, args.backend)
-        if args.out:
-            viz.image_grid([load_image(r["image"]) for r in result["results"]],
-                           [r["caption"] for r in result["results"]], args.out)
+                               args.batch_size, args.backend, args.out)
         if args.json:
             cli.print_json(result)
             return

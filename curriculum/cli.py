@@ -49,6 +49,11 @@ def add_model_args(parser, default_model="tiny"):
     add_device_arg(parser)
 
 
+def shape_text(*dims):
+    """A tensor shape as people write it: 1×4×8×8."""
+    return "×".join(str(d) for d in dims)
+
+
 def print_json(obj):
     print(json.dumps(obj, ensure_ascii=False, indent=2))
 

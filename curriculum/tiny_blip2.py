@@ -229,7 +229,7 @@ def train(out, steps=1800, batch_size=128, pool=30_000, lr=1e-3, seed=0, device=
                          input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                          labels=labels.to(device)).loss
         training.step(loss, optimizer, schedule, trainable, losses, bar)
-    training.save(out, model, processor, losses, "tiny BLIP-2: captioning loss (next-token cross-entropy)", start,
+    training.save(out, [model, processor], losses, "tiny BLIP-2: captioning loss (next-token cross-entropy)", start,
                   device, steps=steps, batch_size=batch_size, pool=pool, lr=lr, seed=seed)
 
 

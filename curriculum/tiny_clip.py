@@ -10,7 +10,6 @@ learned from ShapesWorld captions, so every caption word is one token and any ot
 tokenizes, byte by byte.
 """
 import itertools
-import math
 import time
 from dataclasses import astuple, replace
 
@@ -120,10 +119,7 @@ def train(out, steps=1200, batch_size=256, pool=30_000, lr=1e-3, seed=0, device=
     keys = np.array([key_ids.setdefault(shapesworld.label_key(o), len(key_ids)) for o in objects])
     fits, column = mention_table(objects)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
-    warmup = max(1, steps // 20)
-    # linear warm-up, then cosine decay to zero
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 0.5 * (
-        1 + math.cos(math.pi * min(s, steps) / steps))))
+    schedule = training.warmup_cosine(optimizer, steps)
     rng = np.random.default_rng(seed)
     losses, start = [], time.time()
     bar = tqdm(range(steps), desc="train tiny-clip")
@@ -142,7 +138,7 @@ def train(out, steps=1200, batch_size=256, pool=30_000, lr=1e-3, seed=0, device=
                            ).logits_per_text
         loss = contrastive_loss(logits.float(), positives)
         training.step(loss, optimizer, schedule, model.parameters(), losses, bar)
-    training.save(out, model, processor, losses, "tiny CLIP: contrastive loss", start, device,
+    training.save(out, [model, processor], losses, "tiny CLIP: contrastive loss", start, device,
                   steps=steps, batch_size=batch_size, pool=pool, lr=lr, seed=seed)
 
 

@@ -1,6 +1,7 @@
 """What the tiny-model trainers share: one optimiser step, the saved checkpoint with its record,
 and the command line. Each trainer keeps its own data, loss and learning-rate schedule."""
 import json
+import math
 import time
 from pathlib import Path
 
@@ -21,12 +22,20 @@ def step(loss, optimizer, schedule, params, losses, bar, max_grad_norm=1.0):
     bar.set_postfix(loss=f"{loss.item():.3f}")
 
 
-def save(out, model, processor, losses, title, start, device, **settings):
-    """save_pretrained both, plus loss.png and training.json (settings, final loss, minutes)."""
+def warmup_cosine(optimizer, steps):
+    """Learning rate: linear warm-up over the first 5% of steps, then cosine decay to zero."""
+    warmup = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 0.5 * (
+        1 + math.cos(math.pi * min(s, steps) / steps))))
+
+
+def save(out, parts, losses, title, start, device, **settings):
+    """save_pretrained each part (model, processor, pipeline) into `out`, plus loss.png and
+    training.json (settings, final loss, minutes)."""
     minutes = (time.time() - start) / 60
     out = Path(out)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    for part in parts:
+        part.save_pretrained(out)
     curve_png = viz.curve(losses, out / "loss.png", title)
     final_loss = float(np.mean(losses[-50:]))
     (out / "training.json").write_text(json.dumps(

@@ -51,20 +51,47 @@ def captioned_image(image, lines, out, width=480):
     return out
 
 
-def curve(ys, out, title, xlabel="step", ylabel="loss"):
-    """A line plot as PNG (matplotlib, headless)."""
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # headless: files only, no window
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_figure(fig, out):
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    _pyplot().close(fig)
+    return out
+
+
+def heatmap_overlays(image, maps, out, title):
+    """The image, then one panel per (label, 2-D map): the map stretched over the image, semi-transparent."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(2.6 * (1 + len(maps)), 3.0))
+    extent = (0, image.width, image.height, 0)
+    axes[0].imshow(image)
+    axes[0].set_title("generated", fontsize=9)
+    for ax, (label, heat) in zip(axes[1:], maps):
+        ax.imshow(image, extent=extent)
+        ax.imshow(heat, cmap="jet", alpha=0.55, extent=extent, interpolation="bilinear")
+        ax.set_title(label, fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, out)
+
+
+def curve(ys, out, title, xlabel="step", ylabel="loss"):
+    """A line plot as PNG (matplotlib, headless)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(range(1, len(ys) + 1), ys)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, out)

@@ -10,19 +10,24 @@ from huggingface_hub.errors import HFValidationError
 from curriculum import MODELS_DIR, runtime
 from curriculum.cli import UserError
 
-TINY = {"clip": "tiny-clip", "blip2": "tiny-blip2"}
+TINY = {"clip": "tiny-clip", "blip2": "tiny-blip2", "sd": "tiny-sd"}
+
+
+def is_saved(folder):
+    """A folder written by save_pretrained: a model's config.json or a diffusers pipeline's model_index.json."""
+    return (Path(folder) / "config.json").exists() or (Path(folder) / "model_index.json").exists()
 
 
 def resolve(name, family):
     """'tiny' -> the bundled folder; an existing folder -> itself; anything else -> a hub id."""
     if name == "tiny":
         path = MODELS_DIR / TINY[family]
-        if not (path / "config.json").exists():
+        if not is_saved(path):
             raise UserError(f"the bundled {TINY[family]} checkpoint is missing at {path}: run `make tiny-models`")
         return str(path)
     if Path(name).is_dir():
-        if not (Path(name) / "config.json").exists():
-            raise UserError(f"{name} is a folder but not a saved model (no config.json): "
+        if not is_saved(name):
+            raise UserError(f"{name} is a folder but not a saved model (no config.json or model_index.json): "
                             "pass a folder written by save_pretrained, a hub id, or tiny")
         return str(Path(name).resolve())
     return name
@@ -62,3 +67,15 @@ def load_blip2(name="tiny", device="auto"):
     processor = from_pretrained(AutoProcessor, path)
     processor.tokenizer.padding_side = "left"
     return model.to(device).eval(), processor
+
+
+def load_sd(name="tiny", device="auto"):
+    """A diffusers StableDiffusionPipeline on the chosen device, without the safety checker (the
+    tiny model has none; for real checkpoints stage 3 is the moderation story)."""
+    from diffusers import StableDiffusionPipeline
+
+    path = resolve(name, "sd")
+    device = runtime.pick_device(device)
+    pipe = from_pretrained(StableDiffusionPipeline, path, dtype=runtime.inference_dtype(device),
+                           safety_checker=None, requires_safety_checker=False, low_cpu_mem_usage=False)
+    return pipe.to(device)

@@ -93,24 +93,20 @@ def caption_files(paths, prompt, settings, model_name="tiny", device="auto", bat
 
 
 # ---------------------------------------------------------------- explain
-def shape(*dims):
-    return "×".join(str(d) for d in dims)
-
-
 def journey_shapes(config, prompt_tokens):
     """(stage, shape) for one image and a prompt of `prompt_tokens` tokens, from the config alone."""
     v, q, t = config.vision_config, config.qformer_config, config.text_config
     patches = (v.image_size // v.patch_size) ** 2 + 1  # + the [CLS] embedding
     n = config.num_query_tokens
-    return [("pixel values", shape(1, 3, v.image_size, v.image_size)),
-            ("patch embeddings (+CLS)", shape(1, patches, v.hidden_size)),
-            ("vision encoder output", shape(1, patches, v.hidden_size)),
-            ("learned query tokens", shape(1, n, q.hidden_size)),
-            ("Q-Former output", shape(1, n, q.hidden_size)),
-            ("projected queries", shape(1, n, t.hidden_size)),
-            ("prompt token embeddings", shape(1, prompt_tokens, t.hidden_size)),
-            ("decoder input (joined)", shape(1, n + prompt_tokens, t.hidden_size)),
-            ("decoder logits", shape(1, n + prompt_tokens, t.vocab_size))]
+    return [("pixel values", cli.shape_text(1, 3, v.image_size, v.image_size)),
+            ("patch embeddings (+CLS)", cli.shape_text(1, patches, v.hidden_size)),
+            ("vision encoder output", cli.shape_text(1, patches, v.hidden_size)),
+            ("learned query tokens", cli.shape_text(1, n, q.hidden_size)),
+            ("Q-Former output", cli.shape_text(1, n, q.hidden_size)),
+            ("projected queries", cli.shape_text(1, n, t.hidden_size)),
+            ("prompt token embeddings", cli.shape_text(1, prompt_tokens, t.hidden_size)),
+            ("decoder input (joined)", cli.shape_text(1, n + prompt_tokens, t.hidden_size)),
+            ("decoder logits", cli.shape_text(1, n + prompt_tokens, t.vocab_size))]
 
 
 @torch.no_grad()
@@ -137,7 +133,7 @@ def explain(model, processor, image, prompt):
     return {"prompt": prompt,
             "prompt_tokens": processor.tokenizer.convert_ids_to_tokens(prompt_ids[0]),
             "next_token": processor.tokenizer.decode(logits[0, -1].argmax()),
-            "stages": [{"stage": name, "shape": shape(*t.shape), "from_config": cfg, "blip2_opt_2_7b": ref}
+            "stages": [{"stage": name, "shape": cli.shape_text(*t.shape), "from_config": cfg, "blip2_opt_2_7b": ref}
                        for t, (name, cfg), (_, ref) in zip(real, expected, reference)]}
 
 

@@ -12,9 +12,11 @@ RETRIEVAL := $(OFFLINE) $(PY) -m stage1_demos.clip_retrieval
 W1 := outputs/week1
 CAPTION := $(OFFLINE) $(PY) -m stage1_demos.blip2_caption
 W2 := outputs/week2
+SD := $(OFFLINE) $(PY) -m stage1_demos.sd_generate
+W3 := outputs/week3
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test week1 week2 tiny-models clean lavis-venv
+.PHONY: help install demo test week1 week2 week3 tiny-models clean lavis-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -75,9 +77,23 @@ week2: $(VENV)/.installed ## BLIP-2 captioning: gallery captions, prompts side b
 	$(CAPTION) eval --split test --out $(W2)/eval.json
 	@echo "pictures: $(W2)/*.png"
 
+week3: $(VENV)/.installed ## Stable Diffusion: generate, schedulers x steps, the latent journey, attention, fidelity
+	$(SD) generate --prompt "a large red circle in the top left" --n 4 --out $(W3)/generate.png
+	$(SD) generate --prompt "a small yellow square in the top right and a large purple cross in the bottom left" \
+	  --n 4 --out $(W3)/generate_two.png
+	$(SD) compare --prompt "a large green triangle in the bottom right" --seed 0 --out $(W3)/compare.png
+	$(SD) explain --prompt "a large red circle in the top left" --out $(W3)/journey.png
+	for token in circle square red; do \
+	  $(SD) attention --prompt "a large red circle in the top left and a large blue square in the bottom right" \
+	    --token $$token --out $(W3)/attention_$$token.png || exit 1; \
+	done
+	$(SD) eval --split test --out $(W3)/eval.json
+	@echo "pictures: $(W3)/*.png"
+
 tiny-models: $(VENV)/.installed ## retrain the bundled checkpoints in data/models (fixed seed)
 	$(PY) -m curriculum.tiny_clip --out data/models/tiny-clip --seed 0
 	$(PY) -m curriculum.tiny_blip2 --out data/models/tiny-blip2 --seed 0
+	$(PY) -m curriculum.tiny_sd --out data/models/tiny-sd --seed 0
 
 clean: ## remove outputs/ (keeps .venv and data/models)
 	rm -rf outputs

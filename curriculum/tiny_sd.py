@@ -108,7 +108,8 @@ def min_snr_weight(noise_schedule, t, gamma=MIN_SNR_GAMMA):
 
 
 def train_unet(unet, text_encoder, tokenizer, latents, objects, steps, batch_size, lr, rng, device):
-    """DDPM's loss, Min-SNR weighted: L = w_t || eps - eps_theta(sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, t, text) ||^2."""
+    """DDPM's noise-prediction loss, Min-SNR weighted:
+    L = w_t || eps - eps_theta(sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, t, text) ||^2."""
     noise_schedule = DDPMScheduler(**SD_SCHEDULE)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     schedule = training.warmup_cosine(optimizer, steps)

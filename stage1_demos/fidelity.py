@@ -52,7 +52,8 @@ class Judge:
         for (i, o), e in zip(asked, crop_embeddings):
             color, shape = self.CANDIDATES[int(np.argmax(self.phrases[o.position] @ e))]
             records.append({"image": i, "position": o.position, "asked": f"{o.color} {o.shape}",
-                            "seen": f"{color} {shape}", "color_ok": color == o.color, "shape_ok": shape == o.shape})
+                            "heldout": o.heldout, "seen": f"{color} {shape}",
+                            "color_ok": color == o.color, "shape_ok": shape == o.shape})
         return records
 
 

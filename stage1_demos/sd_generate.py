@@ -283,18 +283,20 @@ def evaluate(pipe, split="test", n=200, steps=25, scheduler="dpmsolver", guidanc
     pipe.set_progress_bar_config(disable=True)
     images, records = [], []
     for i in tqdm(range(0, n, batch_size), desc=f"generate {split} prompts"):
-        batch = generate(pipe, prompts[i:i + batch_size], steps, scheduler, guidance, range(seed + i, seed + i + len(
-            prompts[i:i + batch_size])))
-        records += [{**r, "image": r["image"] + i} for r in judge(batch, prompts[i:i + batch_size])]
+        batch_prompts = prompts[i:i + batch_size]
+        seeds = range(seed + i, seed + i + len(batch_prompts))
+        batch = generate(pipe, batch_prompts, steps, scheduler, guidance, seeds)
+        records += [{**r, "image": r["image"] + i} for r in judge(batch, batch_prompts)]
         images += batch
     pipe.set_progress_bar_config(disable=False)
-    seen = [r for r in records if tuple(r["asked"].split()) not in shapesworld.HELDOUT_COMBINATIONS]
-    heldout = [r for r in records if tuple(r["asked"].split()) in shapesworld.HELDOUT_COMBINATIONS]
-    return {"split": split, "prompts": n, "scheduler": scheduler, "steps": steps, "guidance": guidance, "seed": seed,
-            "fidelity": fidelity(records), "seen_pairs": fidelity(seen), "heldout_pairs": fidelity(heldout),
-            "one_object_prompts": fidelity([r for r in records if len(samples[r["image"]].objects) == 1]),
-            "two_object_prompts": fidelity([r for r in records if len(samples[r["image"]].objects) == 2])}, \
-        images, prompts
+    objects_in_prompt = [len(samples[r["image"]].objects) for r in records]
+    result = {"split": split, "prompts": n, "scheduler": scheduler, "steps": steps, "guidance": guidance, "seed": seed,
+              "fidelity": fidelity(records),
+              "seen_pairs": fidelity([r for r in records if not r["heldout"]]),
+              "heldout_pairs": fidelity([r for r in records if r["heldout"]]),
+              "one_object_prompts": fidelity([r for r, k in zip(records, objects_in_prompt) if k == 1]),
+              "two_object_prompts": fidelity([r for r, k in zip(records, objects_in_prompt) if k == 2])}
+    return result, images, prompts
 
 
 def print_eval(result):

@@ -14,9 +14,13 @@ CAPTION := $(OFFLINE) $(PY) -m stage1_demos.blip2_caption
 W2 := outputs/week2
 SD := $(OFFLINE) $(PY) -m stage1_demos.sd_generate
 W3 := outputs/week3
+ATTENTION := $(OFFLINE) $(PY) -m stage2_fundamentals.attention
+DECODING := $(OFFLINE) $(PY) -m stage2_fundamentals.decoding
+W4 := outputs/week4
+W5 := outputs/week5
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test week1 week2 week3 tiny-models clean lavis-venv
+.PHONY: help install demo test bench week1 week2 week3 week4 week5 tiny-models clean lavis-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -89,6 +93,25 @@ week3: $(VENV)/.installed ## Stable Diffusion: generate, schedulers x steps, the
 	done
 	$(SD) eval --split test --out $(W3)/eval.json
 	@echo "pictures: $(W3)/*.png"
+
+week4: $(VENV)/.installed ## attention from scratch: checks against torch/CLIP/OPT, attention heatmaps
+	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 4 --split test --out $(W4)/gallery
+	$(ATTENTION) check
+	$(ATTENTION) check --json > $(W4)/check.json
+	$(ATTENTION) show --image $(W4)/gallery/test_00001.png --out $(W4)/attention.png
+	$(ATTENTION) show --image $(W4)/gallery/test_00002.png --prompt "a photo of" --out $(W4)/attention_photo.png
+	@echo "pictures: $(W4)/*.png"
+
+week5: $(VENV)/.installed ## decoding from scratch: checks against generate(), a settings sweep, the repetition fix
+	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 4 --split test --out $(W5)/gallery
+	$(DECODING) check
+	$(DECODING) check --json > $(W5)/check.json
+	$(DECODING) sweep --image $(W5)/gallery/test_00001.png --out $(W5)/sweep.json
+	$(DECODING) repetition --out $(W5)/repetition.json
+	@echo "tables: $(W5)/*.json"
+
+bench: $(VENV)/.installed ## benchmarks, as ratios measured in one run: KV cache (week 5)
+	$(DECODING) bench --out outputs/bench/kv_cache.json
 
 tiny-models: $(VENV)/.installed ## retrain the bundled checkpoints in data/models (fixed seed)
 	$(PY) -m curriculum.tiny_clip --out data/models/tiny-clip --seed 0

@@ -95,3 +95,30 @@ def curve(ys, out, title, xlabel="step", ylabel="loss"):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save_figure(fig, out)
+
+
+def attention_figure(image, overlays, matrix, row_labels, col_labels, out, top_title, bottom_title):
+    """Top: the image, then each (label, 2-D map) stretched over it. Bottom: an attention matrix,
+    one row per query (row_labels) over the keys (col_labels)."""
+    plt = _pyplot()
+    cols = 1 + len(overlays)
+    fig = plt.figure(figsize=(max(2.4 * cols, 0.32 * len(col_labels) + 2), 2.8 + 0.3 * len(row_labels) + 1.2))
+    grid = fig.add_gridspec(2, cols, height_ratios=[2.4, 0.3 * len(row_labels) + 1.2])
+    extent = (0, image.width, image.height, 0)
+    for i, (label, heat) in enumerate([("image", None)] + list(overlays)):
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(image, extent=extent)
+        if heat is not None:
+            ax.imshow(heat, cmap="jet", alpha=0.55, extent=extent, interpolation="nearest")
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    fig.text(0.5, 0.98, top_title, ha="center", va="top", fontsize=10)
+    ax = fig.add_subplot(grid[1, :])
+    ax.imshow(matrix, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(col_labels)), col_labels, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
+    ax.set_xlabel("attends to (image queries, then text)", fontsize=9)
+    ax.set_ylabel("predicting", fontsize=9)
+    ax.set_title(bottom_title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return _save_figure(fig, out)

@@ -1,0 +1,117 @@
+"""Week 5 milestone: the from-scratch decoding loops give generate()'s tokens on the tiny BLIP-2."""
+import json
+
+import pytest
+import torch
+from transformers import OPTConfig, OPTForCausalLM
+
+from curriculum import shapesworld
+from stage2_fundamentals import decoding
+from stage2_fundamentals.decoder import Decoder
+from stage2_fundamentals.decoding import Settings, decode, repeated_ngram_rate
+
+pytestmark = pytest.mark.week5
+
+
+@pytest.fixture(scope="module")
+def checks():
+    return decoding.run_checks()["checks"]
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "test_00001.png"
+    shapesworld.sample("test", 1).image.save(path)
+    return path
+
+
+@pytest.mark.parametrize("processor", ["temperature", "top-k", "top-p", "repetition penalty", "no-repeat-ngram"])
+def test_each_processor_equals_transformers(checks, processor):
+    (c,) = [c for c in checks if c["name"].startswith(processor)]
+    assert c["ok"] and c["max_abs_diff"] <= 1e-6, c
+
+
+@pytest.mark.parametrize("search", [name for name, _ in decoding.SEARCH_CHECKS])
+def test_each_search_is_token_identical_to_generate(checks, search):
+    (c,) = [c for c in checks if c["name"].startswith(search + " vs")]
+    assert c["ok"] and c["max_abs_diff"] == 0 and c["cases"] == 20, c
+
+
+def test_the_search_checks_can_fail(checks):
+    """Beam search, length penalty and sampling must change some outputs, or matching generate()
+    would prove nothing beyond greedy."""
+    changed = {c["name"].split(" vs")[0]: c["differs_from_greedy"] for c in checks if "cases" in c}
+    assert changed["greedy"] == 0
+    assert changed["beam search, 3 beams"] > 0
+    assert changed["beam search, 4 beams, length_penalty 2"] > changed["beam search, 3 beams"]
+    assert changed["sampling (T 1.3, top-k 20, top-p 0.9), same seed"] > 0
+
+
+def test_searches_on_a_random_opt_with_its_own_generate():
+    """Any pre-LayerNorm OPT, not just the tiny one: greedy and beam search on random weights."""
+    torch.manual_seed(0)
+    lm = OPTForCausalLM(OPTConfig(vocab_size=60, hidden_size=32, word_embed_proj_dim=16, ffn_dim=64,
+                                  num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                                  bos_token_id=2, eos_token_id=2, pad_token_id=1)).eval()
+    decoder = Decoder.from_opt(lm)
+    ids = torch.tensor([[2, 10, 20, 30]])
+    for s in [Settings(max_new_tokens=12), Settings(max_new_tokens=12, num_beams=3, length_penalty=0.0)]:
+        ours = decode(decoder, decoder.embed_tokens(ids), ids, s, eos=2)
+        theirs = lm.generate(ids, attention_mask=torch.ones_like(ids), **s.generate_kwargs())[0, 4:].tolist()
+        assert ours == theirs[:len(ours)] and len(ours) == len(theirs)
+
+
+def test_processors_by_hand():
+    scores = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    assert decoding.apply_top_k(scores, 2).isinf().tolist() == [[False, False, True, True]]
+    # probabilities ≈ 0.64, 0.24, 0.09, 0.03: top-p 0.7 keeps the first two
+    assert decoding.apply_top_p(scores, 0.7).isinf().tolist() == [[False, False, True, True]]
+    penalised = decoding.apply_repetition_penalty(scores, torch.tensor([[0, 3]]), 2.0)
+    assert penalised.tolist() == [[1.0, 1.0, 0.0, -2.0]]
+    banned = decoding.apply_no_repeat_ngram(scores, torch.tensor([[1, 2, 1]]), 2)  # "1 2" seen, now after 1
+    assert banned.isinf().tolist() == [[False, False, True, False]]
+
+
+def test_repeated_ngram_rate():
+    assert repeated_ngram_rate([1, 2, 3, 4, 5]) == 0
+    assert repeated_ngram_rate([1, 2, 3, 1, 2, 3]) == 0.25  # 4 trigrams, "1 2 3" seen again
+    assert repeated_ngram_rate([7, 7, 7, 7, 7], n=2) == 0.75
+
+
+def test_repetition_demo_shows_the_loop_and_its_fixes(cli_runner, tmp_path):
+    code, out, _ = cli_runner(decoding.main, ["repetition", "--json", "--out", str(tmp_path / "r.json")])
+    rows = {r["setting"]: r["repeated_ngram_rate"] for r in json.loads(out)["rows"]}
+    assert code == 0 and json.loads((tmp_path / "r.json").read_text())["rows"]
+    problem = rows["greedy, </s> forbidden for 48 tokens (the problem)"]
+    assert rows["greedy, free to stop (for reference)"] < 0.05 < 0.2 < problem
+    assert rows["+ no_repeat_ngram_size 3"] == 0
+    assert rows["+ repetition_penalty 1.3"] < problem
+
+
+def test_sweep_table(cli_runner, image_file):
+    code, out, _ = cli_runner(decoding.main, ["sweep", "--image", str(image_file), "--json"])
+    rows = {r["setting"]: r for r in json.loads(out)["rows"]}
+    assert code == 0 and len(rows) == len(decoding.SWEEP)
+    assert rows["greedy, max_new_tokens 5"]["tokens"] == 5
+    assert rows["greedy"]["text"] == "a small green cross in the top right and a small red circle in the bottom right"
+    assert rows["sampling, temperature 3"]["text"] != rows["greedy"]["text"]
+
+
+def test_generate_json(cli_runner, image_file):
+    code, out, _ = cli_runner(decoding.main, ["generate", "--image", str(image_file), "--num-beams", "3", "--json"])
+    result = json.loads(out)
+    assert code == 0 and set(result) == {"image", "prompt", "settings", "text", "tokens", "seconds"}
+    assert result["settings"]["num_beams"] == 3 and "green cross" in result["text"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--image", "missing.png"], "no image at missing.png"),
+    (["--temperature", "-1", "--sample"], "temperature must be above 0"),
+    (["--top-p", "0", "--sample"], "top_p must be in (0, 1]"),
+    (["--top-p", "1.5", "--sample"], "top_p must be in (0, 1]"),
+    (["--num-beams", "0"], "expected a positive integer"),
+])
+def test_bad_input_is_a_clear_error(cli_runner, image_file, argv, message):
+    argv = ["generate"] + (argv if "--image" in argv else ["--image", str(image_file)] + argv)
+    code, _, err = cli_runner(decoding.main, argv)
+    assert code == 2 and message in err.strip().splitlines()[-1]

@@ -18,9 +18,11 @@ ATTENTION := $(OFFLINE) $(PY) -m stage2_fundamentals.attention
 DECODING := $(OFFLINE) $(PY) -m stage2_fundamentals.decoding
 W4 := outputs/week4
 W5 := outputs/week5
+DIFFUSION := $(OFFLINE) $(PY) -m stage2_fundamentals.diffusion
+W8 := outputs/week8
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test bench week1 week2 week3 week4 week5 tiny-models clean lavis-venv
+.PHONY: help install demo test bench week1 week2 week3 week4 week5 week8 tiny-models clean lavis-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -109,6 +111,18 @@ week5: $(VENV)/.installed ## decoding from scratch: checks against generate(), a
 	$(DECODING) sweep --image $(W5)/gallery/test_00001.png --out $(W5)/sweep.json
 	$(DECODING) repetition --out $(W5)/repetition.json
 	@echo "tables: $(W5)/*.json"
+
+week8: $(VENV)/.installed ## DDPM / DDIM from scratch vs diffusers, the pipeline reproduced, samplers x steps
+	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 4 --split test --out $(W8)/gallery
+	$(DIFFUSION) check
+	$(DIFFUSION) check --json > $(W8)/check.json
+	$(DIFFUSION) sample --prompt "a large red circle in the top left" --seed 0 --out $(W8)/sample_ddim.png
+	$(DIFFUSION) sample --prompt "a large red circle in the top left" --seed 0 --sampler ddpm \
+	  --out $(W8)/sample_ddpm.png
+	$(DIFFUSION) compare --prompt "a small yellow square in the top right and a large purple cross in the bottom left" \
+	  --seed 0 --step-counts 3 5 10 25 50 --n 6 --out $(W8)/compare.png
+	$(DIFFUSION) forward --image $(W8)/gallery/test_00001.png --out $(W8)/forward.png
+	@echo "pictures: $(W8)/*.png"
 
 bench: $(VENV)/.installed ## benchmarks, as ratios measured in one run: KV cache (week 5)
 	$(DECODING) bench --out outputs/bench/kv_cache.json

@@ -122,3 +122,21 @@ def attention_figure(image, overlays, matrix, row_labels, col_labels, out, top_t
     ax.set_title(bottom_title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     return _save_figure(fig, out)
+
+
+def to_pil(chw):
+    """A (3, H, W) tensor with values in [0, 1] as a PIL image."""
+    return Image.fromarray((chw.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+
+
+def lines(series, out, title, xlabel, ylabel):
+    """Several curves ({label: ys}, x = 0, 1, …) on one plot, as PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, ys in series.items():
+        ax.plot(range(len(ys)), ys, label=label)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save_figure(fig, out)

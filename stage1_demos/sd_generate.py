@@ -81,15 +81,21 @@ def generate_command(pipe, prompt, negative_prompt, steps, scheduler, guidance, 
 
 
 # ---------------------------------------------------------------- compare
-def compare(pipe, prompt, seed, schedulers, steps_list, n, guidance, judge):
-    """Every scheduler x step count from the same seeds: the first image of each cell in a grid,
-    seconds per image, and the tiny CLIP's verdict on all n images of the cell."""
+def scheduler_sampler(pipe, name, guidance):
+    """A sampler for `compare`: (prompts, steps, seeds) -> images, through the pipeline and a scheduler."""
+    return lambda prompts, steps, seeds: generate(pipe, prompts, steps, name, guidance, seeds)
+
+
+def compare(samplers, prompt, seed, steps_list, n, judge):
+    """Every sampler ({name: (prompts, steps, seeds) -> images}) x step count from the same seeds:
+    the first image of each cell in a grid, seconds per image, and the tiny CLIP's verdict on all n
+    images of the cell."""
     cells, tiles, labels = [], [], []
-    generate(pipe, [prompt], 2, schedulers[0], guidance, [seed])  # warm-up, so the first cell's time is fair
-    for name in tqdm(schedulers, desc="schedulers"):
+    next(iter(samplers.values()))([prompt], 2, [seed])  # warm-up, so the first cell's time is fair
+    for name, sample in tqdm(samplers.items(), desc="samplers"):
         for steps in steps_list:
             start = time.perf_counter()
-            images = generate(pipe, [prompt] * n, steps, name, guidance, range(seed, seed + n))
+            images = sample([prompt] * n, steps, range(seed, seed + n))
             seconds = (time.perf_counter() - start) / n
             score = fidelity(judge(images, [prompt] * n))
             cells.append({"scheduler": name, "steps": steps, "seconds_per_image": round(seconds, 4),
@@ -108,10 +114,11 @@ def share(value):
 def print_compare(result):
     print(f"prompt {result['prompt']!r}, seeds {result['seed']}..{result['seed'] + result['n'] - 1}; "
           "each cell: colour / shape right (tiny CLIP), seconds per image")
-    print(f"{'scheduler':<10}" + "".join(f"{f'{s} steps':>22}" for s in result["steps"]))
+    width = max(10, *(len(name) + 1 for name in result["schedulers"]))
+    print(f"{'scheduler':<{width}}" + "".join(f"{f'{s} steps':>22}" for s in result["steps"]))
     for name in result["schedulers"]:
         row = [c for c in result["cells"] if c["scheduler"] == name]
-        print(f"{name:<10}" + "".join(
+        print(f"{name:<{width}}" + "".join(
             f"{share(c['fidelity']['color']):>6} / {share(c['fidelity']['shape']):<4}{c['seconds_per_image']:>9.3f}s"
             for c in row))
     if result.get("grid"):
@@ -372,8 +379,8 @@ def main(argv=None):
             f"{len(r['images'])} images in {r['seconds']:.1f} s ({r['scheduler']}, {r['steps']} steps): {r['grid']}"))
     elif args.command == "compare":
         pipe.set_progress_bar_config(disable=True)
-        cells, tiles, labels = compare(pipe, args.prompt, args.seed, args.schedulers, args.step_counts, args.n,
-                                       args.guidance, Judge())
+        samplers = {name: scheduler_sampler(pipe, name, args.guidance) for name in args.schedulers}
+        cells, tiles, labels = compare(samplers, args.prompt, args.seed, args.step_counts, args.n, Judge())
         grid = viz.image_grid(tiles, labels, args.out, cols=len(args.step_counts))
         result = {"prompt": args.prompt, "seed": args.seed, "n": args.n, "guidance": args.guidance,
                   "schedulers": args.schedulers, "steps": args.step_counts, "cells": cells, "grid": str(grid)}

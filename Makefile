@@ -22,7 +22,7 @@ DIFFUSION := $(OFFLINE) $(PY) -m stage2_fundamentals.diffusion
 W8 := outputs/week8
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test bench week1 week2 week3 week4 week5 week8 tiny-models clean lavis-venv
+.PHONY: help install demo test bench week1 week2 week3 week4 week5 lora week8 tiny-models clean lavis-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -111,6 +111,11 @@ week5: $(VENV)/.installed ## decoding from scratch: checks against generate(), a
 	$(DECODING) sweep --image $(W5)/gallery/test_00001.png --out $(W5)/sweep.json
 	$(DECODING) repetition --out $(W5)/repetition.json
 	@echo "tables: $(W5)/*.json"
+
+lora: $(VENV)/.installed ## fine-tuning (week 7): LoRA and prefix tuning vs PEFT, a new colour taught three ways
+	$(OFFLINE) $(PY) -m stage2_fundamentals.lora check
+	$(OFFLINE) $(PY) -m stage2_fundamentals.lora experiment --out outputs/week7
+	@echo "table and plots: outputs/week7/new_concept.*"
 
 week8: $(VENV)/.installed ## DDPM / DDIM from scratch vs diffusers, the pipeline reproduced, samplers x steps
 	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 4 --split test --out $(W8)/gallery

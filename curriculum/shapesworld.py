@@ -116,15 +116,16 @@ def caption_zh(objects, template=0):
     return "，".join(ZH_TEMPLATES[template](o) for o in objects)
 
 
-def parse_caption(text):
+def parse_caption(text, colors=COLORS):
     """Recover the objects a caption (English or Chinese) describes; incomplete ones are dropped.
 
     Later weeks score generated captions with this, so it reads any template, in any order.
+    `colors` can add a colour the world does not have (week 7 teaches the models a new one).
     """
     objects = []
     for chunk in re.split(r"\band\b|，|,|和", text.lower()):
         found = {}
-        for field, vocab in (("color", COLORS), ("shape", SHAPES), ("size", SIZES), ("position", POSITIONS)):
+        for field, vocab in (("color", colors), ("shape", SHAPES), ("size", SIZES), ("position", POSITIONS)):
             for name, value in vocab.items():
                 zh = value if isinstance(value, str) else value[1]
                 if re.search(rf"\b{name}\b", chunk) or zh in chunk:
@@ -149,7 +150,7 @@ def _polygon(shape, cx, cy, r):
     raise ValueError(shape)
 
 
-def render(objects, size, rng):
+def render(objects, size, rng, colors=COLORS):
     """Draw objects on a plain background, with small jitter in place, radius and colour."""
     image = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(image)
@@ -157,7 +158,7 @@ def render(objects, size, rng):
         (fx, fy), _ = POSITIONS[o.position]
         cx, cy = (fx + rng.uniform(-JITTER, JITTER)) * size, (fy + rng.uniform(-JITTER, JITTER)) * size
         r = RADIUS[o.size] * size * rng.uniform(0.9, 1.1)
-        rgb = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in COLORS[o.color][0])
+        rgb = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in colors[o.color][0])
         if o.shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=rgb)
         else:

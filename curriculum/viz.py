@@ -140,3 +140,21 @@ def lines(series, out, title, xlabel, ylabel):
     ax.legend()
     fig.tight_layout()
     return _save_figure(fig, out)
+
+
+def grouped_bars(groups, out, title):
+    """One group of bars per key of `groups` ({group: {series: value in [0, 1]}}), as PNG."""
+    plt = _pyplot()
+    names = list(groups)
+    series = list(next(iter(groups.values())))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)), 4))
+    for i, label in enumerate(series):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(names))]
+        ax.bar(xs, [groups[n][label] for n in names], width, label=label)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set(title=title, ylim=(0, 1.05))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save_figure(fig, out)

@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curriculum import cli, shapesworld, viz, zoo
+from curriculum import checks, cli, shapesworld, viz, zoo
 from curriculum.images import load_image
 
-ATOL = 1e-5  # float32: every check must agree to this absolute difference
 
 
 # ---------------------------------------------------------------- attention from scratch
@@ -147,14 +146,6 @@ def additive(mask):
     return torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
 
 
-def compare(name, ours, theirs, where=None):
-    """One check record: the max |ours - theirs| (over `where` only, if given)."""
-    diff = (ours - theirs).abs()
-    diff = diff[where] if where is not None else diff
-    worst = float(diff.max())
-    return {"name": name, "max_abs_diff": worst, "ok": worst <= ATOL}
-
-
 def padding_mask(lengths, t):
     """(B, 1, 1, T): True for the first `length` keys of each row, False for right padding."""
     return (torch.arange(t)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
@@ -169,7 +160,7 @@ def check_sdpa(gen):
              ("causal", {"causal": True}, {"is_causal": True}),
              ("padding (boolean)", {"mask": pad}, {"attn_mask": pad}),
              ("additive float mask", {"mask": additive_mask}, {"attn_mask": additive_mask})]
-    return [compare(f"scaled_dot_product_attention, {label} vs torch SDPA",
+    return [checks.record(f"scaled_dot_product_attention, {label} vs torch SDPA",
                     scaled_dot_product_attention(q, k, v, **ours)[0], F.scaled_dot_product_attention(q, k, v, **theirs))
             for label, ours, theirs in cases]
 
@@ -185,8 +176,9 @@ def check_torch_mha(gen):
     theirs, their_weights = mha(x, x, x, key_padding_mask=key_padding, attn_mask=~causal_mask(6, 6),
                                 average_attn_weights=False)
     out, weights = ours(x, mask=padding_mask(lengths, 6), causal=True)
-    return [compare("MultiHeadAttention vs torch.nn.MultiheadAttention (causal + padding), output", out, theirs),
-            compare("MultiHeadAttention vs torch.nn.MultiheadAttention, attention weights", weights, their_weights)]
+    return [checks.record("MultiHeadAttention vs torch.nn.MultiheadAttention (causal + padding), output", out, theirs),
+            checks.record("MultiHeadAttention vs torch.nn.MultiheadAttention, attention weights", weights,
+                          their_weights)]
 
 
 def sample_images(n=2, split="test"):
@@ -201,8 +193,8 @@ def check_clip(clip, processor):
     pixel_values = processor(images=sample_images(), return_tensors="pt").pixel_values
     x = vision.encoder.layers[0].layer_norm1(vision.pre_layrnorm(vision.embeddings(pixel_values)))
     layer = vision.encoder.layers[0].self_attn
-    checks = [compare("MultiHeadAttention vs tiny CLIP vision CLIPAttention (layer 0)",
-                      MultiHeadAttention.from_hf(layer)(x)[0], layer(x)[0])]
+    vision_check = checks.record("MultiHeadAttention vs tiny CLIP vision CLIPAttention (layer 0)",
+                                 MultiHeadAttention.from_hf(layer)(x)[0], layer(x)[0])
     tokens = processor(text=["a red circle", "a small blue square in the bottom right"], padding=True,
                        return_tensors="pt")
     t = tokens.input_ids.shape[1]
@@ -210,20 +202,25 @@ def check_clip(clip, processor):
     x = text.encoder.layers[0].layer_norm1(text.embeddings(tokens.input_ids))
     layer = text.encoder.layers[0].self_attn
     real = tokens.attention_mask.bool()  # padded query rows are never read, so compare real tokens
-    checks.append(compare("MultiHeadAttention vs tiny CLIP text CLIPAttention (layer 0, causal + padding)",
+    return [vision_check,
+            checks.record("MultiHeadAttention vs tiny CLIP text CLIPAttention (layer 0, causal + padding)",
                           MultiHeadAttention.from_hf(layer)(x, mask=allowed)[0], layer(x, additive(allowed))[0],
-                          where=real))
-    return checks
+                          where=real)]
+
+
+def decoder_embeds(model, pixel_values, input_ids):
+    """What the BLIP-2 language model reads: the projected image queries where the processor put
+    its <image> placeholders, word embeddings everywhere else."""
+    embeds = model.get_input_embeddings()(input_ids)
+    queries = model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
+    is_image = (input_ids == model.config.image_token_id)[..., None]
+    return embeds.masked_scatter(is_image, queries.to(embeds.dtype))
 
 
 def blip2_decoder_inputs(model, processor, images, prompts):
-    """What the BLIP-2 language model reads: projected image queries where the processor put its
-    <image> placeholders, then the prompt's word embeddings; and the attention mask."""
+    """(decoder input embeddings, attention mask, token ids) for images and prompts."""
     inputs = processor(images=images, text=prompts, padding=True, return_tensors="pt")
-    embeds = model.get_input_embeddings()(inputs.input_ids)
-    queries = model.get_image_features(pixel_values=inputs.pixel_values, return_dict=True).pooler_output
-    is_image = (inputs.input_ids == model.config.image_token_id)[..., None]
-    return embeds.masked_scatter(is_image, queries.to(embeds.dtype)), inputs.attention_mask, inputs.input_ids
+    return decoder_embeds(model, inputs.pixel_values, inputs.input_ids), inputs.attention_mask, inputs.input_ids
 
 
 @torch.no_grad()
@@ -242,10 +239,10 @@ def check_blip2(model, processor):
     layer = hf_decoder.layers[0].self_attn
     ours = Decoder.from_opt(lm)
     logits = ours(embeds, attention_mask).logits
-    return [compare("MultiHeadAttention vs tiny BLIP-2 OPTAttention (layer 0, causal + left padding)",
+    return [checks.record("MultiHeadAttention vs tiny BLIP-2 OPTAttention (layer 0, causal + left padding)",
                     MultiHeadAttention.from_hf(layer)(x, mask=allowed)[0],
                     layer(x, attention_mask=additive(allowed))[0], where=real),
-            compare("from-scratch Decoder vs tiny BLIP-2 OPTForCausalLM, logits on image + prompt",
+            checks.record("from-scratch Decoder vs tiny BLIP-2 OPTForCausalLM, logits on image + prompt",
                     logits, lm(inputs_embeds=embeds, attention_mask=attention_mask).logits, where=real)]
 
 
@@ -255,14 +252,6 @@ def run_checks(clip_name="tiny", blip2_name="tiny"):
     blip2, blip2_processor = zoo.load_blip2(blip2_name, "cpu")
     return {"checks": check_sdpa(gen) + check_torch_mha(gen) + check_clip(clip.float(), clip_processor)
             + check_blip2(blip2.float(), blip2_processor)}
-
-
-def print_checks(result):
-    width = max(len(c["name"]) for c in result["checks"])
-    for c in result["checks"]:
-        print(f"{'ok ' if c['ok'] else 'FAIL'} {c['name']:<{width}}  max |diff| {c['max_abs_diff']:.2e}")
-    failed = sum(not c["ok"] for c in result["checks"])
-    print(f"\n{len(result['checks']) - failed}/{len(result['checks'])} checks within {ATOL:g}")
 
 
 # ---------------------------------------------------------------- show
@@ -353,10 +342,7 @@ def main(argv=None):
         p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "check":
-        result = run_checks(args.clip, args.blip2)
-        cli.emit(result, args.json, print_checks)
-        if not all(c["ok"] for c in result["checks"]):
-            raise SystemExit(1)
+        checks.emit(run_checks(args.clip, args.blip2), args.json)
     else:
         result = show(args.image, args.out, args.clip, args.blip2, args.prompt)
         cli.emit(result, args.json, lambda r: print(f"caption: {r['caption']}\npicture: {r['out']}"))

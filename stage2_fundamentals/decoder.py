@@ -60,7 +60,8 @@ class Decoder(nn.Module):
         self.lm_head = nn.Linear(embed_dim, vocab_size, bias=False)
         self.lm_head.weight = self.embed_tokens.weight  # tied: logits = h · Eᵀ
 
-    def new_cache(self):
+    def new_cache(self, batch=None):
+        """An empty cache (`batch` matters only to decoders that start it with something, e.g. a prefix)."""
         return KVCache(len(self.layers))
 
     def forward(self, embeds, attention_mask=None, cache=None):

@@ -31,7 +31,7 @@ from PIL import Image
 from transformers import (LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
                           TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
-from curriculum import cli, shapesworld, zoo
+from curriculum import checks, cli, shapesworld, zoo
 from curriculum.images import load_image
 from stage2_fundamentals.attention import blip2_decoder_inputs
 from stage2_fundamentals.decoder import Decoder
@@ -135,7 +135,7 @@ class Stepper:
 
     def __init__(self, decoder, prefix, use_cache):
         self.decoder, self.embeds = decoder, prefix
-        self.cache = decoder.new_cache() if use_cache else None
+        self.cache = decoder.new_cache(prefix.shape[0]) if use_cache else None
         self.pending = prefix  # what the decoder has not seen yet
 
     def logits(self):
@@ -299,7 +299,8 @@ def check_search(captioner, images, name, s, seed=0):
         differ += ours != theirs
         changed += ours != captioner.generate(image, prompt, Settings())
     return {"name": f"{name} vs generate(): token-identical outputs", "max_abs_diff": differ, "ok": differ == 0,
-            "cases": len(cases), "differs_from_greedy": changed}
+            "cases": len(cases), "differs_from_greedy": changed,
+            "detail": f"{len(cases) - differ}/{len(cases)} identical ({changed} differ from greedy)"}
 
 
 def score_diff(ours, theirs):
@@ -323,30 +324,18 @@ def check_processors(captioner, images):
              ("repetition penalty 1.3", apply_repetition_penalty(scores, context, 1.3),
               RepetitionPenaltyLogitsProcessor(1.3)),
              ("no-repeat-ngram 2", apply_no_repeat_ngram(scores, context, 2), NoRepeatNGramLogitsProcessor(2))]
-    checks = []
+    results = []
     for name, ours, processor in cases:
         worst = score_diff(ours, LogitsProcessorList([processor])(context, scores.clone()))
-        checks.append({"name": f"{name} vs transformers {type(processor).__name__}", "max_abs_diff": worst,
-                       "ok": worst <= 1e-6})
-    return checks
+        results.append({"name": f"{name} vs transformers {type(processor).__name__}", "max_abs_diff": worst,
+                        "ok": worst <= 1e-6})
+    return results
 
 
 def run_checks(model="tiny"):
     captioner, images = load_captioner(model), check_images()
     return {"checks": check_processors(captioner, images)
             + [check_search(captioner, images, name, s) for name, s in SEARCH_CHECKS]}
-
-
-def print_checks(result):
-    for c in result["checks"]:
-        if "cases" in c:
-            detail = (f"{c['cases'] - c['max_abs_diff']}/{c['cases']} identical "
-                      f"({c['differs_from_greedy']} differ from greedy)")
-        else:
-            detail = f"max |diff| {c['max_abs_diff']:.1e}"
-        print(f"{'ok ' if c['ok'] else 'FAIL'} {c['name']:<100} {detail}")
-    failed = sum(not c["ok"] for c in result["checks"])
-    print(f"\n{len(result['checks']) - failed}/{len(result['checks'])} checks passed")
 
 
 # ---------------------------------------------------------------- sweep and repetition
@@ -506,10 +495,7 @@ def main(argv=None):
         p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "check":
-        result = run_checks(args.model)
-        cli.emit(result, args.json, print_checks)
-        if not all(c["ok"] for c in result["checks"]):
-            raise SystemExit(1)
+        checks.emit(run_checks(args.model), args.json)
         return
     if args.command == "generate":
         s = Settings(args.max_new_tokens, args.num_beams, args.sample, args.temperature, args.top_k, args.top_p,

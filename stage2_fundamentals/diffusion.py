@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from curriculum import cli, viz, zoo
+from curriculum import checks, cli, viz, zoo
 from curriculum.images import load_image
 from stage1_demos import sd_generate
 from stage1_demos.fidelity import Judge
@@ -291,7 +291,8 @@ CHECK_CONFIGS = [
 ]
 
 
-def compare_record(name, ours, theirs):
+def steps_record(name, ours, theirs):
+    """Every step of two sampling loops: the worst difference over all of them."""
     worst = max(float((a - b).abs().max()) for a, b in zip(ours, theirs))
     return {"name": name, "max_abs_diff": worst, "ok": worst <= ATOL and len(ours) == len(theirs)}
 
@@ -303,21 +304,21 @@ def run_checks(model_name="tiny"):
     model = pipeline_model(pipe, ["a large red circle in the top left"], guidance=5.0)
     size, channels = pipe.unet.config.sample_size, pipe.unet.config.in_channels
     x_t = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))
-    checks = []
+    results = []
     for schedule, c in SCHEDULE_CONFIGS.items():
         ours, theirs = betas(c), c.library(DDPMScheduler).betas
-        checks.append(compare_record(f"betas and ᾱ, {schedule}", [ours, alphas_cumprod(c)],
+        results.append(steps_record(f"betas and ᾱ, {schedule}", [ours, alphas_cumprod(c)],
                                      [theirs, c.library(DDPMScheduler).alphas_cumprod]))
     t = torch.tensor([0, 10, 500, 999])
     x0, noise = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.randn(4, 3, 8, 8)
-    checks.append(compare_record("forward q(x_t | x_0) vs DDPMScheduler.add_noise, 4 timesteps",
+    results.append(steps_record("forward q(x_t | x_0) vs DDPMScheduler.add_noise, 4 timesteps",
                                  [add_noise(x0, noise, t, alphas_cumprod(sd))],
                                  [sd.library(DDPMScheduler).add_noise(x0, noise, t)]))
     for spacing in SPACINGS:
         c = replace(sd, timestep_spacing=spacing)
         scheduler = c.library(DDIMScheduler)
         scheduler.set_timesteps(30)
-        checks.append(compare_record(f"timesteps, {spacing} spacing, 30 steps", [timesteps(c, 30).float()],
+        results.append(steps_record(f"timesteps, {spacing} spacing, 30 steps", [timesteps(c, 30).float()],
                                      [scheduler.timesteps.float()]))
     for label, c, runs in CHECK_CONFIGS:
         c = sd if c is None else replace(sd, set_alpha_to_one=True) if c == "set_alpha_to_one" else c
@@ -325,16 +326,8 @@ def run_checks(model_name="tiny"):
             library = c.library(DDPMScheduler if sampler == "ddpm" else DDIMScheduler)
             ours = reverse(model, x_t, c, steps, sampler, eta, torch.Generator().manual_seed(7))
             theirs = library_reverse(model, x_t, library, steps, eta, torch.Generator().manual_seed(7))
-            checks.append(compare_record(check_name(label, sampler, steps, eta) + ", every step", ours, theirs))
-    return {"checks": checks}
-
-
-def print_checks(result):
-    width = max(len(c["name"]) for c in result["checks"])
-    for c in result["checks"]:
-        print(f"{'ok ' if c['ok'] else 'FAIL'} {c['name']:<{width}}  max |diff| {c['max_abs_diff']:.1e}")
-    failed = sum(not c["ok"] for c in result["checks"])
-    print(f"\n{len(result['checks']) - failed}/{len(result['checks'])} checks within {ATOL:g}")
+            results.append(steps_record(check_name(label, sampler, steps, eta) + ", every step", ours, theirs))
+    return {"checks": results}
 
 
 # ---------------------------------------------------------------- compare and determinism
@@ -463,10 +456,7 @@ def main(argv=None):
     if args.command in ("sample", "compare"):
         sd_generate.check_prompt(args.prompt)
     if args.command == "check":
-        result = run_checks(args.model)
-        cli.emit(result, args.json, print_checks)
-        if not all(c["ok"] for c in result["checks"]):
-            raise SystemExit(1)
+        checks.emit(run_checks(args.model), args.json)
     elif args.command == "sample":
         start = time.perf_counter()
         result = sample_command(zoo.load_sd(args.model, "cpu"), args.prompt, args.seed, args.steps, args.sampler,

@@ -6,6 +6,7 @@ import torch
 from transformers import OPTConfig, OPTForCausalLM
 
 from curriculum import shapesworld
+from curriculum.checks import record
 from curriculum.cli import UserError
 from stage2_fundamentals import attention
 from stage2_fundamentals.attention import KVCache, MultiHeadAttention, causal_mask, scaled_dot_product_attention
@@ -25,7 +26,7 @@ def test_each_check_within_tolerance(checks, part):
     matching = [c for name, c in checks.items() if part in name]
     assert matching, f"no check named {part!r}"
     for c in matching:
-        assert c["ok"] and c["max_abs_diff"] <= attention.ATOL, c
+        assert c["ok"] and c["max_abs_diff"] <= 1e-5, c
 
 
 def test_the_check_notices_a_wrong_scale():
@@ -33,7 +34,7 @@ def test_the_check_notices_a_wrong_scale():
     q, k, v = (torch.randn(1, 2, 5, 16) for _ in range(3))
     ours = scaled_dot_product_attention(q * 4, k, v)[0]  # scores 4x too large, as without / √16
     theirs = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    assert not attention.compare("wrong scale", ours, theirs)["ok"]
+    assert not record("wrong scale", ours, theirs)["ok"]
 
 
 def test_masks_hide_what_they_should():

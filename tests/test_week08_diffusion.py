@@ -57,7 +57,7 @@ def test_the_loop_check_notices_the_wrong_variance():
     ours = reverse(model, x, Config(), 10, "ddpm", generator=torch.Generator().manual_seed(1))
     library = Config(variance_type="fixed_large").library(DDPMScheduler)
     theirs = diffusion.library_reverse(model, x, library, 10, generator=torch.Generator().manual_seed(1))
-    assert not diffusion.compare_record("wrong variance", ours, theirs)["ok"]
+    assert not diffusion.steps_record("wrong variance", ours, theirs)["ok"]
 
 
 def test_snr_falls_from_signal_to_noise():

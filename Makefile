@@ -20,9 +20,11 @@ W4 := outputs/week4
 W5 := outputs/week5
 DIFFUSION := $(OFFLINE) $(PY) -m stage2_fundamentals.diffusion
 W8 := outputs/week8
+W6 := outputs/week6
+W7 := outputs/week7
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test bench week1 week2 week3 week4 week5 lora week8 tiny-models clean lavis-venv
+.PHONY: help install demo test bench week1 week2 week3 week4 week5 week6 week7 lora week8 week12 tiny-models clean lavis-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -70,7 +72,7 @@ week1: $(VENV)/.installed ## CLIP retrieval: gallery, index, text and image quer
 	  --out $(W1)/text_two_objects.png
 	$(RETRIEVAL) search --index $(W1)/index --image $(W1)/gallery/test_00007.png \
 	  --out $(W1)/image_query.png
-	$(RETRIEVAL) eval --split test
+	$(RETRIEVAL) eval --split test --out $(W1)/eval.json
 	@echo "pictures: $(W1)/*.png"
 
 week2: $(VENV)/.installed ## BLIP-2 captioning: gallery captions, prompts side by side, explain, accuracy
@@ -112,6 +114,21 @@ week5: $(VENV)/.installed ## decoding from scratch: checks against generate(), a
 	$(DECODING) repetition --out $(W5)/repetition.json
 	@echo "tables: $(W5)/*.json"
 
+week6: $(VENV)/.installed ## InfoNCE from cross-entropy: check, a tiny CLIP trained with it, negatives and temperature
+	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce check
+	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce train --out $(W6)
+	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce negatives --out $(W6)
+	@echo "results and plots: $(W6)/"
+
+week7: lora ## projection-head ablation, Chinese queries on the English CLIP index (and `make lora`)
+	$(OFFLINE) $(PY) -m stage2_fundamentals.projection --out $(W7)
+	$(OFFLINE) $(PY) -m stage2_fundamentals.crosslingual eval --out $(W7)/crosslingual.json
+	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 300 --split test --out $(W7)/gallery
+	$(RETRIEVAL) index --images $(W7)/gallery --out $(W7)/index
+	$(RETRIEVAL) search --index $(W7)/index --text "左边的红色圆形" --out $(W7)/search_zh.png
+	$(RETRIEVAL) search --index $(W7)/index --text "a red circle" --out $(W7)/search_en.png
+	@echo "results: $(W7)/"
+
 lora: $(VENV)/.installed ## fine-tuning (week 7): LoRA and prefix tuning vs PEFT, a new colour taught three ways
 	$(OFFLINE) $(PY) -m stage2_fundamentals.lora check
 	$(OFFLINE) $(PY) -m stage2_fundamentals.lora experiment --out outputs/week7
@@ -129,11 +146,18 @@ week8: $(VENV)/.installed ## DDPM / DDIM from scratch vs diffusers, the pipeline
 	$(DIFFUSION) forward --image $(W8)/gallery/test_00001.png --out $(W8)/forward.png
 	@echo "pictures: $(W8)/*.png"
 
+week12: $(VENV)/.installed ## interview: tensor drills, the question list, STAR write-ups from outputs/
+	$(OFFLINE) $(PY) -m interview.einsum_attention check
+	$(OFFLINE) $(PY) -m interview.drill --list
+	$(OFFLINE) $(PY) -m interview.star --out outputs/week12/star.md
+	@echo "quiz yourself: $(PY) -m interview.drill"
+
 bench: $(VENV)/.installed ## benchmarks, as ratios measured in one run: KV cache (week 5)
 	$(DECODING) bench --out outputs/bench/kv_cache.json
 
 tiny-models: $(VENV)/.installed ## retrain the bundled checkpoints in data/models (fixed seed)
 	$(PY) -m curriculum.tiny_clip --out data/models/tiny-clip --seed 0
+	$(PY) -m stage2_fundamentals.crosslingual train --out data/models/tiny-clip-zh --seed 0
 	$(PY) -m curriculum.tiny_blip2 --out data/models/tiny-blip2 --seed 0
 	$(PY) -m curriculum.tiny_sd --out data/models/tiny-sd --seed 0
 

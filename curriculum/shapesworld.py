@@ -108,6 +108,12 @@ def describe_en(o):
     return f"{article} {words}" + (f" in the {o.position}" if o.position else "")
 
 
+def describe_zh(o):
+    """The Chinese counterpart of describe_en: '红色圆形', '左上方的小的红色圆形'."""
+    words = (SIZES[o.size] if o.size else "") + COLORS[o.color][1] + SHAPES[o.shape]
+    return (f"{POSITIONS[o.position][1]}的" if o.position else "") + words
+
+
 def caption_en(objects, template=0):
     return " and ".join(EN_TEMPLATES[template](o) for o in objects)
 

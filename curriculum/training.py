@@ -31,16 +31,18 @@ def warmup_cosine(optimizer, steps):
 
 def save(out, parts, losses, title, start, device, **settings):
     """save_pretrained each part (model, processor, pipeline) into `out`, plus loss.png and
-    training.json (settings, final loss, minutes)."""
+    training.json (settings, final loss, minutes; a setting such as bf16_autocast=False overrides
+    what the device would do)."""
     minutes = (time.time() - start) / 60
     out = Path(out)
     for part in parts:
         part.save_pretrained(out)
     curve_png = viz.curve(losses, out / "loss.png", title)
     final_loss = float(np.mean(losses[-50:]))
+    bf16 = settings.pop("bf16_autocast", runtime.trains_in_bf16(device))
     (out / "training.json").write_text(json.dumps(
         {**settings, "final_loss": final_loss, "train_minutes": round(minutes, 2), "device": str(device),
-         "bf16_autocast": runtime.trains_in_bf16(device)}, indent=2) + "\n")
+         "bf16_autocast": bf16}, indent=2) + "\n")
     print(f"saved {out} ({minutes:.1f} min, final loss {final_loss:.3f}); loss curve: {curve_png}")
 
 

@@ -158,3 +158,21 @@ def grouped_bars(groups, out, title):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save_figure(fig, out)
+
+
+def panels(plots, out, title, logx=False):
+    """Side-by-side line plots, one per (title, xs, ys, xlabel, ylabel), as PNG."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(plots), figsize=(5 * len(plots), 3.6), squeeze=False)
+    for ax, (name, xs, ys, xlabel, ylabel) in zip(axes[0], plots):
+        ax.plot(xs, ys, marker="o")
+        ax.set(title=name, xlabel=xlabel, ylabel=ylabel, ylim=(0, 1.02))
+        if logx:
+            ax.set_xscale("log")
+            ax.minorticks_off()
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.grid(alpha=0.3)
+        ax.title.set_fontsize(9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, out)

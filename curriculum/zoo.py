@@ -10,7 +10,7 @@ from huggingface_hub.errors import HFValidationError
 from curriculum import MODELS_DIR, runtime
 from curriculum.cli import UserError
 
-TINY = {"clip": "tiny-clip", "blip2": "tiny-blip2", "sd": "tiny-sd"}
+TINY = {"clip": "tiny-clip", "clip-zh": "tiny-clip-zh", "blip2": "tiny-blip2", "sd": "tiny-sd"}
 
 
 def is_saved(folder):
@@ -54,6 +54,17 @@ def load_clip(name="tiny", device="auto"):
     device = runtime.pick_device(device)
     model = from_pretrained(CLIPModel, path, dtype=runtime.inference_dtype(device))
     return model.to(device).eval(), from_pretrained(AutoProcessor, path)
+
+
+def load_clip_zh(name="tiny", device="auto"):
+    """(Chinese CLIPTextModelWithProjection, its tokenizer): a text tower distilled into a CLIP's
+    embedding space (week 7), so Chinese queries search an index built by the English CLIP."""
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+    path = resolve(name, "clip-zh")
+    device = runtime.pick_device(device)
+    model = from_pretrained(CLIPTextModelWithProjection, path, dtype=runtime.inference_dtype(device))
+    return model.to(device).eval(), from_pretrained(AutoTokenizer, path)
 
 
 def load_blip2(name="tiny", device="auto"):

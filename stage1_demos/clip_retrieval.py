@@ -61,6 +61,24 @@ def embed_texts(model, processor, texts, batch_size=256):
     return torch.cat(chunks).numpy()
 
 
+@torch.no_grad()
+def embed_texts_zh(model, tokenizer, texts, batch_size=256):
+    """Chinese strings -> unit vectors in the English CLIP's space, from the distilled Chinese
+    text tower (a CLIPTextModelWithProjection, trained by stage2_fundamentals.crosslingual)."""
+    chunks = []
+    for i in range(0, len(texts), batch_size):
+        inputs = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, return_tensors="pt")
+        chunks.append(l2_normalize(model(**inputs.to(model.device)).text_embeds.float()).cpu())
+    return torch.cat(chunks).numpy()
+
+
+def query_language(text, lang="auto"):
+    """'zh' if the text has any Chinese character, else 'en'; `lang` other than auto wins."""
+    if lang != "auto":
+        return lang
+    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+
+
 # ---------------------------------------------------------------- index
 def build_index(images_dir, out, model_name="tiny", device="auto", batch_size=64):
     """Embed every image of a folder into a FAISS inner-product index plus meta.json."""
@@ -111,8 +129,9 @@ def load_index(index_dir):
     return faiss.read_index(str(index_dir / INDEX_FILE)), meta
 
 
-def search(index_dir, text=None, image=None, k=5, device="auto"):
-    """Top-k gallery images for a text or an image query, with the query's own model."""
+def search(index_dir, text=None, image=None, k=5, device="auto", lang="auto"):
+    """Top-k gallery images for a text or an image query, with the index's own model. Chinese
+    text goes through the Chinese tower distilled into that model's space: the same index serves both."""
     if (text is None) == (image is None):
         raise cli.UserError("give exactly one query: --text or --image")
     if text is not None and not text.strip():
@@ -121,14 +140,22 @@ def search(index_dir, text=None, image=None, k=5, device="auto"):
     if image is not None:
         query_image = load_image(image)
     model, processor = zoo.load_clip(meta["model"], device)
-    if text is not None:
+    language = query_language(text, lang) if text is not None else None
+    if language == "zh":
+        if meta["model"] != "tiny":
+            raise cli.UserError("Chinese queries need a Chinese text tower distilled into this index's CLIP space; "
+                                "the bundled tiny-clip-zh fits the tiny CLIP only: index with --model tiny, "
+                                "or query in English (--lang en)")
+        query = embed_texts_zh(*zoo.load_clip_zh("tiny", device), [text])
+    elif text is not None:
         query = embed_texts(model, processor, [text])
     else:
         query = embed_images(model, processor, [query_image])
     scores, ids = index.search(query, min(k, index.ntotal))
     results = [{"path": meta["paths"][i], "score": round(float(s), 4), "caption": meta["captions"][i]}
                for s, i in zip(scores[0], ids[0])]
-    return {"query": {"text": text} if text is not None else {"image": str(image)}, "results": results}
+    query = {"text": text, "lang": language} if text is not None else {"image": str(image)}
+    return {"query": query, "results": results}
 
 
 def save_hits_picture(result, out):
@@ -161,6 +188,13 @@ def evaluate(model_name="tiny", split="test", n=1000, seed=0, device="auto"):
     samples = shapesworld.generate(split, n, seed=seed, size=processor.image_processor.crop_size["height"])
     image_vectors = embed_images(model, processor, [s.image for s in samples], progress=True)
     text_vectors = embed_texts(model, processor, [s.caption_en for s in samples])
+    return recall_table(samples, image_vectors, text_vectors) | {"model": model_name, "split": split}
+
+
+def recall_table(samples, image_vectors, text_vectors):
+    """Recall@k of text->image and image->text for unit vectors of the samples' images and captions
+    (from any model: later weeks pass their own)."""
+    n = len(samples)
     keys = [shapesworld.label_key(s.objects) for s in samples]
     heldout = np.array([s.heldout for s in samples])
     seen = ~heldout
@@ -172,7 +206,6 @@ def evaluate(model_name="tiny", split="test", n=1000, seed=0, device="auto"):
         "image_to_text": recall_at_k(text_to_image.T[seen], seen_keys, keys),
         "n": n, "n_seen": int(seen.sum()), "n_heldout": int(heldout.sum()),
         "heldout_combinations": recall_at_k(text_to_image[heldout], heldout_keys, keys, ks=(1,)),
-        "model": model_name, "split": split,
     }
 
 
@@ -203,6 +236,8 @@ def main(argv=None):
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help="find images matching this description")
     query.add_argument("--image", help="find images similar to this image file")
+    p.add_argument("--lang", choices=["auto", "en", "zh"], default="auto",
+                   help="language of --text (default auto: Chinese if it has Chinese characters)")
     p.add_argument("-k", type=cli.positive_int, default=5, help="number of hits (default 5)")
     p.add_argument("--out", help="write a PNG of the query and its hits here")
     cli.add_device_arg(p)
@@ -213,6 +248,7 @@ def main(argv=None):
     p.add_argument("--n", type=cli.positive_int, default=1000, help="gallery size (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="ShapesWorld seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", help="also write the result JSON here")
     cli.add_model_args(p)
 
     args = parser.parse_args(argv)
@@ -220,7 +256,7 @@ def main(argv=None):
         meta = build_index(args.images, args.out, args.model, args.device, args.batch_size)
         print(f"indexed {len(meta['paths'])} images into {args.out} (skipped {len(meta['skipped'])} unreadable)")
     elif args.command == "search":
-        result = search(args.index, args.text, args.image, args.k, args.device)
+        result = search(args.index, args.text, args.image, args.k, args.device, args.lang)
         if args.out:
             save_hits_picture(result, args.out)
         if args.json:
@@ -232,6 +268,8 @@ def main(argv=None):
             print(f"picture: {args.out}")
     else:
         result = evaluate(args.model, args.split, args.n, args.seed, args.device)
+        if args.out:
+            cli.write_json(result, args.out)
         cli.emit(result, args.json, print_eval_table)
 
 

@@ -64,7 +64,7 @@ def test_search_json_and_picture(gallery, tmp_path, cli_runner):
                                         "-k", "4", "--json", "--out", str(png)])
     assert code == 0
     result = json.loads(out)
-    assert set(result) == {"query", "results"} and result["query"] == {"text": "a green circle"}
+    assert set(result) == {"query", "results"} and result["query"] == {"text": "a green circle", "lang": "en"}
     assert len(result["results"]) == 4
     assert all(set(r) == {"path", "score", "caption"} and r["caption"] for r in result["results"])
     assert Image.open(png).size[0] == 5 * 160  # the query tile and four hits

@@ -1,0 +1,115 @@
+"""Week 7: what CLIP's projection heads are for, measured (the plan's verification exercise).
+
+Each tower ends in its own feature space: the ViT's pooled [CLS] vector and the text encoder's
+pooled end-of-text vector. A linear projection per tower (W_v, W_t) maps both into one shared
+space, where the contrastive loss makes matching pairs close:
+
+    v = W_v · ViT(image),  t = W_t · TextEncoder(caption),  score = cos(v, t)
+
+Two experiments on ShapesWorld:
+  - inference on the bundled model: the heads removed (compare the towers' features directly),
+    replaced by random matrices, or swapped; how far retrieval drops.
+  - training from scratch, same budget and seed, with heads vs without (infonce.py's loop).
+
+Without heads the towers must have the same width to be compared at all: the tiny CLIP's are
+both 64-d, so it trains; openai/clip-vit-base-patch32's are 768-d (vision) and 512-d (text), and
+a dot product between them is not even defined.
+
+    python -m stage2_fundamentals.projection [--steps 400] [--json]
+"""
+import torch
+from torch import nn
+from transformers import CLIPConfig
+
+from curriculum import cli, shapesworld, zoo
+from stage1_demos.clip_retrieval import embed_images, embed_texts, recall_table
+from stage2_fundamentals import infonce
+
+OUT = "outputs/week7"
+
+
+def with_heads(model, visual, text):
+    """A copy of the model's forward with other heads: the towers stay, the projections change."""
+    model.visual_projection, model.text_projection = visual, text
+    return model
+
+
+def random_head(layer, seed):
+    head = nn.Linear(layer.in_features, layer.out_features, bias=False)
+    nn.init.normal_(head.weight, std=layer.in_features ** -0.5, generator=torch.Generator().manual_seed(seed))
+    return head
+
+
+def recall(model, processor, samples):
+    table = recall_table(samples, embed_images(model, processor, [s.image for s in samples]),
+                         embed_texts(model, processor, [s.caption_en for s in samples]))
+    return {"text_to_image_R@1": table["text_to_image"]["R@1"], "image_to_text_R@1": table["image_to_text"]["R@1"]}
+
+
+def inference_ablation(n=1000):
+    samples = shapesworld.generate("test", n)
+    variants = {
+        "bundled model (trained heads)": lambda v, t: (v, t),
+        "heads removed (towers' features compared directly)": lambda v, t: (nn.Identity(), nn.Identity()),
+        "heads replaced by random matrices": lambda v, t: (random_head(v, 1), random_head(t, 2)),
+        "heads swapped (vision's on text, text's on vision)": lambda v, t: (t, v),
+    }
+    rows = []
+    for name, heads in variants.items():
+        model, processor = zoo.load_clip("tiny", "cpu")
+        with_heads(model, *heads(model.visual_projection, model.text_projection))
+        rows.append({"variant": name} | recall(model, processor, samples))
+    return rows
+
+
+def training_ablation(steps, batch_size=256):
+    rows = []
+    for projection in (True, False):
+        run = infonce.Run(steps, batch_size, projection=projection)
+        model, processor, losses, seconds = infonce.train(run)
+        rows.append({"variant": "trained with projection heads" if projection else "trained without projection heads",
+                     "steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1),
+                     "final_loss": round(sum(losses[-20:]) / 20, 4)} | infonce.evaluate(model, processor))
+    return rows
+
+
+def vit_b32_shapes():
+    """The real checkpoint's widths, from its config alone (CLIPConfig's defaults are ViT-B/32's)."""
+    c = CLIPConfig()
+    return {"vision_hidden": c.vision_config.hidden_size, "text_hidden": c.text_config.hidden_size,
+            "projection_dim": c.projection_dim}
+
+
+def run(steps=400, out=OUT):
+    result = {"inference": inference_ablation(), "training": training_ablation(steps), "vit_b32": vit_b32_shapes()}
+    cli.write_json(result, f"{out}/projection.json")
+    return result
+
+
+def print_result(result):
+    print("At inference, on the bundled tiny CLIP (1000 test images):")
+    print(f"{'':<54}{'t->i R@1':>10}{'i->t R@1':>10}")
+    for r in result["inference"]:
+        print(f"{r['variant']:<54}{r['text_to_image_R@1']:>10.3f}{r['image_to_text_R@1']:>10.3f}")
+    print("\nTrained from scratch, same steps, batch and seed:")
+    for r in result["training"]:
+        print(f"{r['variant']:<54}{r['text_to_image_R@1']:>10.3f}{r['image_to_text_R@1']:>10.3f}"
+              f"   loss {r['final_loss']:.3f}, {r['seconds']:.0f} s")
+    v = result["vit_b32"]
+    print(f"\nopenai/clip-vit-base-patch32: vision features {v['vision_hidden']}-d, text features {v['text_hidden']}-d, "
+          f"both projected to {v['projection_dim']}-d. Without the heads a {v['vision_hidden']}-d image vector and a "
+          f"{v['text_hidden']}-d text vector cannot be compared at all; the heads are what makes one shared space.")
+
+
+def main(argv=None):
+    parser = cli.Parser(prog="python -m stage2_fundamentals.projection", description=__doc__,
+                        formatter_class=cli.RawHelp)
+    parser.add_argument("--steps", type=cli.positive_int, default=400, help="training steps per run (default 400)")
+    parser.add_argument("--out", default=OUT, help="folder for projection.json")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    cli.emit(run(args.steps, args.out), args.json, print_result)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,54 @@
+"""Week 6 milestone: InfoNCE from cross-entropy equals CLIP's loss, trains a CLIP, needs negatives."""
+import json
+import math
+
+import pytest
+import torch
+
+from stage2_fundamentals import infonce
+from stage2_fundamentals.infonce import Run, info_nce
+
+pytestmark = pytest.mark.week6
+
+
+def test_check_equals_clip_loss(cli_runner):
+    code, out, _ = cli_runner(infonce.main, ["check", "--json"])
+    checks = json.loads(out)["checks"]
+    assert code == 0 and len(checks) == 3
+    assert all(c["ok"] and c["max_abs_diff"] <= 1e-6 for c in checks)
+
+
+def test_the_loss_by_hand():
+    eye = torch.eye(4)
+    # every pair identical and apart from the rest, sharp temperature: nothing left to learn
+    assert info_nce(eye, eye, torch.tensor(math.log(100.0))) < 1e-3
+    # all similarities equal: the right answer is a 1-in-N guess, loss = log N
+    same = torch.ones(4, 3)
+    assert torch.isclose(info_nce(same, same, torch.tensor(0.0)), torch.tensor(math.log(4)))
+    # captions swapped between images: the loss rises
+    assert info_nce(eye, eye[[1, 0, 2, 3]], torch.tensor(math.log(10.0))) > info_nce(eye, eye, torch.tensor(math.log(10.0)))
+
+
+def test_training_with_info_nce_learns():
+    model, processor, losses, _ = infonce.train(Run(steps=80, batch_size=64), pool=2000, progress=False)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    assert infonce.evaluate(model, processor, n=200)["text_to_image_R@1"] > 0.05  # chance is ~1/200
+
+
+def test_without_negatives_the_embeddings_collapse():
+    """Pulling pairs together with nothing pushing apart: every image ends up in one direction."""
+    collapsed = infonce.evaluate(*infonce.train(Run(steps=60, batch_size=64, negatives=False), pool=2000,
+                                                progress=False)[:2], n=200)
+    contrasted = infonce.evaluate(*infonce.train(Run(steps=60, batch_size=64), pool=2000, progress=False)[:2], n=200)
+    assert collapsed["mean_cos_between_images"] > 0.95 > contrasted["mean_cos_between_images"]
+    assert collapsed["text_to_image_R@1"] < contrasted["text_to_image_R@1"]
+
+
+def test_fixed_temperature_is_not_trained():
+    model, _ = infonce.new_model(Run(temperature=0.07))
+    assert not model.logit_scale.requires_grad and math.isclose(model.logit_scale.exp().item(), 1 / 0.07, rel_tol=1e-5)
+
+
+def test_run_labels():
+    assert Run(batch_size=64, temperature=0.5).label() == "batch 64, τ = 0.5"
+    assert Run(batch_size=64, negatives=False).label() == "no negatives, batch 64"

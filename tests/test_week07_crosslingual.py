@@ -1,0 +1,72 @@
+"""Week 7 milestone (contrastive side): the projection heads measured, and Chinese queries on the
+English CLIP's index through the distilled tiny-clip-zh."""
+import json
+
+import pytest
+
+from curriculum import shapesworld, zoo
+from curriculum.cli import UserError
+from stage1_demos import clip_retrieval
+from stage2_fundamentals import crosslingual, projection
+
+pytestmark = pytest.mark.week7
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    root = tmp_path_factory.mktemp("w7")
+    shapesworld.export("test", 200, root / "gallery")
+    clip_retrieval.build_index(root / "gallery", root / "index", "tiny", "cpu")
+    return root / "index"
+
+
+def test_chinese_recall_is_within_0_05_of_english():
+    result = crosslingual.evaluate(n=1000)
+    assert result["zh"]["R@1"] >= result["en"]["R@1"] - 0.05, result
+
+
+def test_chinese_query_is_detected_and_finds_red_circles(cli_runner, index):
+    code, out, _ = cli_runner(clip_retrieval.main, ["search", "--index", str(index), "--text", "左边的红色圆形",
+                                                    "--json"])
+    result = json.loads(out)
+    assert code == 0 and result["query"]["lang"] == "zh"
+    def red_circle_on_the_left(caption):
+        return any((o.color, o.shape) == ("red", "circle") and o.position.endswith("left")
+                   for o in shapesworld.parse_caption(caption))
+
+    assert all(red_circle_on_the_left(r["caption"]) for r in result["results"][:3]), result["results"]
+    english = clip_retrieval.search(index, text="a red circle", k=5, device="cpu")
+    assert english["query"]["lang"] == "en"
+    assert all("red circle" in r["caption"] for r in english["results"][:3])
+
+
+def test_lang_override_and_language_detection():
+    assert clip_retrieval.query_language("红色圆形") == "zh"
+    assert clip_retrieval.query_language("a red circle") == "en"
+    assert clip_retrieval.query_language("红色圆形", lang="en") == "en"
+
+
+def test_chinese_query_on_another_models_index_is_a_clear_error(index, tmp_path):
+    meta = json.loads((index / "meta.json").read_text())
+    (tmp_path / "index.faiss").write_bytes((index / "index.faiss").read_bytes())
+    (tmp_path / "meta.json").write_text(json.dumps(meta | {"model": str(zoo.MODELS_DIR / "tiny-clip")}))
+    with pytest.raises(UserError, match="Chinese queries need a Chinese text tower"):
+        clip_retrieval.search(tmp_path, text="红色圆形", device="cpu")
+
+
+def test_chinese_partial_descriptions_read_back():
+    for s in shapesworld.generate("test", 20):
+        for o in s.objects:
+            assert shapesworld.parse_caption(shapesworld.describe_zh(o)) == (o,)
+
+
+def test_removing_the_projection_heads_breaks_retrieval():
+    rows = {r["variant"].split(" (")[0]: r["text_to_image_R@1"] for r in projection.inference_ablation(n=500)}
+    bundled = rows["bundled model"]
+    assert bundled > 0.9
+    for variant in ("heads removed", "heads replaced by random matrices", "heads swapped"):
+        assert rows[variant] < bundled - 0.3, (variant, rows)
+
+
+def test_vit_b32_widths_need_the_heads():
+    assert projection.vit_b32_shapes() == {"vision_hidden": 768, "text_hidden": 512, "projection_dim": 512}

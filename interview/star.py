@@ -1,0 +1,161 @@
+"""Week 12: STAR write-ups (Situation, Task, Action, Result) of this repository's projects.
+
+Situation, task and action are prose. Every number in a result is read from the JSON the weeks'
+`make` targets wrote under outputs/; none is typed here. A result that has not been measured
+yet names the target that measures it, and the write-up still comes out (exit 0).
+
+    python -m interview.star [--outputs outputs] [--out outputs/week12/star.md]
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from curriculum import cli
+
+
+class Results:
+    """Numbers from outputs/, and the make targets that would produce the missing ones."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def get(self, file, *keys):
+        """The value at keys in root/file, or None when the file is not there yet."""
+        path = self.root / file
+        if not path.exists():
+            return None
+        value = json.loads(path.read_text(encoding="utf-8"))
+        for key in keys:
+            value = value[key]
+        return value
+
+
+@dataclass(frozen=True)
+class Project:
+    title: str
+    situation: str
+    task: str
+    action: str
+    results: tuple  # (file under outputs/, make target, function(data) -> sentence)
+
+
+def rows_by(data, key, field):
+    return {r[key]: r[field] for r in data}
+
+
+def passed(data):
+    ok, worst = sum(c["ok"] for c in data["checks"]), max(c["max_abs_diff"] for c in data["checks"])
+    return f"{ok} of {len(data['checks'])} checks within tolerance, worst difference {worst:.1e}"
+
+
+PROJECTS = (
+    Project(
+        "Image-text retrieval with CLIP",
+        "A photo library needed search by description and by example, offline and on a CPU.",
+        "Index images with CLIP, search them by text or by image, measure retrieval honestly, and "
+        "let Chinese queries use the same index.",
+        "Trained a small CLIPModel on a synthetic world with a contrastive loss that allows several "
+        "matching images per caption; indexed with FAISS; re-derived InfoNCE and measured the "
+        "projection heads; distilled a Chinese text encoder into the frozen English text space.",
+        (("week1/eval.json", "week1", lambda d: f"text-to-image R@1 {d['text_to_image']['R@1']:.3f}, image-to-text "
+          f"R@1 {d['image_to_text']['R@1']:.3f}, on never-seen colour-shape pairs "
+          f"{d['heldout_combinations']['R@1']:.3f}"),
+         ("week7/crosslingual.json", "week7", lambda d: f"Chinese queries R@1 {d['zh']['R@1']:.3f} against English "
+          f"{d['en']['R@1']:.3f} on the same index"),
+         ("week7/projection.json", "week7", lambda d: "removing the trained projection heads drops R@1 from "
+          f"{d['inference'][0]['text_to_image_R@1']:.3f} to {d['inference'][1]['text_to_image_R@1']:.3f}"))),
+    Project(
+        "Captioning with BLIP-2, and its repeated-text problem",
+        "A captioning model wrote fluent text, but when it had to keep writing it looped.",
+        "Caption images with controllable prompts, understand generation well enough to fix the "
+        "repetition, and make decoding fast.",
+        "Trained a small BLIP-2 (frozen ViT, Q-Former, OPT decoder); rewrote attention, the decoder and "
+        "every decoding loop from scratch, token-identical to generate(); measured the repeated n-gram "
+        "rate under each fix; added a KV cache.",
+        (("week2/eval.json", "week2", lambda d: f"captions name every attribute right for "
+          f"{d['groups']['seen']['exact']:.3f} of test images ({d['groups']['heldout']['exact']:.3f} with a held-out "
+          f"pair); questions answered exactly {d['groups']['seen']['qa']:.3f}"),
+         ("week5/repetition.json", "week5", lambda d: "repeated 3-gram rate {problem:.2f} when the model must keep "
+          "writing; {penalty:.2f} with a repetition penalty; {ngram:.2f} with no-repeat-n-gram".format(
+              problem=rows_by(d["rows"], "setting", "repeated_ngram_rate")[
+                  "greedy, </s> forbidden for 48 tokens (the problem)"],
+              penalty=rows_by(d["rows"], "setting", "repeated_ngram_rate")["+ repetition_penalty 1.3"],
+              ngram=rows_by(d["rows"], "setting", "repeated_ngram_rate")["+ no_repeat_ngram_size 3"])),
+         ("bench/kv_cache.json", "bench", lambda d: "KV cache speed-up " + ", ".join(
+             f"{r['speedup']:.2f}x ({r['case']})" for r in d["rows"])))),
+    Project(
+        "Text-to-image with Stable Diffusion, and its samplers from scratch",
+        "Generated images had to match their prompts, and the sampler settings were a black box.",
+        "Generate from text with a latent diffusion pipeline, measure prompt fidelity, and explain what "
+        "schedulers and step counts change.",
+        "Trained a small VAE and cross-attention UNet as a diffusers pipeline; judged fidelity with CLIP; "
+        "re-derived the DDPM and DDIM samplers and checked them against diffusers step by step.",
+        (("week3/eval.json", "week3", lambda d: f"colour right for {d['fidelity']['color']:.3f} and shape for "
+          f"{d['fidelity']['shape']:.3f} of generated objects"),
+         ("week8/check.json", "week8", lambda d: "from-scratch samplers: " + passed(d)),
+         ("week8/compare.json", "week8", lambda d: "same seed, different noise draws: DDIM (eta 0) pixel difference "
+          f"{d['determinism']['max_pixel_diff']['ddim eta=0']}, DDPM "
+          f"{d['determinism']['max_pixel_diff']['ddpm']}"))),
+    Project(
+        "Transformer internals, re-derived and proved",
+        "Libraries hid how attention and decoding work, and interviews ask for both.",
+        "Write attention, a decoder and decoding loops plainly, and prove them equal to the libraries "
+        "on real models.",
+        "Copied weights from the library layers into the from-scratch modules and compared outputs on "
+        "real inputs; made the checks fail on purpose to make sure they can.",
+        (("week4/check.json", "week4", lambda d: "attention and decoder: " + passed(d)),
+         ("week5/check.json", "week5", lambda d: f"decoding: {sum(c['ok'] for c in d['checks'])} of "
+          f"{len(d['checks'])} checks passed, searches token-identical to generate()"))),
+    Project(
+        "Teaching a model a new concept with LoRA",
+        "A captioning model had to learn a colour it had never seen, cheaply and without forgetting.",
+        "Compare full fine-tuning, LoRA and prefix tuning on the same data and budget.",
+        "Implemented LoRA and prefix tuning from scratch, equal to PEFT; found that adapters cannot emit "
+        "a word whose embeddings never trained, and trained those rows too.",
+        (("week7/new_concept.json", "lora", lambda d: "; ".join(
+            f"{r['method']}: {r['trainable']:,} trainable, new colour {r['new_color']:.2f}, old colours "
+            f"{r['old_color']:.2f}" for r in d["rows"])),)),
+    Project(
+        "A multimodal moderation service",
+        "User uploads (images with text) had to be screened automatically.",
+        "Serve CLIP and BLIP-2 behind an API with production techniques: ONNX, batching, caching.",
+        "Not built yet: weeks nine to eleven are planned.",
+        ()),
+)
+
+
+def write_up(results, projects=PROJECTS):
+    """Markdown, and the make targets still to run."""
+    lines, todo = ["# STAR write-ups, from this repository's measured results", ""], []
+    for p in projects:
+        lines += [f"## {p.title}", "", f"- **Situation**: {p.situation}", f"- **Task**: {p.task}",
+                  f"- **Action**: {p.action}", "- **Result**:"]
+        if not p.results:
+            lines.append("  - nothing to measure yet")
+        for file, target, sentence in p.results:
+            data = results.get(file)
+            if data is None:
+                lines.append(f"  - not measured yet: run `make {target}` (it writes outputs/{file})")
+                todo.append(target)
+            else:
+                lines.append(f"  - {sentence(data)} (outputs/{file})")
+        lines.append("")
+    return "\n".join(lines), sorted(set(todo))
+
+
+def main(argv=None):
+    parser = cli.Parser(prog="python -m interview.star", description=__doc__, formatter_class=cli.RawHelp)
+    parser.add_argument("--outputs", default="outputs", help="where the weeks wrote their results (default outputs)")
+    parser.add_argument("--out", default="outputs/week12/star.md", help="also write the write-ups here")
+    args = parser.parse_args(argv)
+    text, todo = write_up(Results(args.outputs))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    if todo:
+        print(f"missing results: run `make {' '.join(todo)}` and write again")
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

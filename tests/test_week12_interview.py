@@ -1,0 +1,102 @@
+"""Week 12 milestone: the tensor drills pass, the quiz runs without a person, and the STAR
+write-ups quote measured results (or name the make target that measures them)."""
+import json
+import re
+
+import pytest
+
+from interview import drill, einsum_attention, star
+
+pytestmark = pytest.mark.week12
+
+
+def test_every_drill_passes(cli_runner):
+    code, out, _ = cli_runner(einsum_attention.main, ["check", "--json"])
+    checks = json.loads(out)["checks"]
+    assert code == 0 and len(checks) == 7 and all(c["ok"] for c in checks)
+
+
+def test_the_drill_check_can_fail():
+    import torch
+
+    x = torch.randn(1, 3, 8)
+    w = [torch.randn(8, 8) for _ in range(4)]
+    causal = einsum_attention.einsum_attention(x, *w, heads=2, causal=True)
+    full = einsum_attention.einsum_attention(x, *w, heads=2)
+    assert torch.allclose(causal[:, -1], full[:, -1], atol=1e-5)  # the last token sees everything either way
+    assert not torch.allclose(causal[:, 0], full[:, 0], atol=1e-3)  # the first one sees only itself
+
+
+def test_questions_cover_the_plan_and_name_demos():
+    questions = drill.load()
+    texts = " ".join(q.text for q in questions)
+    for topic in ("negatives", "CNN", "Q-Former", "Latent space", "DDPM vs DDIM", "LoRA", "Dynamic batching",
+                  "learning rate"):
+        assert topic in texts, topic
+    assert all(q.answer for q in questions)
+    assert sum(bool(q.demo) for q in questions) >= len(questions) - 1
+
+
+def test_every_demo_names_a_real_module_or_target():
+    makefile = open("Makefile").read()
+    for q in drill.load():
+        if not q.demo:
+            continue
+        argv = q.demo.split()
+        if argv[0] == "make":
+            assert re.search(rf"^{argv[1]}:", makefile, flags=re.M), q.demo
+        else:
+            module = argv[2].replace(".", "/") + ".py"
+            assert open(module), q.demo
+
+
+def test_quiz_list_and_no_input_modes(cli_runner):
+    code, out, _ = cli_runner(drill.main, ["--list"])
+    assert code == 0 and out.count("\n") == len(drill.load())
+    code, out, _ = cli_runner(drill.main, ["--no-input", "--n", "2", "--seed", "3"])
+    assert code == 0 and out.count("[1/2]") == 1 and out.count("[2/2]") == 1 and "demo:" in out
+
+
+def test_quiz_interactive_with_scripted_answers(monkeypatch, capsys):
+    replies = iter(["", "", "", "q"])  # reveal, next, reveal, quit
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(replies))
+    drill.main(["--seed", "1", "--n", "3"])
+    out = capsys.readouterr().out
+    assert "[2/3]" in out and "[3/3]" not in out and "1 of 3 questions done" in out
+
+
+def test_quiz_order_depends_on_the_seed():
+    questions = drill.load()
+    assert drill.order(questions, 1, None) == drill.order(questions, 1, None)
+    assert drill.order(questions, 1, None) != drill.order(questions, 2, None)
+
+
+def write(root, file, data):
+    path = root / file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_star_quotes_the_measured_numbers(tmp_path, cli_runner):
+    write(tmp_path, "week1/eval.json", {"text_to_image": {"R@1": 0.9123}, "image_to_text": {"R@1": 0.8771},
+                                        "heldout_combinations": {"R@1": 0.7531}})
+    write(tmp_path, "week7/crosslingual.json", {"zh": {"R@1": 0.6543}, "en": {"R@1": 0.9123}})
+    write(tmp_path, "bench/kv_cache.json", {"rows": [{"case": "fixture decoder", "speedup": 4.321}]})
+    out = tmp_path / "star.md"
+    code, stdout, _ = cli_runner(star.main, ["--outputs", str(tmp_path), "--out", str(out)])
+    assert code == 0 and out.read_text().strip() in stdout
+    for number in ("0.912", "0.877", "0.753", "0.654", "4.32x"):
+        assert number in stdout, number
+    assert "run `make week2` (it writes outputs/week2/eval.json)" in stdout
+
+
+def test_star_with_no_results_still_writes_and_names_the_targets(tmp_path, cli_runner):
+    code, stdout, _ = cli_runner(star.main, ["--outputs", str(tmp_path / "empty"), "--out", str(tmp_path / "s.md")])
+    assert code == 0 and (tmp_path / "s.md").exists()
+    assert "missing results: run `make bench lora week1 week2 week3 week4 week5 week7 week8`" in stdout
+
+
+def test_no_number_in_the_prose_is_typed_by_hand():
+    for p in star.PROJECTS:
+        for text in (p.title, p.situation, p.task, p.action):
+            assert not re.search(r"\d", text.replace("BLIP-2", "BLIP").replace("3-gram", "")), text

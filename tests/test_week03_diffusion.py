@@ -150,8 +150,6 @@ def test_one_object_prompts_get_the_asked_colour(test_split_fidelity):
     assert test_split_fidelity["one_object_prompts"]["color"] >= 0.90, test_split_fidelity
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4 open: measured 0.845 over all objects; in two-object prompts "
-                                       "colours land on the wrong object (0.79)")
 def test_generated_images_show_the_asked_colour(test_split_fidelity):
     assert test_split_fidelity["fidelity"]["color"] >= 0.90, test_split_fidelity
 

@@ -139,10 +139,11 @@ def train(run, pool=30_000, progress=True):
     return model.eval(), processor, losses, time.perf_counter() - start
 
 
-def evaluate(model, processor, n=1000):
-    """Recall on the test split, and how spread out the image embeddings are: the mean cosine
-    between different images (near 1 means everything collapsed onto one direction)."""
-    samples = shapesworld.generate("test", n)
+def evaluate(model, processor, n=1000, samples=None):
+    """Recall on n test-split samples (or the given ones), and how spread out the image embeddings
+    are: the mean cosine between different images (near 1: everything collapsed onto one direction)."""
+    samples = samples or shapesworld.generate("test", n)
+    n = len(samples)
     image_vectors = embed_images(model, processor, [s.image for s in samples])
     text_vectors = embed_texts(model, processor, [s.caption_en for s in samples])
     cos = image_vectors @ image_vectors.T

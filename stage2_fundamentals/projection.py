@@ -22,7 +22,6 @@ from torch import nn
 from transformers import CLIPConfig
 
 from curriculum import cli, shapesworld, zoo
-from stage1_demos.clip_retrieval import embed_images, embed_texts, recall_table
 from stage2_fundamentals import infonce
 
 OUT = "outputs/week7"
@@ -40,12 +39,6 @@ def random_head(layer, seed):
     return head
 
 
-def recall(model, processor, samples):
-    table = recall_table(samples, embed_images(model, processor, [s.image for s in samples]),
-                         embed_texts(model, processor, [s.caption_en for s in samples]))
-    return {"text_to_image_R@1": table["text_to_image"]["R@1"], "image_to_text_R@1": table["image_to_text"]["R@1"]}
-
-
 def inference_ablation(n=1000):
     samples = shapesworld.generate("test", n)
     variants = {
@@ -58,7 +51,7 @@ def inference_ablation(n=1000):
     for name, heads in variants.items():
         model, processor = zoo.load_clip("tiny", "cpu")
         with_heads(model, *heads(model.visual_projection, model.text_projection))
-        rows.append({"variant": name} | recall(model, processor, samples))
+        rows.append({"variant": name} | infonce.evaluate(model, processor, samples=samples))
     return rows
 
 

@@ -120,7 +120,10 @@ class KVCache:
     def __init__(self, layers):
         self.slots = [KVSlot() for _ in range(layers)]
 
-    def __len__(self):
+    @property
+    def length(self):
+        """Tokens held. A property, not __len__: len() must return a plain int, which would freeze
+        the length into a graph traced by torch.export (stage 3 exports the decoder with a cache)."""
         return 0 if self.slots[0].k is None else self.slots[0].k.shape[-2]
 
     def reorder(self, rows):

@@ -69,7 +69,7 @@ class Decoder(nn.Module):
         attention_mask: (B, all tokens so far), 1 = real, 0 = padding; cache: a KVCache holding
         the earlier tokens, or None to see only `embeds`."""
         b, t = embeds.shape[:2]
-        past = len(cache) if cache is not None else 0
+        past = cache.length if cache is not None else 0
         if attention_mask is None:
             attention_mask = torch.ones(b, past + t, dtype=torch.long, device=embeds.device)
         # position = number of real tokens before this one, so left padding does not shift the text

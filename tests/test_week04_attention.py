@@ -64,7 +64,7 @@ def test_kv_cache_gives_the_same_logits_as_the_whole_sequence(blip2_model):
         cache = KVCache(len(decoder.layers))
         first = decoder(embeds[:, :-3], cache=cache).logits
         rest = [decoder(embeds[:, i:i + 1], cache=cache).logits for i in range(embeds.shape[1] - 3, embeds.shape[1])]
-    assert len(cache) == embeds.shape[1]
+    assert cache.length == embeds.shape[1]
     stepped = torch.cat([first] + rest, dim=1)
     assert (stepped - full).abs().max() <= 1e-5
 

@@ -105,7 +105,7 @@ def test_prefixed_decoder_decodes_with_its_prefix_in_the_cache(blip2_model):
     model, processor = blip2_model
     decoder = Decoder.from_opt(model.float().language_model)
     prefixed = prefix_tuning.PrefixedDecoder(decoder, prefix_tuning.Prefix.for_decoder(decoder, 4))
-    assert len(prefixed.new_cache(2)) == 4
+    assert prefixed.new_cache(2).length == 4
     inputs = processor(images=[shapesworld.sample("test", 0).image], text=[""], return_tensors="pt")
     embeds = new_concept.decoder_embeds(model, inputs.pixel_values, inputs.input_ids)
     settings = decoding.Settings(max_new_tokens=6, min_new_tokens=6)

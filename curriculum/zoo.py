@@ -70,14 +70,21 @@ def load_clip_zh(name="tiny", device="auto"):
 def load_blip2(name="tiny", device="auto"):
     """(Blip2ForConditionalGeneration in eval mode, its processor), set up for batched generation:
     a decoder-only model continues the last token of each row, so prompts are padded on the left."""
-    from transformers import AutoProcessor, Blip2ForConditionalGeneration
+    from transformers import Blip2ForConditionalGeneration
 
-    path = resolve(name, "blip2")
     device = runtime.pick_device(device)
-    model = from_pretrained(Blip2ForConditionalGeneration, path, dtype=runtime.inference_dtype(device))
-    processor = from_pretrained(AutoProcessor, path)
-    processor.tokenizer.padding_side = "left"
-    return model.to(device).eval(), processor
+    model = from_pretrained(Blip2ForConditionalGeneration, resolve(name, "blip2"), dtype=runtime.inference_dtype(device))
+    return model.to(device).eval(), load_processor(name, "blip2")
+
+
+def load_processor(name, family):
+    """The processor alone (an ONNX engine needs no PyTorch model); BLIP-2's pads prompts on the left."""
+    from transformers import AutoProcessor
+
+    processor = from_pretrained(AutoProcessor, resolve(name, family))
+    if family == "blip2":
+        processor.tokenizer.padding_side = "left"
+    return processor
 
 
 def load_sd(name="tiny", device="auto"):

@@ -37,3 +37,12 @@ def run_cli(main, argv, capsys):
 @pytest.fixture
 def cli_runner(capsys):
     return lambda main, argv: run_cli(main, argv, capsys)
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory):
+    """(folder, manifest) of a fresh ONNX export of the tiny models: weeks 9-11 share it."""
+    from stage3_moderation import export_onnx
+
+    folder = tmp_path_factory.mktemp("onnx")
+    return folder, export_onnx.export("tiny", "tiny", folder, n=32)

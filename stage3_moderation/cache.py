@@ -1,0 +1,53 @@
+"""Week 10: a content-addressed LRU cache for image embeddings and captions.
+
+The key is the sha256 of the image's bytes (plus what was computed from them), so the same
+picture uploaded twice, under any file name, is embedded and captioned once. The cache is
+bounded by entries and by bytes; the least recently used entries go first.
+"""
+import hashlib
+import sys
+from collections import OrderedDict
+from threading import Lock
+
+import numpy as np
+
+
+def content_key(kind, data):
+    """'clip_image:<sha256 of the bytes>': what was computed, and from exactly which bytes."""
+    return f"{kind}:{hashlib.sha256(data).hexdigest()}"
+
+
+def size_of(value):
+    return value.nbytes if isinstance(value, np.ndarray) else sys.getsizeof(value)
+
+
+class LRUCache:
+    def __init__(self, max_entries=4096, max_bytes=64 * 2**20):
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self.entries, self.bytes = OrderedDict(), 0
+        self.hits = self.misses = 0
+        self.lock = Lock()  # batch workers run in threads
+
+    def get(self, key):
+        with self.lock:
+            if key not in self.entries:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self.entries.move_to_end(key)
+            return self.entries[key]
+
+    def put(self, key, value):
+        size = size_of(value)
+        if self.max_entries == 0 or size > self.max_bytes:
+            return
+        with self.lock:
+            if key in self.entries:
+                self.bytes -= size_of(self.entries.pop(key))
+            self.entries[key], self.bytes = value, self.bytes + size
+            while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:
+                _, old = self.entries.popitem(last=False)
+                self.bytes -= size_of(old)
+
+    def __len__(self):
+        return len(self.entries)

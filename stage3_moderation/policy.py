@@ -1,0 +1,224 @@
+"""Week 10: a moderation policy is data (a YAML file), and deciding is a pure function of scores.
+
+A policy names categories. Each category has
+    input_types  which inputs it judges: text, image, or both
+    concepts     prompts CLIP scores against the image: score = max over concepts of cos(image, prompt),
+                 the way diffusers' safety checker compares an image with its concept embeddings
+    threshold    the image is flagged for the category when that score >= threshold
+    terms        words or phrases (whole words, any case) ...
+    patterns     ... and regular expressions, checked on the user's text and on the image's caption
+plus `mismatch_threshold`: an image and the text sent with it whose CLIP cosine is below it are
+flagged as a `mismatch` (a caption that does not describe its image: a classic spam trick).
+
+A text rule that matches scores 1.0. The result has OpenAI's moderation shape, plus `caption`,
+`image_text_similarity` and `mismatch`.
+
+    python -m stage3_moderation.policy evaluate                 # decisions on generated ShapesWorld cases
+    python -m stage3_moderation.policy show data/policies/real-world.yaml
+"""
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from curriculum import REPO_ROOT, cli, shapesworld
+from curriculum.cli import UserError
+
+POLICIES_DIR = REPO_ROOT / "data" / "policies"
+DEFAULT_POLICY = POLICIES_DIR / "shapesworld.yaml"
+INPUT_TYPES = ("text", "image")
+CATEGORY_KEYS = {"description", "input_types", "concepts", "threshold", "terms", "patterns"}
+POLICY_KEYS = {"name", "description", "model", "mismatch_threshold", "categories"}
+
+
+@dataclass
+class Category:
+    name: str
+    description: str
+    input_types: tuple
+    concepts: tuple
+    threshold: float
+    rules: tuple  # compiled regexes: terms become \bterm\b
+
+    def text_hits(self, text):
+        return [r.pattern for r in self.rules if text and r.search(text)]
+
+
+@dataclass
+class Policy:
+    name: str
+    description: str
+    model: str
+    mismatch_threshold: float
+    categories: tuple
+
+    @property
+    def concepts(self):
+        """Every concept prompt once, in a fixed order: embedded once at start-up."""
+        return list(dict.fromkeys(c for cat in self.categories for c in cat.concepts))
+
+
+def _category(name, spec, where):
+    if not isinstance(spec, dict):
+        raise UserError(f"{where}: category {name!r} must be a mapping of {', '.join(sorted(CATEGORY_KEYS))}")
+    unknown = set(spec) - CATEGORY_KEYS
+    if unknown:
+        raise UserError(f"{where}: category {name!r} has unknown keys {sorted(unknown)}; "
+                        f"allowed: {sorted(CATEGORY_KEYS)}")
+    types = tuple(spec.get("input_types", INPUT_TYPES))
+    if not types or set(types) - set(INPUT_TYPES):
+        raise UserError(f"{where}: category {name!r} input_types must be a list drawn from {list(INPUT_TYPES)}")
+    concepts = tuple(spec.get("concepts", ()))
+    if concepts and "image" not in types:
+        raise UserError(f"{where}: category {name!r} has concepts but does not judge images (add image to input_types)")
+    threshold = spec.get("threshold", 1.0 if not concepts else None)
+    if not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
+        raise UserError(f"{where}: category {name!r} needs a threshold between -1 and 1 (a CLIP cosine)")
+    # a term matches as whole words, with any run of spaces between them
+    rules = [re.compile(r"\b" + r"\s+".join(map(re.escape, t.split())) + r"\b", re.IGNORECASE)
+             for t in spec.get("terms", ())]
+    for pattern in spec.get("patterns", ()):
+        try:
+            rules.append(re.compile(pattern, re.IGNORECASE))
+        except re.error as e:
+            raise UserError(f"{where}: category {name!r} has a bad regular expression {pattern!r}: {e}") from None
+    if not concepts and not rules:
+        raise UserError(f"{where}: category {name!r} has neither concepts nor terms / patterns: it can never flag")
+    return Category(name, spec.get("description", ""), types, concepts, float(threshold), tuple(rules))
+
+
+def load(path=DEFAULT_POLICY):
+    """Read and validate a policy file; every mistake is a UserError naming the file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        choices = ", ".join(str(p.relative_to(REPO_ROOT)) for p in sorted(POLICIES_DIR.glob("*.yaml")))
+        raise UserError(f"no policy file {path}: choose one of {choices}")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("categories"), dict) or not spec["categories"]:
+        raise UserError(f"{path}: a policy is a mapping with a non-empty `categories` mapping")
+    unknown = set(spec) - POLICY_KEYS
+    if unknown:
+        raise UserError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(POLICY_KEYS)}")
+    return Policy(spec.get("name", path.stem), spec.get("description", ""), spec.get("model", "tiny"),
+                  float(spec.get("mismatch_threshold", -1.0)),
+                  tuple(_category(n, c, path) for n, c in spec["categories"].items()))
+
+
+def decide(policy, text=None, concept_scores=None, caption=None, similarity=None):
+    """One moderation result from scores.
+
+    text: the user's text or None; concept_scores: {concept: cos(image, concept)} or None when there
+    is no image; caption: the image's caption or None; similarity: cos(image, text) when both came.
+    """
+    has = {"text": bool(text), "image": concept_scores is not None}
+    result = {"flagged": False, "categories": {}, "category_scores": {}, "category_applied_input_types": {}}
+    for cat in policy.categories:
+        applied = [t for t in cat.input_types if has[t]]
+        judges_image = "image" in applied
+        image_score = max((concept_scores[c] for c in cat.concepts), default=0.0) if judges_image else 0.0
+        hits = (cat.text_hits(text) if "text" in applied else []) + (cat.text_hits(caption) if judges_image else [])
+        flagged = bool(hits) or (judges_image and bool(cat.concepts) and image_score >= cat.threshold)
+        score = 1.0 if hits else max(image_score, 0.0)  # the caption speaks for the image
+        result["categories"][cat.name] = flagged
+        result["category_scores"][cat.name] = round(float(score), 6)
+        result["category_applied_input_types"][cat.name] = applied
+    result["caption"] = caption
+    result["image_text_similarity"] = None if similarity is None else round(float(similarity), 6)
+    result["mismatch"] = similarity is not None and similarity < policy.mismatch_threshold
+    result["flagged"] = any(result["categories"].values()) or result["mismatch"]
+    return result
+
+
+# ---------------------------------------------------------------- the ShapesWorld demo, measured
+def truth(policy_name, objects):
+    """What the ShapesWorld demo policy should decide for a scene: the categories it contains."""
+    if policy_name != "shapesworld-demo":
+        raise UserError("`evaluate` knows the truth only for the ShapesWorld demo policy")
+    return {"red_cross": any(o.color == "red" and o.shape == "cross" for o in objects),
+            "purple_cross": any(o.color == "purple" and o.shape == "cross" for o in objects)}
+
+
+def evaluate(engine, policy, n=300, seed=1):
+    """Decisions on n generated test scenes (image only), against the scene's truth; and the
+    mismatch flag on each image with its own caption vs another scene's caption."""
+    samples = shapesworld.generate("test", n, seed)
+    images = [s.image for s in samples]
+    vectors = engine.embed_images(images)
+    concepts = dict(zip(policy.concepts, engine.embed_texts(policy.concepts)))
+    captions = engine.caption_images(images)
+    texts = engine.embed_texts([s.caption_en for s in samples])
+    rows = {c.name: {"tp": 0, "fp": 0, "fn": 0, "tn": 0} for c in policy.categories if c.concepts}
+    for i, s in enumerate(samples):
+        scores = {c: float(vectors[i] @ v) for c, v in concepts.items()}
+        decided = decide(policy, None, scores, captions[i])["categories"]
+        for name, expected in truth(policy.name, s.objects).items():
+            key = ("t" if decided[name] == expected else "f") + ("p" if decided[name] else "n")
+            rows[name][key] += 1
+    for r in rows.values():
+        r["accuracy"] = (r["tp"] + r["tn"]) / n
+        r["recall"] = r["tp"] / max(1, r["tp"] + r["fn"])
+        r["precision"] = r["tp"] / max(1, r["tp"] + r["fp"])
+    own = (vectors * texts).sum(-1)
+    other = (vectors * np.roll(texts, 1, axis=0)).sum(-1)
+    different = [samples[i].caption_en != samples[i - 1].caption_en for i in range(n)]
+    return {"policy": policy.name, "engine": engine.name, "n": n, "seed": seed, "categories": rows,
+            "mismatch": {"threshold": policy.mismatch_threshold,
+                         "false_alarms_on_own_caption": int((own < policy.mismatch_threshold).sum()),
+                         "caught_other_caption": int(((other < policy.mismatch_threshold) & different).sum()),
+                         "other_captions": int(sum(different))}}
+
+
+def print_evaluation(result):
+    print(f"policy {result['policy']} on {result['n']} generated ShapesWorld test scenes "
+          f"(seed {result['seed']}, engine {result['engine']})\n")
+    print(f"{'category':<16}{'accuracy':>10}{'precision':>11}{'recall':>8}{'tp':>5}{'fp':>5}{'fn':>5}")
+    for name, r in result["categories"].items():
+        print(f"{name:<16}{r['accuracy']:>10.3f}{r['precision']:>11.3f}{r['recall']:>8.3f}"
+              f"{r['tp']:>5}{r['fp']:>5}{r['fn']:>5}")
+    m = result["mismatch"]
+    print(f"\nmismatch (cos < {m['threshold']}): {m['false_alarms_on_own_caption']} false alarms on an image's own "
+          f"caption, {m['caught_other_caption']}/{m['other_captions']} other scenes' captions caught")
+
+
+def print_policy(policy):
+    print(f"{policy.name} (for CLIP {policy.model}): {policy.description}")
+    print(f"mismatch below cosine {policy.mismatch_threshold}")
+    for c in policy.categories:
+        print(f"\n  {c.name} [{', '.join(c.input_types)}] {c.description}")
+        if c.concepts:
+            print(f"    image: max cos to {list(c.concepts)} >= {c.threshold}")
+        if c.rules:
+            print(f"    text and caption: {[r.pattern for r in c.rules]}")
+
+
+def main(argv=None):
+    p = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("show", help="print a policy after validating it")
+    s.add_argument("policy", nargs="?", default=str(DEFAULT_POLICY))
+    e = sub.add_parser("evaluate", help="decide on generated ShapesWorld scenes and count right / wrong")
+    e.add_argument("--policy", default=str(DEFAULT_POLICY))
+    e.add_argument("--engine", default=None, help="an engine from stage3_moderation.engines (default: its default)")
+    e.add_argument("--n", type=cli.positive_int, default=300)
+    e.add_argument("--seed", type=int, default=1)
+    e.add_argument("--out", help="also write the JSON result here")
+    e.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    policy = load(args.policy)
+    if args.command == "show":
+        return print_policy(policy)
+    from stage3_moderation import engines
+
+    result = evaluate(engines.load(args.engine or engines.DEFAULT_ENGINE), policy, args.n, args.seed)
+    if args.out:
+        cli.write_json(result, args.out)
+    cli.emit(result, args.json, print_evaluation)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,447 @@
+"""Week 10: policy decisions, the batcher, the cache, and every endpoint of the API in-process."""
+import asyncio
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from curriculum import shapesworld
+from curriculum.cli import UserError
+from stage3_moderation import batching, policy
+from stage3_moderation.app import Config, create_app
+from stage3_moderation.cache import LRUCache, content_key
+from stage3_moderation.inputs import Limits
+from stage3_moderation.loadgen import data_url
+
+pytestmark = pytest.mark.week10
+
+
+# ---------------------------------------------------------------- policy
+@pytest.fixture(scope="module")
+def demo_policy():
+    return policy.load()
+
+
+def write(tmp_path, text):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("categories: [a, b]", "non-empty `categories` mapping"),
+    ("categories: {x: {terms: [a]}}\nlimits: 3", "unknown keys"),
+    ("categories: {x: {terms: [a], colour: red}}", "unknown keys"),
+    ("categories: {x: {patterns: ['(']}}", "bad regular expression"),
+    ("categories: {x: {description: nothing}}", "can never flag"),
+    ("categories: {x: {concepts: [a cat]}}", "threshold"),
+    ("categories: {x: {concepts: [a cat], threshold: 0.3, input_types: [text]}}", "does not judge images"),
+    ("categories: {x: {terms: [a], input_types: [audio]}}", "input_types"),
+    ("categories: {x: [unclosed", "not valid YAML"),
+])
+def test_policy_file_mistakes_are_explained(tmp_path, text, message):
+    with pytest.raises(UserError, match=message):
+        policy.load(write(tmp_path, text))
+
+
+def test_bundled_policies_load():
+    assert policy.load().name == "shapesworld-demo"
+    real = policy.load(policy.POLICIES_DIR / "real-world.yaml")
+    assert real.model == "openai/clip-vit-base-patch32" and len(real.concepts) >= 6
+    with pytest.raises(UserError, match="no policy file"):
+        policy.load("nope.yaml")
+
+
+def test_decide_text_rules_image_scores_caption_and_mismatch(demo_policy):
+    text_only = policy.decide(demo_policy, text="BUY  NOW at http://spam.example")
+    assert text_only["flagged"] and text_only["categories"]["spam"] and not text_only["categories"]["red_cross"]
+    assert text_only["category_applied_input_types"] == {"red_cross": ["text"], "purple_cross": ["text"],
+                                                         "spam": ["text"]}
+    assert text_only["caption"] is None and text_only["image_text_similarity"] is None and not text_only["mismatch"]
+    assert not policy.decide(demo_policy, text="a cross that is red-ish")["flagged"]  # whole words only
+
+    low = {c: 0.2 for c in demo_policy.concepts}
+    clean = policy.decide(demo_policy, concept_scores=low, caption="a small blue circle in the top left")
+    assert not clean["flagged"] and clean["category_applied_input_types"]["spam"] == []
+    high = low | {"a large red cross": 0.61}
+    by_image = policy.decide(demo_policy, concept_scores=high, caption="a small blue circle in the top left")
+    assert by_image["categories"]["red_cross"] and by_image["category_scores"]["red_cross"] == pytest.approx(0.61)
+    by_caption = policy.decide(demo_policy, concept_scores=low, caption="a large purple cross in the top left")
+    assert by_caption["categories"]["purple_cross"] and by_caption["category_scores"]["purple_cross"] == 1.0
+    spam_caption = policy.decide(demo_policy, concept_scores=low, caption="click here")
+    assert not spam_caption["categories"]["spam"]  # spam judges text only, not what the image shows
+    mismatch = policy.decide(demo_policy, text="a red circle", concept_scores=low, caption="a blue square",
+                             similarity=0.1)
+    assert mismatch["mismatch"] and mismatch["flagged"] and not any(mismatch["categories"].values())
+    assert not policy.decide(demo_policy, text="a", concept_scores=low, caption="b", similarity=0.6)["mismatch"]
+
+
+def test_demo_policy_decides_generated_scenes(onnx_export, demo_policy):
+    """The tiny models enforce the demo policy: every category right on >= 95 % of 200 test scenes,
+    no scene with a banned shape missed, and mismatched captions caught."""
+    from curriculum import zoo
+    from stage3_moderation.engines import OnnxEngine
+
+    engine = OnnxEngine(onnx_export[0], zoo.load_processor("tiny", "clip"), zoo.load_processor("tiny", "blip2"))
+    result = policy.evaluate(engine, demo_policy, n=200, seed=1)
+    for name, row in result["categories"].items():
+        assert row["tp"] >= 5, name  # the sample really holds the banned shape
+        assert row["accuracy"] >= 0.95 and row["recall"] >= 0.95, (name, row)
+    m = result["mismatch"]
+    assert m["false_alarms_on_own_caption"] <= 2 and m["caught_other_caption"] >= 0.95 * m["other_captions"]
+
+
+# ---------------------------------------------------------------- batcher
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_batcher_size_trigger_and_order():
+    seen = []
+
+    def double(items):
+        seen.append(list(items))
+        return [2 * x for x in items]
+
+    async def main():
+        batcher = batching.Batcher("t", double, batching.Settings(max_batch_size=4, max_wait_ms=50))
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+        await batcher.stop()
+        return results
+
+    assert run(main()) == [2 * i for i in range(10)]
+    assert [len(b) for b in seen] == [4, 4, 2] and sum(seen, []) == list(range(10))
+
+
+def test_batcher_time_trigger():
+    async def main():
+        batcher = batching.Batcher("t", lambda items: items, batching.Settings(max_batch_size=64, max_wait_ms=30))
+        start = time.perf_counter()
+        result = await batcher.submit("alone")
+        waited = time.perf_counter() - start
+        await batcher.stop()
+        return result, waited
+
+    result, waited = run(main())
+    assert result == "alone" and 0.025 <= waited < 5  # it waited for company, then ran alone
+
+
+def test_batcher_overflow_is_refused():
+    gate = threading.Event()
+
+    def blocked(items):
+        gate.wait(5)
+        return items
+
+    async def main():
+        batcher = batching.Batcher("t", blocked, batching.Settings(max_batch_size=1, max_wait_ms=0, max_queue=2))
+        first = asyncio.create_task(batcher.submit(0))
+        await asyncio.sleep(0.05)  # the worker holds item 0 in fn; the queue is empty again
+        waiting = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(batching.Overloaded, match="queue is full"):
+            await batcher.submit(3)
+        gate.set()
+        results = await asyncio.gather(first, *waiting)
+        await batcher.stop()
+        return results
+
+    assert run(main()) == [0, 1, 2]
+
+
+def test_one_failing_item_fails_only_its_request():
+    calls = []
+
+    def fragile(items):
+        calls.append(list(items))
+        if "bad" in items:
+            raise ValueError("cannot handle bad")
+        return [x.upper() for x in items]
+
+    async def main():
+        batcher = batching.Batcher("t", fragile, batching.Settings(max_batch_size=8, max_wait_ms=20))
+        results = await asyncio.gather(*(batcher.submit(x) for x in ("a", "bad", "c")), return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    a, bad, c = run(main())
+    assert (a, c) == ("A", "C") and isinstance(bad, ValueError)
+    assert calls[0] == ["a", "bad", "c"] and calls[1:] == [["a"], ["bad"], ["c"]]
+
+
+def test_cancelled_request_does_not_break_its_batch():
+    batches = []
+
+    def record(items):
+        batches.append(list(items))
+        time.sleep(0.05)
+        return items
+
+    async def main():
+        batcher = batching.Batcher("t", record, batching.Settings(max_batch_size=8, max_wait_ms=30))
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in range(4)]
+        await asyncio.sleep(0.005)
+        tasks[1].cancel()  # a client that went away while waiting
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        later = await batcher.submit(9)  # and the batcher keeps working
+        await batcher.stop()
+        return results, later
+
+    results, later = run(main())
+    assert results[0] == 0 and isinstance(results[1], asyncio.CancelledError) and results[2:] == [2, 3]
+    assert later == 9 and batches[0] == [0, 2, 3]
+
+
+def test_request_timeout():
+    async def main():
+        batcher = batching.Batcher("t", lambda items: time.sleep(0.3) or items,
+                                   batching.Settings(max_wait_ms=0, timeout_s=0.05))
+        with pytest.raises(asyncio.TimeoutError):
+            await batcher.submit(1)
+        await asyncio.sleep(0.3)
+        await batcher.stop()
+
+    run(main())
+
+
+# ---------------------------------------------------------------- cache
+def test_cache_hits_and_lru_eviction():
+    cache = LRUCache(max_entries=2, max_bytes=10_000)
+    key = content_key("clip_image", b"png bytes")
+    assert key == content_key("clip_image", b"png bytes") != content_key("caption", b"png bytes")
+    assert cache.get(key) is None
+    cache.put(key, np.ones(4, np.float32))
+    assert cache.get(key) is not None and (cache.hits, cache.misses) == (1, 1)
+    cache.put("b", "caption b")
+    cache.get(key)  # key is now the most recent
+    cache.put("c", "caption c")
+    assert "b" not in cache.entries and key in cache.entries and len(cache) == 2
+
+
+def test_cache_byte_bound():
+    cache = LRUCache(max_entries=100, max_bytes=1000)
+    for i in range(5):
+        cache.put(i, np.zeros(100, np.float32))  # 400 bytes each
+    assert len(cache) == 2 and cache.bytes <= 1000
+    cache.put("huge", np.zeros(1000, np.float32))  # larger than the whole cache: not stored
+    assert "huge" not in cache.entries
+
+
+# ---------------------------------------------------------------- the API, in-process
+def png_bytes(image):
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def start(config):
+    client = TestClient(create_app(config))
+    client.__enter__()
+    deadline = time.monotonic() + 120
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/readyz").json()
+        time.sleep(0.1)
+    return client
+
+
+@pytest.fixture(scope="module")
+def client(onnx_export):
+    c = start(Config(onnx_dir=str(onnx_export[0])))
+    yield c
+    c.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return shapesworld.sample("test", 11, seed=4)
+
+
+def image_part(image):
+    return {"type": "image_url", "image_url": {"url": data_url(image)}}
+
+
+def test_moderation_text_shapes(client):
+    one = client.post("/v1/moderations", json={"input": "free money at www.example.com"}).json()
+    assert one["id"].startswith("modr-") and one["model"] == "shapesworld-demo/tiny"
+    assert len(one["results"]) == 1 and one["results"][0]["categories"]["spam"]
+    many = client.post("/v1/moderations", json={"input": ["hello", "a purple cross"]}).json()["results"]
+    assert [r["flagged"] for r in many] == [False, True] and many[1]["categories"]["purple_cross"]
+    assert set(many[0]) == {"flagged", "categories", "category_scores", "category_applied_input_types",
+                            "caption", "image_text_similarity", "mismatch"}
+
+
+def test_moderation_image_and_text_json_and_multipart_agree(client, scene):
+    body = {"input": [{"type": "text", "text": scene.caption_en}, image_part(scene.image)]}
+    by_json = client.post("/v1/moderations", json=body).json()["results"][0]
+    by_form = client.post("/v1/moderations", files={"image": ("scene.png", png_bytes(scene.image), "image/png")},
+                          data={"text": scene.caption_en}).json()["results"][0]
+    assert by_json == by_form
+    assert by_json["caption"] and by_json["image_text_similarity"] > 0.45 and not by_json["mismatch"]
+    assert by_json["category_applied_input_types"]["red_cross"] == ["image", "text"]
+    wrong = client.post("/v1/moderations", json={"input": [{"type": "text", "text": "a large purple cross in the "
+                                                          "bottom right"}, image_part(scene.image)]}).json()
+    assert wrong["results"][0]["mismatch"] or scene.caption_en.startswith("a large purple cross")
+
+
+def test_moderation_flags_a_banned_shape(client):
+    objects = [shapesworld.ShapeObject("red", "cross", "large", "top left")]
+    image = shapesworld.render(objects, 64, np.random.default_rng(0))
+    result = client.post("/v1/moderations", json={"input": [image_part(image)]}).json()["results"][0]
+    assert result["flagged"] and result["categories"]["red_cross"] and "red cross" in result["caption"]
+
+
+def test_embeddings_and_captions(client, scene):
+    texts = [scene.caption_en, "a small yellow circle in the bottom left"]
+    body = {"input": [{"type": "text", "text": t} for t in texts] + [image_part(scene.image)]}
+    data = client.post("/v1/embeddings", json=body).json()["data"]
+    assert [d["input_type"] for d in data] == ["text", "text", "image"] and [d["index"] for d in data] == [0, 1, 2]
+    vectors = np.array([d["embedding"] for d in data])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert vectors[2] @ vectors[0] > vectors[2] @ vectors[1]  # the image is nearer its own caption
+    captions = client.post("/v1/captions", files={"image": ("s.png", png_bytes(scene.image), "image/png")}).json()
+    assert captions["data"][0]["caption"] == client.post("/v1/captions", json={"input": [image_part(scene.image)]}
+                                                         ).json()["data"][0]["caption"]
+    assert client.post("/v1/captions", json={"input": "text"}).status_code == 400
+
+
+def test_operations_endpoints(client, scene):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["engine"] == "onnx-fp32"
+    for _ in range(2):  # the same image twice: the second is a cache hit
+        client.post("/v1/captions", json={"input": [image_part(scene.image)]})
+    metrics = client.get("/metrics").text
+    for series in ("moderation_requests_total", "moderation_request_seconds_bucket", "moderation_batch_size_bucket",
+                   "moderation_queue_depth", 'moderation_cache_total{kind="caption",result="hit"}'):
+        assert series in metrics
+    assert client.get("/openapi.json").json()["paths"]["/v1/moderations"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200
+
+
+def bad_inputs(scene):
+    good_png = png_bytes(scene.image)
+    bomb = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(bomb, "PNG")  # 50 kB on disk, 400 M pixels decoded
+    over_limit = io.BytesIO()
+    Image.new("1", (5000, 5000)).save(over_limit, "PNG")  # 25 M pixels: under Pillow's limit, over ours
+    json_ct = {"content-type": "application/json"}
+    return {
+        "empty body": dict(content=b"", headers=json_ct),
+        "invalid JSON": dict(content=b'{"input": ', headers=json_ct),
+        "not UTF-8": dict(content=b'{"input": "\xff"}', headers=json_ct),
+        "unknown field": dict(json={"input": "x", "temperature": 1}),
+        "wrong type": dict(json={"input": 42}),
+        "unknown part type": dict(json={"input": [{"type": "audio", "audio": "x"}]}),
+        "empty list": dict(json={"input": []}),
+        "remote URL": dict(json={"input": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}),
+        "bad base64": dict(json={"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]}),
+        "not a data URL shape": dict(json={"input": [{"type": "image_url", "image_url": {"url": "data:abc"}}]}),
+        "non-image bytes": dict(files={"image": ("x.png", b"just some text", "image/png")}),
+        "truncated image": dict(files={"image": ("x.png", good_png[:len(good_png) // 2], "image/png")}),
+        "empty image": dict(files={"image": ("x.png", b"", "image/png")}),
+        "decompression bomb": dict(files={"image": ("x.png", bomb.getvalue(), "image/png")}),
+        "over the pixel limit": dict(files={"image": ("x.png", over_limit.getvalue(), "image/png")}),
+        "extreme aspect ratio": dict(files={"image": ("x.png", png_bytes(Image.new("RGB", (2000, 10))), "image/png")}),
+        "image as a text field": dict(data={"image": "not a file"}),
+        "text as a file": dict(files={"text": ("t.txt", b"hello", "text/plain")}),
+        "unknown form field": dict(files={"image": ("x.png", good_png, "image/png")}, data={"colour": "red"}),
+        "empty form": dict(content=b"--zz--\r\n", headers={"content-type": "multipart/form-data; boundary=zz"}),
+        "two images in one input": dict(json={"input": [image_part(scene.image), image_part(scene.image)]}),
+        "text too long": dict(json={"input": "x" * 10_001}),
+        "list too long": dict(json={"input": ["x"] * 33}),
+        "wrong content type": dict(content=b"input=x", headers={"content-type": "text/plain"}),
+        "no content type": dict(content=b"input=x"),
+        "malformed multipart": dict(content=b"--zz\r\nnonsense", headers={"content-type": "multipart/form-data; boundary=zz"}),
+    }
+
+
+def test_bad_input_gets_4xx_json_and_the_server_keeps_serving(client, scene):
+    for name, request in bad_inputs(scene).items():
+        response = client.post("/v1/moderations", **request)
+        assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
+        error = response.json()["error"]
+        assert error["message"] and error["type"] == "invalid_request_error", name
+    assert client.post("/v1/moderations", json={"input": "still here"}).status_code == 200
+
+
+def test_body_size_limit(onnx_export):
+    small = start(Config(onnx_dir=str(onnx_export[0]), limits=Limits(max_body_bytes=2000)))
+    try:
+        big = small.post("/v1/moderations", json={"input": "x" * 5000})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+
+        def chunked():  # no Content-Length: the limit counts the bytes as they arrive
+            yield b'{"input": "'
+            yield b"x" * 5000
+            yield b'"}'
+
+        streamed = small.post("/v1/moderations", content=chunked(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413
+        assert small.post("/v1/moderations", json={"input": "short"}).status_code == 200
+    finally:
+        small.__exit__(None, None, None)
+
+
+def test_api_keys(onnx_export, monkeypatch):
+    monkeypatch.setenv("MODERATION_API_KEYS", "k1, k2")
+    monkeypatch.setenv("MODERATION_ONNX_DIR", str(onnx_export[0]))
+    secured = start(Config.from_env())
+    try:
+        body = {"json": {"input": "hello"}}
+        assert secured.post("/v1/moderations", **body).status_code == 401
+        wrong = secured.post("/v1/moderations", headers={"Authorization": "Bearer k3"}, **body)
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        assert secured.post("/v1/embeddings", headers={"Authorization": "Basic k1"}, **body).status_code == 401
+        for key in ("k1", "k2"):
+            assert secured.post("/v1/moderations", headers={"Authorization": f"Bearer {key}"}, **body).status_code == 200
+        assert secured.get("/healthz").status_code == 200  # probes stay open
+    finally:
+        secured.__exit__(None, None, None)
+
+
+def test_overload_is_503_with_retry_after_and_timeout_is_504(onnx_export):
+    config = Config(onnx_dir=str(onnx_export[0]))
+    for settings in config.options.batching.values():
+        settings.max_batch_size, settings.max_queue, settings.max_wait_ms = 1, 1, 0
+    busy = start(config)
+    try:
+        moderator = busy.app.state.service["moderator"]
+        caption = moderator.batchers["caption"].fn
+        moderator.batchers["caption"].fn = lambda images: time.sleep(0.3) or caption(images)
+        scenes = shapesworld.generate("test", 6, seed=9)  # distinct images: no cache hits
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda s: busy.post("/v1/captions", json={"input": [image_part(s.image)]}),
+                                      scenes))
+        codes = sorted(r.status_code for r in responses)
+        assert codes.count(200) >= 2 and 503 in codes, codes
+        refused = next(r for r in responses if r.status_code == 503)
+        assert refused.headers["Retry-After"] == "1" and refused.json()["error"]["code"] == "overloaded"
+        moderator.batchers["caption"].settings.timeout_s = 0.05
+        slow = busy.post("/v1/captions", json={"input": [image_part(shapesworld.sample("test", 99).image)]})
+        assert slow.status_code == 504 and slow.json()["error"]["code"] == "timeout"
+    finally:
+        busy.__exit__(None, None, None)
+
+
+def test_not_ready_until_loaded(onnx_export):
+    app = create_app(Config(onnx_dir=str(onnx_export[0]), engine="no-such-engine"))
+    with TestClient(app) as c:
+        deadline = time.monotonic() + 30
+        while app.state.service["error"] is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "unknown engine" in ready.json()["error"]["message"]
+        assert c.get("/healthz").status_code == 200
+        assert c.post("/v1/moderations", json={"input": "x"}).status_code == 503
+
+
+def test_policy_cli(cli_runner):
+    code, out, _ = cli_runner(policy.main, ["show", str(policy.POLICIES_DIR / "real-world.yaml")])
+    assert code == 0 and "weapons" in out
+    code, _, err = cli_runner(policy.main, ["show", "missing.yaml"])
+    assert code == 2 and "no policy file" in err

@@ -1,0 +1,58 @@
+"""Week 11: the real server under load, and the benchmark's measurements on a small scale."""
+import asyncio
+
+import httpx
+import pytest
+
+from stage3_moderation import bench, loadgen
+
+pytestmark = pytest.mark.week11
+
+
+@pytest.fixture(scope="module")
+def server_url(onnx_export):
+    with loadgen.server({"MODERATION_ONNX_DIR": str(onnx_export[0]), "MODERATION_API_KEYS": "load-test-key"}) as url:
+        yield url
+
+
+def test_2000_requests_at_concurrency_32_without_errors_or_lost_responses(server_url):
+    """A real uvicorn process on loopback; half the requests carry an image (64 distinct ones)."""
+    bodies = loadgen.workload("mixed", 2000, pool=64)
+    result = asyncio.run(loadgen.drive(server_url, bodies, 32, headers={"Authorization": "Bearer load-test-key"}))
+    assert result["statuses"] == {"200": 2000}, result
+    assert result["errors"] == 0 and result["unique_ids"] == 2000 and not result["failures"]
+    metrics = httpx.get(f"{server_url}/metrics").text
+    assert 'moderation_requests_total{endpoint="/v1/moderations",status="200"} 2000.0' in metrics
+    # dynamic batching really batched: some caption calls held more than one image
+    sizes = [line for line in metrics.splitlines() if line.startswith('moderation_batch_size_bucket{le="1.0",stage="caption"}')]
+    count = [line for line in metrics.splitlines() if line.startswith('moderation_batch_size_count{stage="caption"}')]
+    assert float(sizes[0].split()[-1]) < float(count[0].split()[-1])
+
+
+def test_real_server_enforces_api_keys(server_url):
+    assert httpx.post(f"{server_url}/v1/moderations", json={"input": "x"}).status_code == 401
+    assert httpx.get(f"{server_url}/readyz").json()["status"] == "ready"
+
+
+def test_loadgen_cli_reports_errors(server_url, cli_runner):
+    code, out, _ = cli_runner(loadgen.main, ["--url", server_url, "--n", "20", "--concurrency", "4", "--kind", "text",
+                                             "--json"])
+    assert code == 0 and '"401": 20' in out and '"errors": 20' in out  # no key: every request refused, counted
+
+
+def test_engine_benchmark_rows_on_the_tiny_tower():
+    """The benchmark's tower measurement, briefly: every engine runs, agrees with fp32, and is timed."""
+    from curriculum import shapesworld, zoo
+
+    clip, processor = zoo.load_clip("tiny", "cpu")
+    pixels = processor(images=[s.image for s in shapesworld.generate("test", 8)], return_tensors="np").pixel_values
+    limits = bench.matmul_limits(seconds=0.2, n=512)
+    rows = bench.bench_tower("tiny", clip, pixels, limits, seconds=0.1)
+    by_engine = {r["engine"]: r for r in rows}
+    assert {"torch-fp32", "compile", "onnx-fp32"} <= set(by_engine)
+    assert by_engine["onnx-fp32"]["min_cosine_to_fp32"] >= 0.9999
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["min_cosine_to_fp32"] >= 0.99, r
+        assert r["gflop_per_image"] > 0
+    text = bench.markdown({"matmul_gflops": limits, "threads": 2, "towers": rows, "tiny_engines": []}, None)
+    assert "| tiny | onnx-fp32 | fp32 | 8 |" in text

@@ -22,9 +22,14 @@ DIFFUSION := $(OFFLINE) $(PY) -m stage2_fundamentals.diffusion
 W8 := outputs/week8
 W6 := outputs/week6
 W7 := outputs/week7
+W9 := outputs/week9
+W10 := outputs/week10
+W11 := outputs/week11
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test bench week1 week2 week3 week4 week5 week6 week7 lora week8 week12 tiny-models clean lavis-venv
+.PHONY: help install demo test bench week1 week2 week3 week4 week5 week6 week7 lora week8 week9 export serve week10 week11 week12 tiny-models clean lavis-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -146,14 +151,39 @@ week8: $(VENV)/.installed ## DDPM / DDIM from scratch vs diffusers, the pipeline
 	$(DIFFUSION) forward --image $(W8)/gallery/test_00001.png --out $(W8)/forward.png
 	@echo "pictures: $(W8)/*.png"
 
+export: $(VENV)/.installed ## ONNX export of the tiny CLIP and BLIP-2 (fp32 + int8) with parity checks
+	$(OFFLINE) $(PY) -m stage3_moderation.export_onnx --out outputs/onnx/tiny
+
+week9: export ## ONNX export with parity (`make export`), then the demo policy measured on generated scenes
+	$(OFFLINE) $(PY) -m stage3_moderation.policy show
+	$(OFFLINE) $(PY) -m stage3_moderation.policy evaluate --n 600 --out $(W9)/policy.json
+	@echo "results: outputs/onnx/tiny/manifest.json, $(W9)/policy.json"
+
+serve: $(VENV)/.installed ## the moderation API on $(HOST):$(PORT) with the tiny models (Ctrl-C stops it)
+	$(OFFLINE) $(PY) -m uvicorn stage3_moderation.app:app --host $(HOST) --port $(PORT)
+
+# Starts the server in the background, waits for /readyz, runs the README's curl examples, stops it.
+week10: $(VENV)/.installed ## the service: start it, the README's curl examples, stop it
+	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 4 --split test --out $(W10)/gallery
+	@$(OFFLINE) $(PY) -m uvicorn stage3_moderation.app:app --host 127.0.0.1 --port 8000 --log-level warning & \
+	  server=$$!; trap "kill $$server" EXIT; \
+	  for i in $$(seq 600); do curl -sf http://127.0.0.1:8000/readyz >/dev/null && break; sleep 0.5; done; \
+	  bash stage3_moderation/curl_examples.sh
+
+week11: $(VENV)/.installed ## load test (2,000 requests at concurrency 32) and the moderation benchmark
+	$(OFFLINE) $(PY) -m stage3_moderation.loadgen --serve --n 2000 --concurrency 32 --kind mixed --out $(W11)/load.json
+	$(OFFLINE) $(PY) -m stage3_moderation.bench --out $(W11)
+	@echo "tables and plot: $(W11)/moderation.md, $(W11)/moderation.png"
+
 week12: $(VENV)/.installed ## interview: tensor drills, the question list, STAR write-ups from outputs/
 	$(OFFLINE) $(PY) -m interview.einsum_attention check
 	$(OFFLINE) $(PY) -m interview.drill --list
 	$(OFFLINE) $(PY) -m interview.star --out outputs/week12/star.md
 	@echo "quiz yourself: $(PY) -m interview.drill"
 
-bench: $(VENV)/.installed ## benchmarks, as ratios measured in one run: KV cache (week 5)
+bench: $(VENV)/.installed ## benchmarks, as ratios measured in one run: KV cache (week 5), engines and service (week 11)
 	$(DECODING) bench --out outputs/bench/kv_cache.json
+	$(OFFLINE) $(PY) -m stage3_moderation.bench --out outputs/bench
 
 tiny-models: $(VENV)/.installed ## retrain the bundled checkpoints in data/models (fixed seed)
 	$(PY) -m curriculum.tiny_clip --out data/models/tiny-clip --seed 0

@@ -165,7 +165,7 @@ def bench_service(n=320, pool=64):
     rows = []
     for name, env in tqdm(SERVICE_CONFIGS.items(), desc="service configurations"):
         with loadgen.server(env) as url:
-            asyncio.run(loadgen.drive(url, bodies[:32], 8))  # warm the connection pool and code paths
+            asyncio.run(loadgen.drive(url, bodies[:64], max(CONCURRENCY)))  # warm up code paths and allocators
             for concurrency in CONCURRENCY:
                 result = asyncio.run(loadgen.drive(url, bodies, concurrency))
                 rows.append({"config": name, **{k: result[k] for k in ("concurrency", "n", "errors", "requests_per_s",

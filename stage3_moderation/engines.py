@@ -129,11 +129,15 @@ class Engine:
         return captions
 
     def warm_up(self, max_batch_size=1):
-        """One call of each function (first calls allocate); compile overrides it to compile each bucket."""
+        """Each bucket size up to max_batch_size once, so no user waits for a first call at a new
+        shape: onnxruntime plans memory per shape, and the compile engine compiles per bucket
+        (about 10 s per graph and bucket on 2 cores)."""
         from curriculum import shapesworld
 
         image = shapesworld.sample("test", 0).image
-        self.embed_images([image]), self.embed_texts(["a red circle"]), self.caption_images([image], max_new_tokens=2)
+        for size in [b for b in BUCKETS if b <= max(1, max_batch_size)]:
+            self.embed_images([image] * size), self.embed_texts(["a red circle"] * size)
+            self.caption_images([image] * size, max_new_tokens=3)
 
 
 def onnx_session(path, threads=None):
@@ -228,19 +232,6 @@ class TorchEngine(Engine):
         logits, keys, values = self.modules["blip2_step"](torch.from_numpy(inputs_embeds).to(self.dtype),
                                                           torch.from_numpy(attention_mask), keys, values)
         return logits.float().numpy(), keys, values
-
-    def warm_up(self, max_batch_size=1):
-        """compile: compile each bucket up to max_batch_size now (about 10 s per graph and bucket on 2
-        cores), not on a user's request; the other engines need one call."""
-        if not self.compiled:
-            return super().warm_up()
-        from curriculum import shapesworld
-
-        image = shapesworld.sample("test", 0).image
-        for size in [b for b in BUCKETS if b <= max(1, max_batch_size)]:
-            self.embed_images([image] * size), self.embed_texts(["a red circle"] * size)
-            self.blip2_queries(self.blip2_processor(images=[image] * size, return_tensors="np").pixel_values)
-        self.caption_images([image], max_new_tokens=3)
 
 
 def best_precision():

@@ -183,7 +183,8 @@ def quantize(path):
     root = logging.getLogger()
     level, root.level = root.level, logging.ERROR  # quantize_dynamic's generic "consider pre-processing" advice
     try:
-        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
+        # external data: a real BLIP-2's decoder is far over protobuf's 2 GB limit for one file
+        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, use_external_data_format=True)
     finally:
         root.setLevel(level)
     return out

@@ -125,10 +125,21 @@ def check_text(text, limits, param):
 
 
 def validation_message(error):
-    """pydantic's first complaint, as one line: 'input.0.image_url: Field required'."""
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("list[", "str", "function")))
-    return f"{where or 'body'}: {first['msg']}"
+    """One line from pydantic's complaints: the deepest one (a union of shapes reports one per
+    shape it tried; the deepest is the shape the client meant), e.g. 'input.0.image_url: Field required'."""
+    deepest = max(error.errors(), key=lambda e: (len(e["loc"]), "union" in str(e["loc"])))
+    loc = deepest["loc"]
+    if not loc:
+        return 'the body must be a JSON object like {"input": "some text"}'
+    if loc[0] == "input" and not any(isinstance(part, int) for part in loc) and deepest["type"] != "missing":
+        return ('input must be a string, a list of strings, or a list of {"type": "text", ...} / '
+                f'{{"type": "image_url", ...}} parts; got {type(deepest["input"]).__name__}')
+    # drop pydantic's names for the union branches and the part's tag: input.0.image_url.url, not
+    # input.list[tagged-union[...]].0.image_url.image_url.url
+    path = [p for p in loc if not str(p).startswith(("list[", "str", "function", "tagged-union"))]
+    path = [p for i, p in enumerate(path) if not (i and isinstance(path[i - 1], int) and p in ("text", "image_url"))]
+    where = ".".join(str(p) for p in path)
+    return f"{where}: {deepest['msg']}"
 
 
 def parse_json(body, limits):
@@ -140,7 +151,7 @@ def parse_json(body, limits):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadInput(f"the body is not valid JSON: {e}", code="invalid_json") from None
     except ValidationError as e:
-        raise BadInput(validation_message(e), code="invalid_request", param=str(e.errors()[0]["loc"][0])) from None
+        raise BadInput(validation_message(e), code="invalid_request", param="input") from None
     if isinstance(request.input, str):
         return [Item(text=check_text(request.input, limits, "input"))], False
     if not request.input:

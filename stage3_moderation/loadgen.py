@@ -137,6 +137,7 @@ def main(argv=None):
     p.add_argument("--kind", default="mixed", choices=KINDS)
     p.add_argument("--pool", type=cli.positive_int, default=64, help="distinct images (repeats hit the cache)")
     p.add_argument("--api-key", help="sent as Authorization: Bearer <key>")
+    p.add_argument("--out", help="also write the JSON result here")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     bodies = workload(args.kind, args.n, args.pool)
@@ -146,6 +147,8 @@ def main(argv=None):
             result = asyncio.run(drive(url, bodies, args.concurrency, headers))
     else:
         result = asyncio.run(drive(args.url, bodies, args.concurrency, headers))
+    if args.out:
+        cli.write_json(result, args.out)
     cli.emit(result, args.json, print_result)
 
 

@@ -335,6 +335,10 @@ def bad_inputs(scene):
         "invalid JSON": dict(content=b'{"input": ', headers=json_ct),
         "not UTF-8": dict(content=b'{"input": "\xff"}', headers=json_ct),
         "unknown field": dict(json={"input": "x", "temperature": 1}),
+        "a JSON array": dict(json=[1, 2]),
+        "a JSON string": dict(json="input"),
+        "missing input": dict(json={"model": "x"}),
+        "part without its payload": dict(json={"input": [{"type": "image_url"}]}),
         "wrong type": dict(json={"input": 42}),
         "unknown part type": dict(json={"input": [{"type": "audio", "audio": "x"}]}),
         "empty list": dict(json={"input": []}),
@@ -445,3 +449,14 @@ def test_policy_cli(cli_runner):
     assert code == 0 and "weapons" in out
     code, _, err = cli_runner(policy.main, ["show", "missing.yaml"])
     assert code == 2 and "no policy file" in err
+
+
+def test_readme_curl_examples_are_the_ones_make_week10_runs():
+    from curriculum import REPO_ROOT
+
+    script = (REPO_ROOT / "stage3_moderation" / "curl_examples.sh").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
+    commands = [line for line in script.splitlines() if line.startswith("curl ")]
+    assert len(commands) >= 6
+    for command in commands:
+        assert command in readme, command

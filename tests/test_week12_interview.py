@@ -93,7 +93,19 @@ def test_star_quotes_the_measured_numbers(tmp_path, cli_runner):
 def test_star_with_no_results_still_writes_and_names_the_targets(tmp_path, cli_runner):
     code, stdout, _ = cli_runner(star.main, ["--outputs", str(tmp_path / "empty"), "--out", str(tmp_path / "s.md")])
     assert code == 0 and (tmp_path / "s.md").exists()
-    assert "missing results: run `make bench lora week1 week2 week3 week4 week5 week7 week8`" in stdout
+    assert ("missing results: run `make bench export lora week1 week11 week2 week3 week4 week5 week7 week8 week9`"
+            in stdout)
+
+
+def test_star_moderation_numbers_come_from_the_benchmark(tmp_path, cli_runner):
+    rows = [{"config": c, "concurrency": 32, "requests_per_s": r, "p99_ms": p}
+            for c, r, p in (("batching on, cache off", 123.4, 456.7), ("batching off, cache off", 51.2, 789.1))]
+    write(tmp_path, "bench/moderation_service.json", {"rows": rows})
+    write(tmp_path, "week11/load.json", {"n": 2000, "concurrency": 32, "errors": 0, "unique_ids": 2000})
+    code, stdout, _ = cli_runner(star.main, ["--outputs", str(tmp_path), "--out", str(tmp_path / "s.md")])
+    assert code == 0
+    for number in ("123.4", "51.2", "2.4x", "456.7", "789.1", "2000 requests at concurrency 32: 0 errors"):
+        assert number in stdout, number
 
 
 def test_no_number_in_the_prose_is_typed_by_hand():

@@ -27,10 +27,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from curriculum.cli import UserError
 from stage3_moderation import batching, engines, inputs, policy as policies
 from stage3_moderation.inputs import BadInput, InputRequest, Limits
 from stage3_moderation.service import STAGES, Metrics, Moderator, Options
 
+API_PATHS = ("/v1/moderations", "/v1/embeddings", "/v1/captions")
 log = logging.getLogger("stage3_moderation")
 if not log.handlers:  # uvicorn configures only its own loggers: give ours the same look
     _handler = logging.StreamHandler()
@@ -41,7 +43,12 @@ if not log.handlers:  # uvicorn configures only its own loggers: give ours the s
 
 def _env(name, default, kind=str):
     value = os.environ.get(name)
-    return default if value in (None, "") else kind(value)
+    if value in (None, ""):
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise UserError(f"{name}={value!r} is not a valid {kind.__name__}") from None
 
 
 @dataclass
@@ -149,7 +156,7 @@ def create_app(config=None):
 
     @app.exception_handler(BadInput)
     async def bad_input(request, e):
-        return error(e.status, e.message, e.code, e.param)
+        return error(e.status, e.message, e.code, e.param, headers={"Retry-After": "5"} if e.status == 503 else None)
 
     @app.exception_handler(batching.Overloaded)
     async def overloaded(request, e):
@@ -164,8 +171,10 @@ def create_app(config=None):
         start = time.perf_counter()
         response = await call_next(request)
         if request.url.path.startswith("/v1/"):
-            metrics.requests.labels(request.url.path, str(response.status_code)).inc()
-            metrics.latency.labels(request.url.path).observe(time.perf_counter() - start)
+            # a fixed set of label values: a client probing random paths must not grow the series
+            endpoint = request.url.path if request.url.path in API_PATHS else "other"
+            metrics.requests.labels(endpoint, str(response.status_code)).inc()
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return response
 
     async def ready_moderator(request):

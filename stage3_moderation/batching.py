@@ -37,9 +37,10 @@ class Settings:
 
 
 class Batcher:
-    def __init__(self, name, fn, settings=Settings(), on_batch=None):
+    def __init__(self, name, fn, settings=None, on_batch=None):
         """fn(list of items) -> list of results, same order; runs in a worker thread.
         on_batch(name, size, seconds) is called after every batch (metrics)."""
+        settings = settings or Settings()
         if settings.max_batch_size < 1 or settings.max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be at least 1")
         self.name, self.fn, self.settings, self.on_batch = name, fn, settings, on_batch

@@ -48,8 +48,9 @@ class Metrics:
 
 
 class Moderator:
-    def __init__(self, engine, policy, options=Options(), metrics=None):
-        self.engine, self.policy, self.options = engine, policy, options
+    def __init__(self, engine, policy, options=None, metrics=None):
+        self.engine, self.policy, self.options = engine, policy, options or Options()
+        options = self.options
         self.metrics = metrics or Metrics()
         self.cache = LRUCache(options.cache_entries, options.cache_bytes)
         fns = {"clip_image": lambda images: list(engine.embed_images(images)),

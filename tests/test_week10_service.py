@@ -319,6 +319,8 @@ def test_operations_endpoints(client, scene):
     for series in ("moderation_requests_total", "moderation_request_seconds_bucket", "moderation_batch_size_bucket",
                    "moderation_queue_depth", 'moderation_cache_total{kind="caption",result="hit"}'):
         assert series in metrics
+    assert client.post("/v1/no-such-thing", json={}).status_code == 404
+    assert 'endpoint="other"' in client.get("/metrics").text  # unknown paths share one label value
     assert client.get("/openapi.json").json()["paths"]["/v1/moderations"]["post"]["requestBody"]["content"]
     assert client.get("/docs").status_code == 200
 
@@ -441,7 +443,8 @@ def test_not_ready_until_loaded(onnx_export):
         ready = c.get("/readyz")
         assert ready.status_code == 503 and "unknown engine" in ready.json()["error"]["message"]
         assert c.get("/healthz").status_code == 200
-        assert c.post("/v1/moderations", json={"input": "x"}).status_code == 503
+        refused = c.post("/v1/moderations", json={"input": "x"})
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
 
 
 def test_policy_cli(cli_runner):

@@ -159,7 +159,7 @@ SERVICE_CONFIGS = {"batching on, cache off": {"MODERATION_CACHE_ENTRIES": "0"},
                    "batching off, cache on": {"MODERATION_MAX_BATCH_SIZE": "1", "MODERATION_MAX_WAIT_MS": "0"}}
 
 
-def bench_service(n=320, pool=64):
+def bench_service(n=960, pool=64):
     """Image + text moderation requests; images cycle through `pool` distinct scenes."""
     bodies = loadgen.workload("image", n, pool)
     rows = []
@@ -239,7 +239,7 @@ def main(argv=None):
         result["engines"] = bench_engines(0.5 if args.quick else 3.0)
         cli.write_json(result["engines"], out / "moderation_engines.json")
     if args.what in ("all", "service"):
-        result["service"] = bench_service(n=96 if args.quick else 320)
+        result["service"] = bench_service(n=96 if args.quick else 960)
         cli.write_json(result["service"], out / "moderation_service.json")
     (out / "moderation.md").write_text(markdown(result.get("engines"), result.get("service")))
     plot(result.get("engines"), result.get("service"), out / "moderation.png")

@@ -193,7 +193,8 @@ def print_policy(policy):
         if c.concepts:
             print(f"    image: max cos to {list(c.concepts)} >= {c.threshold}")
         if c.rules:
-            print(f"    text and caption: {[r.pattern for r in c.rules]}")
+            where = "text and caption" if "image" in c.input_types else "text"
+            print(f"    {where}: {[r.pattern for r in c.rules]}")
 
 
 def main(argv=None):

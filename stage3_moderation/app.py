@@ -125,12 +125,12 @@ def create_app(config=None):
     """The ASGI app; config defaults to the environment's (Config.from_env)."""
     config = config or Config.from_env()
     metrics = Metrics()
-    state = {"moderator": None, "error": None, "model": f"{policies.load(config.policy).name}/{config.clip}"}
+    policy = policies.load(config.policy)  # a bad policy file stops the start at once, with its reason
+    state = {"moderator": None, "error": None, "model": f"{policy.name}/{config.clip}"}
 
     def load_models():
         engine = engines.load(config.engine, config.clip, config.blip2, config.onnx_dir, config.threads)
         engine.warm_up(max(s.max_batch_size for s in config.options.batching.values()))
-        policy = policies.load(config.policy)
         if policy.model != config.clip:
             log.warning("policy %s was calibrated for CLIP %s, but the service runs %s: its thresholds may not fit",
                         policy.name, policy.model, config.clip)

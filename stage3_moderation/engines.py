@@ -18,6 +18,7 @@ Captions use one greedy loop for every engine (`greedy_captions`): embed the pro
 the image queries over the <image> placeholders, then ask the decoder for the next token until
 each row has said </s>. The torch-fp32 engine's captions equal `generate()`'s (tests check).
 """
+import json
 import logging
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def greedy_captions(queries, prefill, step, embed_tokens, tokenizer, image_token
     embeds = embed_tokens[ids]  # word vectors for every position ...
     embeds[ids == image_token_id] = queries.reshape(-1, queries.shape[-1])  # ... image queries over <image>
     mask = (ids != tokenizer.pad_token_id).astype(np.int64)
-    logits, keys, values = prefill(embeds.astype(np.float32), mask)
+    logits, keys, values = prefill(embeds, mask)
     done = np.zeros(len(ids), bool)
     new = []
     for _ in range(max_new_tokens):
@@ -95,7 +96,7 @@ def greedy_captions(queries, prefill, step, embed_tokens, tokenizer, image_token
         if done.all():
             break
         mask = np.concatenate([mask, np.ones((len(ids), 1), np.int64)], axis=1)
-        logits, keys, values = step(embed_tokens[token][:, None].astype(np.float32), mask, keys, values)
+        logits, keys, values = step(embed_tokens[token][:, None], mask, keys, values)
     return [c.strip() for c in tokenizer.batch_decode(np.stack(new, 1), skip_special_tokens=True)]
 
 
@@ -106,7 +107,8 @@ class Engine:
 
     def __init__(self, clip_processor, blip2_processor, embed_tokens, image_token_id):
         self.clip_processor, self.blip2_processor = clip_processor, blip2_processor
-        self.embed_tokens, self.image_token_id = embed_tokens, image_token_id
+        # float32 once here, so the greedy loop's per-step lookups need no conversion
+        self.embed_tokens, self.image_token_id = np.asarray(embed_tokens, np.float32), image_token_id
 
     def embed_images(self, images):
         return np.concatenate([self.clip_image(self.clip_processor(images=chunk, return_tensors="np").pixel_values)
@@ -164,8 +166,9 @@ class OnnxEngine(Engine):
                             "or python -m stage3_moderation.export_onnx")
         self.sessions = {g: onnx_session(folder / f"{g}{suffix}", threads) for g in export_onnx.GRAPHS}
         self.name, self.precision = f"onnx-{precision}", precision
+        manifest = json.loads((folder / export_onnx.MANIFEST).read_text())
         super().__init__(clip_processor, blip2_processor, np.load(folder / export_onnx.EMBED_TOKENS),
-                         blip2_processor.tokenizer.convert_tokens_to_ids("<image>"))
+                         manifest["image_token_id"])
 
     def clip_image(self, pixel_values):
         return self.sessions["clip_image"].run(None, {"pixel_values": pixel_values.astype(np.float32)})[0]
@@ -203,10 +206,14 @@ class TorchEngine(Engine):
         super().__init__(clip_processor, blip2_processor,
                          blip2.get_input_embeddings().weight.detach().float().numpy(), blip2.config.image_token_id)
 
+    def tensor(self, array):
+        """NumPy -> torch without a copy; floating point in the engine's dtype."""
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        return t.to(self.dtype) if t.is_floating_point() else t
+
     @torch.inference_mode()
     def run(self, graph, *arrays):
-        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-        tensors = [t.to(self.dtype) if t.is_floating_point() else t for t in tensors]
+        tensors = [self.tensor(a) for a in arrays]
         rows = len(tensors[0])
         if self.compiled and graph in COMPILED:
             tensors = [pad_rows(t, bucket(rows)) for t in tensors]
@@ -223,14 +230,13 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def prefill(self, inputs_embeds, attention_mask):
-        logits, keys, values = self.modules["blip2_prefill"](torch.from_numpy(inputs_embeds).to(self.dtype),
-                                                             torch.from_numpy(attention_mask))
+        logits, keys, values = self.modules["blip2_prefill"](self.tensor(inputs_embeds), self.tensor(attention_mask))
         return logits.float().numpy(), keys, values  # the cache stays a tensor between steps
 
     @torch.inference_mode()
     def step(self, inputs_embeds, attention_mask, keys, values):
-        logits, keys, values = self.modules["blip2_step"](torch.from_numpy(inputs_embeds).to(self.dtype),
-                                                          torch.from_numpy(attention_mask), keys, values)
+        logits, keys, values = self.modules["blip2_step"](self.tensor(inputs_embeds), self.tensor(attention_mask),
+                                                          keys, values)
         return logits.float().numpy(), keys, values
 
 

@@ -32,6 +32,7 @@ ShapesWorld test split.
 """
 import contextlib
 import io
+import json
 import logging
 import time
 import warnings
@@ -241,24 +242,32 @@ def export(clip_name="tiny", blip2_name="tiny", out=None, n=100, int8=True):
             quantize(out / f"{name}.onnx")
         timings[name] = round(time.perf_counter() - start, 2)
     np.save(out / EMBED_TOKENS, blip2.get_input_embeddings().weight.detach().numpy())
+    # written twice: the engine under test reads image_token_id (where the greedy loop writes the
+    # image queries) from it; only the second write, with the parity verdict, marks the export done
     manifest = {"clip": clip_name, "blip2": blip2_name, "opset": OPSET, "export_seconds": timings,
-                "parity": [parity(out, clip, clip_processor, blip2, blip2_processor, n, p)
-                           for p in (("fp32", "int8") if int8 else ("fp32",))]}
+                "image_token_id": blip2.config.image_token_id}
+    cli.write_json(manifest, out / MANIFEST)
+    manifest["parity"] = [parity(out, clip, clip_processor, blip2, blip2_processor, n, p)
+                          for p in (("fp32", "int8") if int8 else ("fp32",))]
     manifest["fp32_parity_ok"] = passes(manifest["parity"][0])
     cli.write_json(manifest, out / MANIFEST)
     return manifest
 
 
 def is_exported(folder):
+    """All graphs there, and a manifest with the parity verdict: an interrupted export, or one
+    from before the manifest recorded image_token_id, is redone."""
     folder = Path(folder)
-    return (folder / MANIFEST).exists() and all((folder / f"{g}.onnx").exists() for g in GRAPHS)
+    return ((folder / MANIFEST).exists()
+            and {"fp32_parity_ok", "image_token_id"} <= json.loads((folder / MANIFEST).read_text()).keys()
+            and all((folder / f"{g}.onnx").exists() for g in GRAPHS))
 
 
 def ensure_exported(clip_name="tiny", blip2_name="tiny", folder=None):
     """The export folder, exporting first (with a log line) if it is missing."""
     folder = Path(folder or default_dir(clip_name, blip2_name))
     if not is_exported(folder):
-        log.warning("no ONNX export of clip=%s blip2=%s in %s: exporting now (once)", clip_name, blip2_name, folder)
+        log.warning("no complete ONNX export of clip=%s blip2=%s in %s: exporting now (once)", clip_name, blip2_name, folder)
         export(clip_name, blip2_name, folder, n=16)
     return folder
 

@@ -41,13 +41,6 @@ def trains_in_bf16(device):
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
 
 
-def training_autocast(device, on_cpu=True):
-    """bf16 autocast where it is fast (CUDA, AMX/AVX512-BF16 CPUs), else a no-op (fp32).
-    on_cpu=False keeps fp32 on every CPU, for models whose small matmuls are slower in bf16 there."""
-    enabled = trains_in_bf16(device) and (on_cpu or device.type != "cpu")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)

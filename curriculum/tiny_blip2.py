@@ -6,6 +6,7 @@ first words of the text. Saved with `save_pretrained` next to a `Blip2Processor`
 it exactly like `Salesforce/blip2-opt-2.7b`.
 
     python -m curriculum.tiny_blip2 --out data/models/tiny-blip2      (or: make tiny-models)
+    python -m curriculum.tiny_blip2 --out outputs/train/blip2 --nproc 2 [--resume]   (Accelerate: README)
 
 It learns four prompt styles, so that prompts visibly steer it:
     (no prompt)                       a small red circle in the top left and ...
@@ -20,16 +21,14 @@ Freezing matters here too: with the ViT trained along (copied or from scratch), 
 stayed at chance on where the shapes are (position right in 0.26 of captions after 800 steps);
 frozen, 0.92 after the same 800 steps.
 """
-import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil,
                           GPT2Tokenizer)
 
-from curriculum import MODELS_DIR, bpe, cli, runtime, shapesworld, training, zoo
+from curriculum import MODELS_DIR, bpe, cli, shapesworld, training, zoo
 from curriculum.tiny_clip import pixels
 
 IMAGE_SIZE = 64
@@ -199,44 +198,59 @@ def batch_tokens(processor, prompts, targets):
             torch.tensor([pad(r, -100) for r in labels]))
 
 
-def train(out, steps=1800, batch_size=128, pool=30_000, lr=1e-3, seed=0, device="auto", clip="tiny"):
-    runtime.seed_everything(seed)
-    device = runtime.pick_device(device)
+@dataclass(frozen=True)
+class Config:
+    """What is learnt (a resumed checkpoint must match it)."""
+    steps: int = 1800
+    batch_size: int = 128
+    pool: int = 30_000
+    lr: float = 1e-3
+    seed: int = 0
+    clip: str = "tiny"  # whose vision tower BLIP-2 starts from, frozen
+
+
+def train(out, config=Config(), options=training.Options()):
+    trainer = training.Trainer("tiny-blip2", out, config, options)
     processor = build_processor()
-    clip_vision = zoo.load_clip(clip, "cpu")[0].vision_model
+    clip_vision = zoo.load_clip(config.clip, "cpu")[0].vision_model
     model = Blip2ForConditionalGeneration(build_config(processor.tokenizer, clip_vision.config))
     copy_clip_vision(clip_vision, model.vision_model)
     model.vision_model.requires_grad_(False)
     init_qformer(model)
-    model.to(device)
-    data = shapesworld.generate("train", pool, seed=seed, size=IMAGE_SIZE, progress=True)
+    data = shapesworld.generate("train", config.pool, seed=config.seed, size=IMAGE_SIZE,
+                                progress=trainer.is_main and options.progress)
     images = np.stack([np.asarray(s.image) for s in data])
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.05, betas=(0.9, 0.98))
-    warmup = max(1, steps // 20)
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.05, betas=(0.9, 0.98))
+    warmup = max(1, config.steps // 20)
     # linear warm-up, then linear decay to a tenth
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, 1 - 0.9 * min(s, steps) / steps))
-    rng = np.random.default_rng(seed)
-    losses, start = [], time.time()
-    bar = tqdm(range(steps), desc="train tiny-blip2")
-    for _ in bar:
-        idx = rng.choice(pool, batch_size, replace=False)
-        prompts, targets = zip(*(training_example(data[i].objects, rng) for i in idx))
+        optimizer, lambda s: min((s + 1) / warmup, 1 - 0.9 * min(s, config.steps) / config.steps))
+    model, optimizer = trainer.prepare(model, optimizer, schedule)
+    for _ in trainer.steps(config.steps):
+        idx = trainer.rng.choice(config.pool, config.batch_size, replace=False)
+        prompts, targets = zip(*(training_example(data[i].objects, trainer.rng) for i in idx))
         input_ids, attention_mask, labels = batch_tokens(processor, prompts, targets)
-        with runtime.training_autocast(device):
-            loss = model(pixel_values=pixels(images[idx], processor.image_processor).to(device),
-                         input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                         labels=labels.to(device)).loss
-        training.step(loss, optimizer, schedule, trainable, losses, bar)
-    training.save(out, [model, processor], losses, "tiny BLIP-2: captioning loss (next-token cross-entropy)", start,
-                  device, steps=steps, batch_size=batch_size, pool=pool, lr=lr, seed=seed)
+        for rows in trainer.micro_batches(config.batch_size):
+            loss = model(pixel_values=pixels(images[idx[rows]], processor.image_processor).to(trainer.device),
+                         input_ids=input_ids[rows].to(trainer.device),
+                         attention_mask=attention_mask[rows].to(trainer.device),
+                         labels=labels[rows].to(trainer.device)).loss
+            # the loss is a mean over the target tokens, and rows hold different numbers of them
+            trainer.backward(trainer.share_of_mean(loss, target_tokens(labels[rows]), target_tokens(labels)))
+    trainer.save([model, processor], "tiny BLIP-2: captioning loss (next-token cross-entropy)")
+    return trainer
+
+
+def target_tokens(labels):
+    """How many tokens the captioning loss averages over: token i predicts label i + 1."""
+    return int((labels[:, 1:] != -100).sum())
 
 
 def main(argv=None):
-    args = training.parser(__doc__, MODELS_DIR / "tiny-blip2", steps=1800, batch_size=128,
-                           batch_help="images per step").parse_args(argv)
-    train(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device)
+    args = training.parser(__doc__, MODELS_DIR / "tiny-blip2", Config, "images per step").parse_args(argv)
+    train(args.out, Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),
+          training.Options.from_args(args, __spec__.name, argv))
 
 
 if __name__ == "__main__":

@@ -4,21 +4,20 @@ It learns ShapesWorld with CLIP's contrastive loss (several positives allowed) a
 `save_pretrained`, so every script loads it exactly like `openai/clip-vit-base-patch32`.
 
     python -m curriculum.tiny_clip --out data/models/tiny-clip      (or: make tiny-models)
+    python -m curriculum.tiny_clip --out outputs/train/clip --nproc 2 [--resume]   (Accelerate: README)
 
 The tokenizer is a real `CLIPTokenizer` (byte-level BPE, `</w>` word ends) whose merges are
 learned from ShapesWorld captions, so every caption word is one token and any other text still
 tokenizes, byte by byte.
 """
 import itertools
-import time
-from dataclasses import astuple, replace
+from dataclasses import astuple, dataclass, replace
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from curriculum import MODELS_DIR, bpe, cli, runtime, shapesworld, training
+from curriculum import MODELS_DIR, bpe, cli, shapesworld, training
 
 IMAGE_SIZE = 64
 MAX_TOKENS = 32
@@ -107,45 +106,54 @@ def contrastive_loss(logits_per_text, positives):
     return (text_to_image + image_to_text) / 2
 
 
-def train(out, steps=1200, batch_size=256, pool=30_000, lr=1e-3, seed=0, device="auto"):
-    runtime.seed_everything(seed)
-    device = runtime.pick_device(device)
+@dataclass(frozen=True)
+class Config:
+    """What is learnt (a resumed checkpoint must match it)."""
+    steps: int = 1200
+    batch_size: int = 256
+    pool: int = 30_000
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def train(out, config=Config(), options=training.Options()):
+    trainer = training.Trainer("tiny-clip", out, config, options, contrastive=True)
     processor = build_processor()
-    model = CLIPModel(build_config(processor.tokenizer)).to(device)
-    data = shapesworld.generate("train", pool, seed=seed, size=IMAGE_SIZE, progress=True)
+    model = CLIPModel(build_config(processor.tokenizer))
+    data = shapesworld.generate("train", config.pool, seed=config.seed, size=IMAGE_SIZE,
+                                progress=trainer.is_main and options.progress)
     images = np.stack([np.asarray(s.image) for s in data])
     objects = [s.objects for s in data]
     key_ids = {}
     keys = np.array([key_ids.setdefault(shapesworld.label_key(o), len(key_ids)) for o in objects])
     fits, column = mention_table(objects)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
-    schedule = training.warmup_cosine(optimizer, steps)
-    rng = np.random.default_rng(seed)
-    losses, start = [], time.time()
-    bar = tqdm(range(steps), desc="train tiny-clip")
-    for _ in bar:
-        idx = rng.choice(pool, batch_size, replace=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.1, betas=(0.9, 0.98))
+    model, optimizer = trainer.prepare(model, optimizer, training.warmup_cosine(optimizer, config.steps))
+    for _ in trainer.steps(config.steps):
+        idx = trainer.rng.choice(config.pool, config.batch_size, replace=False)
         # a fresh caption each time an image is drawn: more text variety for free
-        captions, named, whole = zip(*(training_caption(objects[i], rng) for i in idx))
+        captions, named, whole = zip(*(training_caption(objects[i], trainer.rng) for i in idx))
         # positives[i, j]: caption i is true of image j (a partial caption can fit several images)
         batch_keys, batch_fits = keys[idx], fits[idx]
         positives = torch.from_numpy(np.stack([
             batch_keys == keys[i] if w else batch_fits[:, [column[astuple(o)] for o in n]].all(axis=1)
-            for i, n, w in zip(idx, named, whole)])).float().to(device)
-        text = processor.tokenizer(list(captions), padding=True, return_tensors="pt").to(device)
-        with runtime.training_autocast(device):
-            logits = model(**text, pixel_values=pixels(images[idx], processor.image_processor).to(device)
-                           ).logits_per_text
-        loss = contrastive_loss(logits.float(), positives)
-        training.step(loss, optimizer, schedule, model.parameters(), losses, bar)
-    training.save(out, [model, processor], losses, "tiny CLIP: contrastive loss", start, device,
-                  steps=steps, batch_size=batch_size, pool=pool, lr=lr, seed=seed)
+            for i, n, w in zip(idx, named, whole)])).float().to(trainer.device)
+        for rows in trainer.micro_batches(config.batch_size):
+            text = processor.tokenizer(list(captions[rows]), padding=True, return_tensors="pt").to(trainer.device)
+            out = model(**text, pixel_values=pixels(images[idx[rows]], processor.image_processor).to(trainer.device))
+            # every process scores its captions against the whole global batch's images, and the reverse:
+            # s_ij = exp(logit_scale) · t_i · v_j over all B captions i and B images j
+            text_embeds, image_embeds = trainer.gather(out.text_embeds), trainer.gather(out.image_embeds)
+            logits = trainer.unwrap().logit_scale.exp() * text_embeds @ image_embeds.T
+            trainer.backward(contrastive_loss(logits.float(), positives))
+    trainer.save([model, processor], "tiny CLIP: contrastive loss")
+    return trainer
 
 
 def main(argv=None):
-    args = training.parser(__doc__, MODELS_DIR / "tiny-clip", steps=1200, batch_size=256,
-                           batch_help="contrastive batch").parse_args(argv)
-    train(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device)
+    args = training.parser(__doc__, MODELS_DIR / "tiny-clip", Config, "contrastive batch").parse_args(argv)
+    train(args.out, Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),
+          training.Options.from_args(args, __spec__.name, argv))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ guidance has an unconditional model to push away from. Saved as a `StableDiffusi
 (no safety checker), which loads exactly like stable-diffusion-v1-5/stable-diffusion-v1-5.
 
     python -m curriculum.tiny_sd --out data/models/tiny-sd      (or: make tiny-models)
+    python -m curriculum.tiny_sd --out outputs/train/sd --nproc 2 [--resume]   (Accelerate: README)
 """
-import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusi
 from tqdm import tqdm
 from transformers import CLIPTextModel
 
-from curriculum import MODELS_DIR, cli, runtime, shapesworld, training, viz, zoo
+from curriculum import MODELS_DIR, cli, shapesworld, training, viz, zoo
 
 IMAGE_SIZE = 64
 LATENT_SIZE = IMAGE_SIZE // 8  # SD's f = 8
@@ -73,28 +74,42 @@ def foreground_weights(images):
     return 1 + (FOREGROUND_WEIGHT - 1) * shape_pixels
 
 
-def train_vae(vae, images, steps, batch_size, lr, rng, device):
+class VAETraining(torch.nn.Module):
+    """The VAE's training pass as one forward (DDP synchronises what goes through forward): encode,
+    draw a latent, decode. The noise comes from outside, drawn for the global batch."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x, eps):
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * eps                      # z = μ + σ·ε ~ q(z|x): reparameterised
+        return self.vae.decode(z).sample, posterior.kl()
+
+
+def train_vae(trainer, vae, images, config):
     """L = mean(w * |decode(z) - x|) + KL_WEIGHT * KL(q(z|x) || N(0, I)), z ~ q(z|x)."""
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    schedule = training.warmup_cosine(optimizer, steps)
-    losses = []
-    bar = tqdm(range(steps), desc="train tiny-sd VAE")
-    for _ in bar:
-        x = to_vae_range(images[rng.choice(len(images), batch_size, replace=False)]).to(device)
-        with runtime.training_autocast(device):
-            posterior = vae.encode(x).latent_dist
-            reconstruction = vae.decode(posterior.sample()).sample
-        loss = (foreground_weights(x) * (reconstruction.float() - x).abs()).mean() + KL_WEIGHT * posterior.kl().mean()
-        training.step(loss, optimizer, schedule, vae.parameters(), losses, bar)
-    return losses
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    model, optimizer = trainer.prepare(VAETraining(vae), optimizer, training.warmup_cosine(optimizer, config.vae_steps))
+    for _ in trainer.steps(config.vae_steps):
+        x = to_vae_range(images[trainer.rng.choice(len(images), config.vae_batch_size, replace=False)])
+        eps = torch.randn(config.vae_batch_size, 4, LATENT_SIZE, LATENT_SIZE)  # every process: the whole batch's
+        for rows in trainer.micro_batches(config.vae_batch_size):
+            reconstruction, kl = model(x[rows].to(trainer.device), eps[rows].to(trainer.device))
+            target = x[rows].to(trainer.device)
+            loss = (foreground_weights(target) * (reconstruction.float() - target).abs()).mean() + KL_WEIGHT * kl.mean()
+            trainer.backward(loss)
+    return trainer.unwrap().vae.eval().requires_grad_(False)
 
 
 @torch.no_grad()
-def encode(vae, images, device, batch_size=256):
-    """Latents of every image, drawn once from q(z|x), unscaled."""
-    with runtime.training_autocast(device):
-        chunks = [vae.encode(to_vae_range(images[i:i + batch_size]).to(device)).latent_dist.sample().float()
-                  for i in tqdm(range(0, len(images), batch_size), desc="encode latents")]
+def encode(trainer, vae, images, batch_size=256):
+    """Latents of every image, drawn once from q(z|x), unscaled (every process encodes them all)."""
+    with trainer.accelerator.autocast():
+        chunks = [vae.encode(to_vae_range(images[i:i + batch_size]).to(trainer.device)).latent_dist.sample().float()
+                  for i in tqdm(range(0, len(images), batch_size), desc="encode latents",
+                                disable=not (trainer.is_main and trainer.options.progress))]
     return torch.cat(chunks)
 
 
@@ -107,35 +122,32 @@ def min_snr_weight(noise_schedule, t, gamma=MIN_SNR_GAMMA):
     return snr.clamp(max=gamma) / snr
 
 
-def train_unet(unet, text_encoder, tokenizer, latents, objects, steps, batch_size, lr, rng, device):
+def train_unet(trainer, unet, text_encoder, tokenizer, latents, objects, config):
     """DDPM's noise-prediction loss, Min-SNR weighted:
     L = w_t || eps - eps_theta(sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, t, text) ||^2."""
     noise_schedule = DDPMScheduler(**SD_SCHEDULE)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
-    schedule = training.warmup_cosine(optimizer, steps)
-    losses = []
-    bar = tqdm(range(steps), desc="train tiny-sd UNet")
-    for _ in bar:
-        idx = rng.choice(len(latents), batch_size, replace=False)
-        prompts = ["" if rng.random() < UNCONDITIONAL_SHARE else
-                   shapesworld.caption_en(objects[i], int(rng.integers(len(shapesworld.EN_TEMPLATES))))
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
+    unet, optimizer = trainer.prepare(unet, optimizer, training.warmup_cosine(optimizer, config.steps))
+    text_encoder = text_encoder.to(trainer.device)
+    for _ in trainer.steps(config.steps):
+        idx = trainer.rng.choice(len(latents), config.batch_size, replace=False)
+        prompts = ["" if trainer.rng.random() < UNCONDITIONAL_SHARE else
+                   shapesworld.caption_en(objects[i], int(trainer.rng.integers(len(shapesworld.EN_TEMPLATES))))
                    for i in idx]
-        # the pipeline pads every prompt to the tokenizer's full length, so training does too
-        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
-        with torch.no_grad():
-            text = text_encoder(ids).last_hidden_state
-        z0 = latents[idx]
-        eps = torch.randn_like(z0)
-        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (batch_size,), device=device)
-        # bf16 pays for the VAE's convolutions on AVX512-BF16 CPUs; this UNet's small matmuls run
-        # slower in bf16 there (measured 0.77 vs 1.19 s/step), so it trains in fp32 on CPUs
-        with runtime.training_autocast(device, on_cpu=False):
-            prediction = unet(noise_schedule.add_noise(z0, eps, t), t, encoder_hidden_states=text).sample
-        per_sample = (prediction.float() - eps).pow(2).mean(dim=(1, 2, 3))
-        loss = (min_snr_weight(noise_schedule, t) * per_sample).mean()
-        training.step(loss, optimizer, schedule, unet.parameters(), losses, bar)
-    return losses
+        # every process draws the whole batch's noise and times, and keeps its rows
+        eps = torch.randn(config.batch_size, *latents.shape[1:])
+        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (config.batch_size,))
+        for rows in trainer.micro_batches(config.batch_size):
+            # the pipeline pads every prompt to the tokenizer's full length, so training does too
+            ids = tokenizer(prompts[rows], padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids.to(trainer.device)
+            with torch.no_grad():
+                text = text_encoder(ids).last_hidden_state
+            z0, noise, steps = (x.to(trainer.device) for x in (latents[idx[rows]], eps[rows], t[rows]))
+            prediction = unet(noise_schedule.add_noise(z0, noise, steps), steps, encoder_hidden_states=text).sample
+            per_sample = (prediction.float() - noise).pow(2).mean(dim=(1, 2, 3))
+            trainer.backward((min_snr_weight(noise_schedule, steps) * per_sample).mean())
+    return trainer.unwrap()
 
 
 def frozen_text_encoder(clip):
@@ -145,46 +157,56 @@ def frozen_text_encoder(clip):
     return text_encoder.eval().requires_grad_(False)
 
 
-def train(out, vae_steps=1500, unet_steps=2200, vae_batch_size=64, batch_size=64, pool=30_000, seed=0,
-          device="auto"):
-    runtime.seed_everything(seed)
-    device = runtime.pick_device(device)
-    clip, processor = zoo.load_clip("tiny", device="cpu")
-    text_encoder = frozen_text_encoder(clip).to(device)
-    data = shapesworld.generate("train", pool, seed=seed, size=IMAGE_SIZE, progress=True)
-    images = np.stack([np.asarray(s.image) for s in data])
-    rng = np.random.default_rng(seed)
-    start = time.time()
+@dataclass(frozen=True)
+class Config:
+    """What is learnt (a resumed checkpoint must match it): the VAE first, then the UNet on its latents."""
+    vae_steps: int = 1500
+    steps: int = 2200  # UNet steps: 2,200 of 64 beat 1,100 of 128 in the same time (colour right 0.97 vs 0.85)
+    vae_batch_size: int = 64
+    batch_size: int = 64  # UNet batch
+    pool: int = 30_000
+    seed: int = 0
 
-    vae = build_vae().to(device)
-    vae_losses = train_vae(vae, images, vae_steps, vae_batch_size, lr=1e-3, rng=rng, device=device)
-    vae.eval().requires_grad_(False)
-    latents = encode(vae, images, device)
+
+def train(out, config=Config(), options=training.Options()):
+    # bf16 pays for the VAE's convolutions on AVX512-BF16 CPUs; the UNet's small matmuls run slower
+    # in bf16 there (measured 0.77 vs 1.19 s/step), so it trains in fp32 on CPUs
+    vae_trainer = training.Trainer("tiny-sd/vae", out, config, options, batch_size=config.vae_batch_size,
+                                   bf16_on_cpu=True)
+    clip, processor = zoo.load_clip("tiny", device="cpu")
+    text_encoder = frozen_text_encoder(clip)
+    data = shapesworld.generate("train", config.pool, seed=config.seed, size=IMAGE_SIZE,
+                                progress=vae_trainer.is_main and options.progress)
+    images = np.stack([np.asarray(s.image) for s in data])
+
+    vae = train_vae(vae_trainer, build_vae(), images, config)
+    latents = encode(vae_trainer, vae, images)
     # SD's scaling factor (0.18215 for SD 1.x) makes the latents unit-variance, as the noise is
     vae.register_to_config(scaling_factor=round(1 / latents.std().item(), 5))
     latents = latents * vae.config.scaling_factor
 
-    unet = build_unet(text_encoder.config.hidden_size).to(device)
-    unet_losses = train_unet(unet, text_encoder, processor.tokenizer, latents, [s.objects for s in data],
-                             unet_steps, batch_size, lr=1e-3, rng=rng, device=device)
+    unet_trainer = training.Trainer("tiny-sd/unet", out, config, options)
+    unet = train_unet(unet_trainer, build_unet(text_encoder.config.hidden_size), text_encoder, processor.tokenizer,
+                      latents, [s.objects for s in data], config)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=processor.tokenizer, unet=unet,
                                    scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    viz.curve(vae_losses, f"{out}/vae_loss.png", "tiny SD VAE: weighted L1 + KL")
-    training.save(out, [pipe], unet_losses, "tiny SD UNet: noise-prediction MSE", start, device,
-                  vae_steps=vae_steps, unet_steps=unet_steps, vae_batch_size=vae_batch_size, batch_size=batch_size,
-                  pool=pool, seed=seed, vae_final_loss=float(np.mean(vae_losses[-50:])),
-                  scaling_factor=vae.config.scaling_factor)
+    vae_losses = vae_trainer.progress.losses
+    if unet_trainer.is_main:
+        viz.curve(vae_losses, f"{out}/vae_loss.png", "tiny SD VAE: weighted L1 + KL")
+    unet_trainer.save([pipe], "tiny SD UNet: noise-prediction MSE", vae_final_loss=float(np.mean(vae_losses[-50:])),
+                      scaling_factor=vae.config.scaling_factor, vae_precision=vae_trainer.precision,
+                      vae_train_minutes=vae_trainer.record()["train_minutes"])
+    return unet_trainer
 
 
 def main(argv=None):
-    # 2,200 steps of 64 beat 1,100 of 128 in the same time: colour right 0.97 against 0.85 (more, smaller updates)
-    p = training.parser(__doc__, MODELS_DIR / "tiny-sd", steps=2200, batch_size=64, batch_help="UNet batch")
-    p.add_argument("--vae-steps", type=cli.positive_int, default=1500, help="VAE optimiser steps (default 1500)")
-    p.add_argument("--pool", type=cli.positive_int, default=30_000, help="ShapesWorld training images (default 30000)")
+    p = training.parser(__doc__, MODELS_DIR / "tiny-sd", Config, "UNet batch")
+    p.add_argument("--vae-steps", type=cli.positive_int, default=Config.vae_steps,
+                   help=f"VAE optimiser steps (default {Config.vae_steps})")
     args = p.parse_args(argv)
-    train(args.out, vae_steps=args.vae_steps, unet_steps=args.steps, batch_size=args.batch_size, pool=args.pool,
-          seed=args.seed, device=args.device)
+    train(args.out, Config(vae_steps=args.vae_steps, steps=args.steps, batch_size=args.batch_size, pool=args.pool,
+                           seed=args.seed), training.Options.from_args(args, __spec__.name, argv))
 
 
 if __name__ == "__main__":

@@ -14,22 +14,20 @@ ShapesWorld never says: "左边的红色圆形" (the red circle on the left) lea
 teacher's "a red circle in the top left" and "... in the bottom left". The student is a real
 CLIPTextModelWithProjection with a character-level tokenizer (a Chinese character is a word).
 
-    python -m stage2_fundamentals.crosslingual train [--steps 2000]       (writes data/models/tiny-clip-zh)
+    python -m stage2_fundamentals.crosslingual train [--steps 2000] [--nproc 2]   (writes data/models/tiny-clip-zh)
     python -m stage2_fundamentals.crosslingual eval [--json]
     python -m stage1_demos.clip_retrieval search --index IDX --text "左边的红色圆形"
 """
 import tempfile
-import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 from transformers import BertTokenizer, CLIPTextConfig, CLIPTextModelWithProjection
 
-from curriculum import MODELS_DIR, cli, runtime, shapesworld, training, zoo
+from curriculum import MODELS_DIR, cli, shapesworld, training, zoo
 from stage1_demos.clip_retrieval import embed_images, embed_texts, embed_texts_zh, recall_table
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -80,11 +78,21 @@ def build_student(tokenizer, teacher_config, hidden=64, layers=2, heads=2):
     return CLIPTextModelWithProjection(config)
 
 
-def train(out, steps=2000, batch_size=256, pool=30_000, lr=2e-3, seed=0):
-    runtime.seed_everything(seed)
+@dataclass(frozen=True)
+class Config:
+    """What is learnt (a resumed checkpoint must match it)."""
+    steps: int = 2000
+    batch_size: int = 256
+    pool: int = 30_000
+    lr: float = 2e-3
+    seed: int = 0
+
+
+def train(out, config=Config(), options=training.Options()):
+    trainer = training.Trainer("tiny-clip-zh", out, config, options)
     teacher, processor = zoo.load_clip("tiny", "cpu")
-    rng = np.random.default_rng(seed)
-    data = shapesworld.generate("train", pool, seed=seed, progress=True)
+    rng = np.random.default_rng(config.seed)  # the parallel corpus: the same whatever the process count
+    data = shapesworld.generate("train", config.pool, seed=config.seed, progress=trainer.is_main and options.progress)
     pairs = [parallel_pair(s.objects, rng) for s in data]
     zh = [p[0] for p in pairs]
     tokenizer = build_tokenizer(zh + [s.caption_zh for s in shapesworld.generate("val", 200)])
@@ -95,18 +103,16 @@ def train(out, steps=2000, batch_size=256, pool=30_000, lr=2e-3, seed=0):
     row = {text: i for i, text in enumerate(english)}
     targets = torch.from_numpy(np.stack([embedded[[row[t] for t in texts]].mean(0) for _, texts in pairs]))
     student = build_student(tokenizer, teacher.config)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.01)
-    schedule = training.warmup_cosine(optimizer, steps)
-    losses, start = [], time.time()
-    bar = tqdm(range(steps), desc="distil tiny-clip-zh")
-    for _ in bar:
-        idx = rng.choice(pool, batch_size, replace=False)
-        tokens = tokenizer([zh[i] for i in idx], padding=True, return_tensors="pt")
-        loss = F.mse_loss(student(**tokens).text_embeds, targets[idx])  # ‖student(zh) - teacher(en)‖²
-        training.step(loss, optimizer, schedule, student.parameters(), losses, bar)
-    training.save(out, [student, tokenizer], losses, "tiny-clip-zh: distillation loss (MSE to the English CLIP)",
-                  start, torch.device("cpu"), steps=steps, batch_size=batch_size, pool=pool, lr=lr, seed=seed,
-                  teacher="tiny-clip", bf16_autocast=False)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=0.01)
+    student, optimizer = trainer.prepare(student, optimizer, training.warmup_cosine(optimizer, config.steps))
+    for _ in trainer.steps(config.steps):
+        idx = trainer.rng.choice(config.pool, config.batch_size, replace=False)
+        for rows in trainer.micro_batches(config.batch_size):
+            tokens = tokenizer([zh[i] for i in idx[rows]], padding=True, return_tensors="pt").to(trainer.device)
+            # ‖student(zh) - teacher(en)‖², a mean over the rows
+            trainer.backward(F.mse_loss(student(**tokens).text_embeds, targets[idx[rows]].to(trainer.device)))
+    trainer.save([student, tokenizer], "tiny-clip-zh: distillation loss (MSE to the English CLIP)", teacher="tiny-clip")
+    return trainer
 
 
 @torch.no_grad()
@@ -144,14 +150,18 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("train", help="distil a Chinese text tower into the tiny CLIP's space")
     fit.add_argument("--out", default=str(MODELS_DIR / "tiny-clip-zh"))
-    fit.add_argument("--steps", type=cli.positive_int, default=2000)
+    fit.add_argument("--steps", type=cli.positive_int, default=Config.steps)
+    fit.add_argument("--batch-size", type=cli.positive_int, default=Config.batch_size)
+    fit.add_argument("--pool", type=cli.positive_int, default=Config.pool)
     fit.add_argument("--seed", type=int, default=0)
+    training.add_run_args(fit)
     score = sub.add_parser("eval", help="zh->image vs en->image recall on the test split")
     score.add_argument("--out", help="also write the result as JSON here")
     score.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "train":
-        train(args.out, steps=args.steps, seed=args.seed)
+        train(args.out, Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),
+              training.Options.from_args(args, __spec__.name, argv))
     else:
         result = evaluate()
         if args.out:

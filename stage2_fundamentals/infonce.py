@@ -21,18 +21,16 @@ onto one point.
 """
 import functools
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 from transformers import CLIPModel
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
-from curriculum import checks, cli, runtime, shapesworld, training, viz, zoo
+from curriculum import checks, cli, shapesworld, training, viz, zoo
 from curriculum.tiny_clip import build_config, contrastive_loss, pixels
 from stage1_demos.clip_retrieval import embed_images, embed_texts, recall_table
 
@@ -109,34 +107,33 @@ def new_model(run):
 @functools.lru_cache(maxsize=2)
 def training_pool(size, seed):
     """ShapesWorld train samples and their pixels, drawn once per process for all the runs of a sweep."""
-    data = shapesworld.generate("train", size, seed=seed, progress=True)
+    data = shapesworld.generate("train", size, seed=seed, progress=training.is_main_process())
     return data, np.stack([np.asarray(s.image) for s in data])
 
 
-def train(run, pool=30_000, progress=True):
+def train(run, pool=30_000, options=training.Options()):
     """Own loop: a fresh full caption (random template) each time an image is drawn.
     Returns (model, processor, losses, seconds)."""
-    runtime.seed_everything(run.seed)
+    trainer = training.Trainer(run.label(), None, run, options, contrastive=run.negatives)
     model, processor = new_model(run)
     data, images = training_pool(pool, run.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=0.1, betas=(0.9, 0.98))
-    schedule = training.warmup_cosine(optimizer, run.steps)
-    rng = np.random.default_rng(run.seed)
-    losses, start = [], time.perf_counter()
-    bar = tqdm(range(run.steps), desc=run.label(), disable=not progress)
-    for _ in bar:
-        idx = rng.choice(pool, run.batch_size, replace=False)
-        captions = [shapesworld.caption_en(data[i].objects, int(rng.integers(len(shapesworld.EN_TEMPLATES))))
+    model, optimizer = trainer.prepare(model, optimizer, training.warmup_cosine(optimizer, run.steps))
+    for _ in trainer.steps(run.steps):
+        idx = trainer.rng.choice(pool, run.batch_size, replace=False)
+        captions = [shapesworld.caption_en(data[i].objects, int(trainer.rng.integers(len(shapesworld.EN_TEMPLATES))))
                     for i in idx]
-        text = processor.tokenizer(captions, padding=True, return_tensors="pt")
-        out = model(**text, pixel_values=pixels(images[idx], processor.image_processor))
-        if run.negatives:
-            loss = info_nce(out.image_embeds, out.text_embeds, model.logit_scale)
-        else:
-            loss = positives_only(out.image_embeds, out.text_embeds)
-        training.step(loss, optimizer, schedule, params, losses, bar)
-    return model.eval(), processor, losses, time.perf_counter() - start
+        for rows in trainer.micro_batches(run.batch_size):
+            text = processor.tokenizer(captions[rows], padding=True, return_tensors="pt").to(trainer.device)
+            out = model(**text, pixel_values=pixels(images[idx[rows]], processor.image_processor).to(trainer.device))
+            if run.negatives:  # the negatives are the whole global batch: every process's rows
+                loss = info_nce(trainer.gather(out.image_embeds), trainer.gather(out.text_embeds),
+                                trainer.unwrap().logit_scale)
+            else:
+                loss = positives_only(out.image_embeds, out.text_embeds)
+            trainer.backward(loss)
+    return trainer.unwrap().eval().cpu(), processor, trainer.progress.losses, trainer.progress.seconds
 
 
 def evaluate(model, processor, n=1000, samples=None):
@@ -153,8 +150,10 @@ def evaluate(model, processor, n=1000, samples=None):
             "mean_cos_between_images": round(float(off_diagonal), 4)}
 
 
-def train_command(run, out):
-    model, processor, losses, seconds = train(run)
+def train_command(run, out, options):
+    model, processor, losses, seconds = train(run, options=options)
+    if not training.is_main_process():  # the other processes helped train; one evaluates and writes
+        return None
     curve = viz.curve(losses, f"{out}/infonce_loss.png", f"tiny CLIP with info_nce: {run.label()}")
     ours, bundled = evaluate(model, processor), evaluate(*zoo.load_clip("tiny", "cpu"))
     result = {"run": asdict(run), "seconds": round(seconds, 1), "final_loss": round(float(np.mean(losses[-50:])), 4),
@@ -175,17 +174,22 @@ def print_train(result):
 
 
 # ---------------------------------------------------------------- the role of the denominator
-def negatives(steps=300, out=OUT, batch_sizes=(16, 64, 256), temperatures=(0.01, 0.07, 0.5, 2.0)):
+def negatives(steps=300, out=OUT, batch_sizes=(16, 64, 256), temperatures=(0.01, 0.07, 0.5, 2.0),
+              options=training.Options()):
     """Same step budget each: R@1 and final loss against batch size (the number of negatives,
     N - 1), against fixed temperatures, and with no negatives at all."""
     runs = ([Run(steps, b) for b in batch_sizes] + [Run(steps, 64, temperature=t) for t in temperatures]
             + [Run(steps, 64, negatives=False)])
+    training.start(options, "infonce negatives", [run.batch_size for run in runs], contrastive=True)
     rows = []
     for run in runs:
-        model, processor, losses, seconds = train(run, progress=True)
-        rows.append({"label": run.label(), "batch_size": run.batch_size, "temperature": run.temperature,
-                     "negatives": run.negatives, "final_loss": round(float(np.mean(losses[-20:])), 4),
-                     "seconds": round(seconds, 1)} | evaluate(model, processor))
+        model, processor, losses, seconds = train(run, options=options)
+        if training.is_main_process():
+            rows.append({"label": run.label(), "batch_size": run.batch_size, "temperature": run.temperature,
+                         "negatives": run.negatives, "final_loss": round(float(np.mean(losses[-20:])), 4),
+                         "seconds": round(seconds, 1)} | evaluate(model, processor))
+    if not training.is_main_process():
+        return None
     by_batch = [r for r in rows if r["negatives"] and r["temperature"] is None]
     by_tau = [r for r in rows if r["temperature"] is not None]
     plot = viz.panels([("R@1 against batch size (N - 1 negatives), learned τ", [r["batch_size"] for r in by_batch],
@@ -221,16 +225,19 @@ def main(argv=None):
     sweep.add_argument("--steps", type=cli.positive_int, default=300, help="training steps per run (default 300)")
     for p in (fit, sweep):
         p.add_argument("--out", default=OUT, help="folder for the JSON result and the plot")
+        training.add_run_args(p, checkpoints=False)
     for p in (check, fit, sweep):
         p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "check":
-        checks.emit(run_checks(), args.json)
-    elif args.command == "train":
-        result = train_command(Run(args.steps, args.batch_size, seed=args.seed), args.out)
-        cli.emit(result, args.json, print_train)
+        return checks.emit(run_checks(), args.json)
+    options = training.Options.from_args(args, __spec__.name, argv)
+    if args.command == "train":
+        result, show = train_command(Run(args.steps, args.batch_size, seed=args.seed), args.out, options), print_train
     else:
-        cli.emit(negatives(args.steps, args.out), args.json, print_negatives)
+        result, show = negatives(args.steps, args.out, options=options), print_negatives
+    if result is not None:  # the main process's
+        cli.emit(result, args.json, show)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from curriculum import checks, cli, shapesworld, zoo
+from curriculum import checks, cli, shapesworld, training, zoo
 from stage2_fundamentals import prefix_tuning
 
 ATOL = 1e-5
@@ -227,6 +227,7 @@ def main(argv=None):
                      help=f"LoRA target modules (default {' '.join(BLIP2_TARGETS)})")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", default="outputs/week7", help="folder for the table, plot and adapter")
+    training.add_run_args(run, checkpoints=False)
     for p in (check, run):
         p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -235,8 +236,10 @@ def main(argv=None):
     else:
         from stage2_fundamentals import new_concept  # here, not at the top: new_concept builds on this module
 
-        result = new_concept.experiment(args.steps, args.ranks, args.targets, args.seed, args.out)
-        cli.emit(result, args.json, new_concept.print_table)
+        result = new_concept.experiment(args.steps, args.ranks, args.targets, args.seed, args.out,
+                                        options=training.Options.from_args(args, __spec__.name, argv))
+        if result is not None:  # the main process's
+            cli.emit(result, args.json, new_concept.print_table)
 
 
 if __name__ == "__main__":

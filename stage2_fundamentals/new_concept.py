@@ -12,7 +12,6 @@ same order and the same number of steps:
 and is scored on new pink images (does the caption name every colour right?) and on the old test
 split (did it forget the rest?). Run by `python -m stage2_fundamentals.lora experiment`.
 """
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from curriculum import cli, runtime, shapesworld, training, viz, zoo
-from curriculum.tiny_blip2 import batch_tokens, caption, reading_order
+from curriculum.tiny_blip2 import batch_tokens, caption, reading_order, target_tokens
 from curriculum.tiny_clip import pixels
 from stage1_demos.blip2_caption import GREEDY, attribute_correct, caption_images
 from stage2_fundamentals import decoding, lora
@@ -48,15 +47,17 @@ def sample(split, index, seed=0):
 
 # ---------------------------------------------------------------- the three methods
 class Method:
-    """A model being taught: its trainable parameters, its loss on a batch, its captions."""
+    """A model being taught: its trainable parameters, its loss on a batch, its captions.
+    `module` is what trains (what Accelerate wraps in DDP): the whole model here."""
 
     def __init__(self, name, model, processor, params, lr, trainable=None):
         self.name, self.model, self.processor, self.params, self.lr = name, model, processor, params, lr
+        self.module = model
         self.trainable = trainable if trainable is not None else sum(p.numel() for p in params)
 
     def loss(self, pixel_values, input_ids, attention_mask, labels):
-        return self.model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
-                          labels=labels).loss
+        return self.module(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+                           labels=labels).loss
 
     def captions(self, images):
         self.model.eval()
@@ -72,11 +73,12 @@ class PrefixMethod(Method):
         model.requires_grad_(False)
         super().__init__(f"prefix tuning, {virtual_tokens} tokens", model, processor,
                          list(self.decoder.prefix.parameters()), LEARNING_RATES["prefix"])
+        self.module = self.decoder  # only the prefix trains
 
     def loss(self, pixel_values, input_ids, attention_mask, labels):
         with torch.no_grad():
             embeds = decoder_embeds(self.model, pixel_values, input_ids)
-        logits = self.decoder(embeds, attention_mask).logits
+        logits = self.module(embeds, attention_mask).logits
         # token i predicts token i + 1, as in transformers' causal-LM loss
         return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
 
@@ -127,22 +129,25 @@ def prefix_method():
 
 
 # ---------------------------------------------------------------- train and score
-def train(method, data, steps, seed):
+def train(method, data, steps, seed, options=training.Options()):
     """Same batches for every method: the order depends on the seed only. Returns (losses, seconds)."""
     images, targets = data
-    rng = np.random.default_rng(seed)
+    config = {"method": method.name, "steps": steps, "batch_size": BATCH, "lr": method.lr, "seed": seed}
+    trainer = training.Trainer(method.name, None, config, options)
     optimizer = torch.optim.AdamW(method.params, lr=method.lr, weight_decay=0.0)
-    schedule = training.warmup_cosine(optimizer, steps)
-    losses, start = [], time.perf_counter()
-    method.model.train()
-    bar = tqdm(range(steps), desc=method.name)
-    for _ in bar:
-        idx = rng.choice(len(targets), BATCH, replace=False)
+    method.module, optimizer = trainer.prepare(method.module.train(), optimizer,
+                                               training.warmup_cosine(optimizer, steps))
+    for _ in trainer.steps(steps):
+        idx = trainer.rng.choice(len(targets), BATCH, replace=False)
         input_ids, attention_mask, labels = batch_tokens(method.processor, [""] * BATCH, [targets[i] for i in idx])
-        pixel_values = pixels(images[idx], method.processor.image_processor)
-        loss = method.loss(pixel_values, input_ids, attention_mask, labels)
-        training.step(loss, optimizer, schedule, method.params, losses, bar)
-    return losses, time.perf_counter() - start
+        for rows in trainer.micro_batches(BATCH):
+            loss = method.loss(pixels(images[idx[rows]], method.processor.image_processor).to(trainer.device),
+                               input_ids[rows].to(trainer.device), attention_mask[rows].to(trainer.device),
+                               labels[rows].to(trainer.device))
+            # a mean over target tokens: rows hold different numbers of them
+            trainer.backward(trainer.share_of_mean(loss, target_tokens(labels[rows]), target_tokens(labels)))
+    method.module = trainer.unwrap()
+    return trainer.progress.losses, trainer.progress.seconds
 
 
 def scores(captions, truths):
@@ -177,30 +182,38 @@ def adapter_round_trip(method, r, targets, folder, images):
 
 
 def experiment(steps=300, ranks=(1, 4, 16), targets=lora.BLIP2_TARGETS, seed=0, out="outputs/week7", n_train=3000,
-               n_new=100, n_old=200):
+               n_new=100, n_old=200, options=training.Options()):
+    """Every method trained in turn (on all processes), scored and written by the main process."""
     if any(r <= 0 for r in ranks):
         raise cli.UserError(f"LoRA ranks must be positive integers, got {' '.join(map(str, ranks))}")
+    training.start(options, "lora experiment", [BATCH])
     base = full_finetuning()
     lora.target_linears(base.model, targets)  # a wrong name fails now, not after the first training
     out = Path(out)
     runtime.seed_everything(seed)
-    pool = [sample("train", i, seed) for i in tqdm(range(n_train), desc="pink ShapesWorld")]
+    main = training.is_main_process()
+    pool = [sample("train", i, seed) for i in tqdm(range(n_train), desc="pink ShapesWorld", disable=not main)]
     data = (np.stack([np.asarray(image) for image, _ in pool]), [caption(objects) for _, objects in pool])
     new_test, old_test = test_sets(n_new, n_old)
-    rows = [{"method": "bundled model, untrained", "trainable": 0, "seconds": 0.0} | evaluate(base, new_test, old_test)]
+    rows = [{"method": "bundled model, untrained", "trainable": 0, "seconds": 0.0} | evaluate(base, new_test, old_test)
+            ] if main else []
     makers = ([full_finetuning] + [lambda r=r: lora_method(r, targets) for r in ranks]
               + [lambda: lora_with_new_word(max(ranks), targets), prefix_method])
     curves, adapter = {}, None
     for make in makers:
         runtime.seed_everything(seed)
         method = make()
-        losses, seconds = train(method, data, steps, seed)
+        losses, seconds = train(method, data, steps, seed, options)
+        if not main:
+            continue
         curves[method.name] = losses
         rows.append({"method": method.name, "trainable": method.trainable,
                      "seconds": round(seconds, 1)} | evaluate(method, new_test, old_test))
         if adapter is None and method.name.startswith("LoRA"):
             r = int(method.name.split("=")[1].split()[0])
             adapter = adapter_round_trip(method, r, targets, out / f"adapter-r{r}", new_test[0][:20])
+    if not main:
+        return None
     result = {"steps": steps, "batch_size": BATCH, "learning_rates": LEARNING_RATES, "targets": list(targets),
               "new_color": NEW_COLOR, "n_new_test": len(new_test[0]), "n_old_test": len(old_test[0]), "rows": rows,
               "adapter": adapter}

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 from transformers import CLIPConfig
 
-from curriculum import cli, shapesworld, zoo
+from curriculum import cli, shapesworld, training, zoo
 from stage2_fundamentals import infonce
 
 OUT = "outputs/week7"
+BATCH = 256  # the training ablation's contrastive batch
 
 
 def with_heads(model, visual, text):
@@ -55,14 +56,15 @@ def inference_ablation(n=1000):
     return rows
 
 
-def training_ablation(steps, batch_size=256):
+def training_ablation(steps, batch_size=BATCH, options=training.Options()):
     rows = []
     for projection in (True, False):
         run = infonce.Run(steps, batch_size, projection=projection)
-        model, processor, losses, seconds = infonce.train(run)
-        rows.append({"variant": "trained with projection heads" if projection else "trained without projection heads",
-                     "steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1),
-                     "final_loss": round(sum(losses[-20:]) / 20, 4)} | infonce.evaluate(model, processor))
+        model, processor, losses, seconds = infonce.train(run, options=options)
+        if training.is_main_process():
+            variant = "trained with projection heads" if projection else "trained without projection heads"
+            rows.append({"variant": variant, "steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1),
+                         "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4)} | infonce.evaluate(model, processor))
     return rows
 
 
@@ -73,8 +75,13 @@ def vit_b32_shapes():
             "projection_dim": c.projection_dim}
 
 
-def run(steps=400, out=OUT):
-    result = {"inference": inference_ablation(), "training": training_ablation(steps), "vit_b32": vit_b32_shapes()}
+def run(steps=400, out=OUT, options=training.Options()):
+    """Both ablations; with several processes they train together and the main one measures and writes."""
+    training.start(options, "projection ablation", [BATCH], contrastive=True)
+    trained = training_ablation(steps, options=options)
+    if not training.is_main_process():
+        return None
+    result = {"inference": inference_ablation(), "training": trained, "vit_b32": vit_b32_shapes()}
     cli.write_json(result, f"{out}/projection.json")
     return result
 
@@ -100,8 +107,11 @@ def main(argv=None):
     parser.add_argument("--steps", type=cli.positive_int, default=400, help="training steps per run (default 400)")
     parser.add_argument("--out", default=OUT, help="folder for projection.json")
     parser.add_argument("--json", action="store_true")
+    training.add_run_args(parser, checkpoints=False)
     args = parser.parse_args(argv)
-    cli.emit(run(args.steps, args.out), args.json, print_result)
+    result = run(args.steps, args.out, training.Options.from_args(args, __spec__.name, argv))
+    if result is not None:  # the main process's
+        cli.emit(result, args.json, print_result)
 
 
 if __name__ == "__main__":

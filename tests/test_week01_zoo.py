@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from curriculum import MODELS_DIR, REPO_ROOT, cli, runtime, shapesworld, tiny_clip, zoo
+from curriculum import MODELS_DIR, REPO_ROOT, cli, runtime, shapesworld, tiny_clip, training, zoo
 
 pytestmark = pytest.mark.week1
 
@@ -70,12 +71,17 @@ def test_devices():
 
 
 def test_training_runs_and_saves_a_loadable_checkpoint(tmp_path):
-    """A few steps of the real trainer: the loss moves and from_pretrained reads the result."""
+    """A few steps of the real trainer: the loss falls and from_pretrained reads the result."""
     out = tmp_path / "tiny-clip"
-    tiny_clip.train(out, steps=6, batch_size=16, pool=64, lr=3e-3, device="cpu")
+    trainer = tiny_clip.train(out, tiny_clip.Config(steps=12, batch_size=16, pool=64, lr=3e-3),
+                              training.Options(progress=False))
+    losses = trainer.progress.losses
+    assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.2
     model, processor = zoo.load_clip(str(out), "cpu")
     assert processor.image_processor.crop_size["height"] == tiny_clip.IMAGE_SIZE
-    assert (out / "training.json").exists()
+    record = json.loads((out / "training.json").read_text())
+    assert record["steps"] == 12 and record["num_processes"] == 1 and record["final_loss"] == pytest.approx(
+        np.mean(losses))
     assert next(model.parameters()).isfinite().all()
 
 

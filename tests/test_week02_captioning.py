@@ -7,11 +7,12 @@ import torch
 from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, Blip2VisionModel,
                           BlipImageProcessorPil)
 
-from curriculum import shapesworld, tiny_blip2, zoo
+from curriculum import shapesworld, tiny_blip2, training, zoo
 from stage1_demos import blip2_caption
 from stage1_demos.blip2_caption import caption_images, main
 
 pytestmark = pytest.mark.week2
+QUIET = training.Options(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_clip_vision_tower_copies_exactly_but_for_its_pre_layernorm(clip_model, 
 def test_training_runs_and_saves_a_loadable_checkpoint(tmp_path):
     """A few steps of the real trainer: the loss falls, the ViT stays frozen, from_pretrained reads it."""
     out = tmp_path / "tiny-blip2"
-    tiny_blip2.train(out, steps=8, batch_size=8, pool=64, lr=3e-3, device="cpu")
+    tiny_blip2.train(out, tiny_blip2.Config(steps=8, batch_size=8, pool=64, lr=3e-3), QUIET)
     record = json.loads((out / "training.json").read_text())
     assert record["final_loss"] < 6.0  # ln(vocab) ~ 6.0 at the start
     model, processor = zoo.load_blip2(str(out), "cpu")

@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
+from curriculum import training
 from stage2_fundamentals import infonce
 from stage2_fundamentals.infonce import Run, info_nce
 
 pytestmark = pytest.mark.week6
+QUIET = training.Options(progress=False)
 
 
 def test_check_equals_clip_loss(cli_runner):
@@ -30,7 +32,7 @@ def test_the_loss_by_hand():
 
 
 def test_training_with_info_nce_learns():
-    model, processor, losses, _ = infonce.train(Run(steps=80, batch_size=64), pool=2000, progress=False)
+    model, processor, losses, _ = infonce.train(Run(steps=80, batch_size=64), pool=2000, options=QUIET)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
     assert infonce.evaluate(model, processor, n=200)["text_to_image_R@1"] > 0.05  # chance is ~1/200
 
@@ -38,8 +40,8 @@ def test_training_with_info_nce_learns():
 def test_without_negatives_the_embeddings_collapse():
     """Pulling pairs together with nothing pushing apart: every image ends up in one direction."""
     collapsed = infonce.evaluate(*infonce.train(Run(steps=60, batch_size=64, negatives=False), pool=2000,
-                                                progress=False)[:2], n=200)
-    contrasted = infonce.evaluate(*infonce.train(Run(steps=60, batch_size=64), pool=2000, progress=False)[:2], n=200)
+                                                options=QUIET)[:2], n=200)
+    contrasted = infonce.evaluate(*infonce.train(Run(steps=60, batch_size=64), pool=2000, options=QUIET)[:2], n=200)
     assert collapsed["mean_cos_between_images"] > 0.95 > contrasted["mean_cos_between_images"]
     assert collapsed["text_to_image_R@1"] < contrasted["text_to_image_R@1"]
 

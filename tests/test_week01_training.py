@@ -1,0 +1,199 @@
+"""Training on Accelerate: the same weights from 1 or 2 processes and from 1 or 4 micro-batches, a
+run killed with SIGKILL and resumed (on another number of processes) ending where an uninterrupted
+one does, and bad runs stopped with one line before any work, nothing saved touched."""
+import hashlib
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from curriculum import REPO_ROOT, shapesworld, tiny_blip2, tiny_clip, tiny_sd, training, zoo
+
+pytestmark = pytest.mark.week1
+
+QUIET = training.Options(progress=False)
+CLIP = tiny_clip.Config(steps=12, batch_size=16, pool=64)
+CLIP_ARGS = ["--steps", "12", "--batch-size", "16", "--pool", "64", "--save-every", "3"]
+BLIP2 = tiny_blip2.Config(steps=4, batch_size=8, pool=32)
+# A key bias adds q·b to every score of a query's row, which softmax ignores: its exact gradient is
+# zero, and the float rounding noise left in its place (different when the batch is summed in two
+# halves) is what Adam normalises into steps of ±lr. Those biases are compared through the outputs.
+SOFTMAX_INVARIANT = re.compile(r"(k_proj|\.key)\.bias$")
+
+
+def trainer_command(module, out, args, nproc=1):
+    return [sys.executable, "-m", module, "--out", str(out), *args, "--nproc", str(nproc)]
+
+
+def run(module, out, args, nproc=1):
+    proc = subprocess.run(trainer_command(module, out, args, nproc), cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "training.json").read_text())
+
+
+def max_weight_diff(a, b):
+    a, b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a if not SOFTMAX_INVARIANT.search(k))
+
+
+def clip_embeddings(folder):
+    """Unit text and image vectors of 8 test pairs: what the weights compute, key biases included."""
+    model, processor = zoo.load_clip(str(folder), "cpu")
+    samples = shapesworld.generate("test", 8)
+    inputs = processor(text=[s.caption_en for s in samples], images=[s.image for s in samples], padding=True,
+                       return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs)
+    return torch.cat([out.text_embeds, out.image_embeds])
+
+
+def files(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def clip_reference(tmp_path_factory):
+    """The tiny CLIP trainer, one process, never interrupted."""
+    out = tmp_path_factory.mktemp("clip-1p")
+    tiny_clip.train(out, CLIP, QUIET)
+    return out
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory):
+    """The same training on 2 processes, killed (SIGKILL, every process, as if the machine died)
+    after its first checkpoint."""
+    out = tmp_path_factory.mktemp("clip-killed")
+    proc = subprocess.Popen(trainer_command("curriculum.tiny_clip", out, CLIP_ARGS, nproc=2), cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not training.checkpoints(out / "checkpoints" / "tiny-clip") and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    # torchrun starts each worker in a session of its own: kill the whole tree, not one process group
+    for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+        process.send_signal(signal.SIGKILL)
+    proc.wait()
+    psutil.wait_procs(psutil.Process().children(recursive=True), timeout=10)
+    step = json.loads((training.checkpoints(out / "checkpoints" / "tiny-clip")[-1] / "run.json").read_text())["step"]
+    assert not (out / "model.safetensors").exists() and step < CLIP.steps, "killed before the end"
+    return out
+
+
+def test_two_processes_give_the_weights_of_one(clip_reference, tmp_path):
+    """DDP with the contrastive batch gathered: 2 processes × 8 rows = 1 process × 16 rows."""
+    record = run("curriculum.tiny_clip", tmp_path, CLIP_ARGS, nproc=2)
+    assert record["num_processes"] == 2
+    assert max_weight_diff(clip_reference, tmp_path) <= 1e-5
+    torch.testing.assert_close(clip_embeddings(tmp_path), clip_embeddings(clip_reference), atol=1e-5, rtol=0)
+
+
+def test_killed_on_two_processes_resumed_on_one_ends_the_same(clip_reference, killed_run, tmp_path):
+    shutil.copytree(killed_run, tmp_path, dirs_exist_ok=True)
+    record = run("curriculum.tiny_clip", tmp_path, [*CLIP_ARGS, "--resume"])
+    assert record["num_processes"] == 1
+    assert max_weight_diff(clip_reference, tmp_path) <= 1e-5
+    torch.testing.assert_close(clip_embeddings(tmp_path), clip_embeddings(clip_reference), atol=1e-5, rtol=0)
+    assert not (tmp_path / "checkpoints").exists(), "a finished run keeps no checkpoints"
+
+
+def test_token_mean_loss_on_two_processes(tmp_path):
+    """BLIP-2's loss averages over target tokens, and the two halves of a batch hold different numbers."""
+    tiny_blip2.train(tmp_path / "one", BLIP2, QUIET)
+    record = run("curriculum.tiny_blip2", tmp_path / "two", ["--steps", "4", "--batch-size", "8", "--pool", "32"],
+                 nproc=2)
+    assert record["num_processes"] == 2
+    assert max_weight_diff(tmp_path / "one", tmp_path / "two") <= 1e-5
+
+
+def test_four_micro_batches_give_the_weights_of_one_batch(tmp_path):
+    tiny_blip2.train(tmp_path / "one", BLIP2, QUIET)
+    tiny_blip2.train(tmp_path / "four", BLIP2, training.Options(grad_accum=4, progress=False))
+    assert json.loads((tmp_path / "four" / "training.json").read_text())["grad_accum"] == 4
+    assert max_weight_diff(tmp_path / "one", tmp_path / "four") <= 1e-5
+
+
+def test_sd_micro_batches_draw_the_batch_noise(tmp_path):
+    """The VAE's latent noise and the UNet's noise and timesteps are drawn for the whole batch, so 2
+    micro-batches see the losses of one batch. (Losses, not weights: many of this UNet's weights start
+    with gradients near Adam's eps, 1e-8, where its first steps turn rounding noise into 1e-4 moves.)"""
+    config = tiny_sd.Config(vae_steps=3, steps=3, vae_batch_size=8, batch_size=8, pool=16)
+    records = []
+    for grad_accum in (1, 2):  # fp32: where the VAE autocasts to bf16, its rounding depends on the batch size
+        tiny_sd.train(tmp_path / str(grad_accum), config,
+                      training.Options(precision="fp32", grad_accum=grad_accum, progress=False))
+        records.append(json.loads((tmp_path / str(grad_accum) / "training.json").read_text()))
+    for loss in ("vae_final_loss", "final_loss"):
+        assert records[1][loss] == pytest.approx(records[0][loss], rel=1e-6), loss
+
+
+# ---------------------------------------------------------------- bad runs: one line, exit 2, nothing touched
+@pytest.mark.parametrize("argv, message", [
+    (["--nproc", "3"], "does not split evenly into 3 processes"),
+    (["--batch-size", "4", "--nproc", "8"], "does not split evenly into 8 processes"),
+    (["--grad-accum", "2"], "another loss"),
+    (["--resume"], "no checkpoint in"),
+    (["--pool", "8"], "make the pool at least as large"),
+])
+def test_bad_runs_stop_before_any_work(cli_runner, tmp_path, argv, message):
+    (tmp_path / "config.json").write_text("{}")  # a model already saved there stays as it is
+    before = files(tmp_path)
+    code, out, err = cli_runner(tiny_clip.main, ["--out", str(tmp_path), *CLIP_ARGS, *argv])
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize("main, argv, damage, message", [
+    (tiny_blip2.main, [], None, "is a checkpoint of tiny-clip, not tiny-blip2"),
+    (tiny_clip.main, ["--steps", "13"], None, "steps=12; this run has steps=13"),
+    (tiny_clip.main, [], "model.safetensors", "missing or corrupt"),
+    (tiny_clip.main, [], "random_states_0.pkl", "missing or corrupt"),
+    (tiny_clip.main, [], "run.json", "not a readable checkpoint"),
+], ids=["another model", "another config", "corrupt weights", "missing file", "corrupt record"])
+def test_bad_checkpoints_are_refused(cli_runner, killed_run, tmp_path, main, argv, damage, message):
+    shutil.copytree(killed_run, tmp_path, dirs_exist_ok=True)
+    newest = training.checkpoints(tmp_path / "checkpoints" / "tiny-clip")[-1]
+    if damage == "model.safetensors":
+        (newest / damage).write_bytes((newest / damage).read_bytes()[:1000])
+    elif damage == "run.json":
+        (newest / damage).write_text("{")
+    elif damage:
+        (newest / damage).unlink()
+    before = files(tmp_path)
+    args = ["--steps", "12", "--batch-size", "16", "--pool", "64", *argv, "--resume"]
+    code, out, err = cli_runner(main, ["--out", str(tmp_path), *args])
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert files(tmp_path) == before
+
+
+def test_an_unfinished_run_is_not_overwritten(cli_runner, killed_run, tmp_path):
+    shutil.copytree(killed_run, tmp_path, dirs_exist_ok=True)
+    before = files(tmp_path)
+    code, out, err = cli_runner(tiny_clip.main, ["--out", str(tmp_path), *CLIP_ARGS])
+    assert code == 2 and "pass --resume" in err
+    assert files(tmp_path) == before
+
+
+def test_processes_and_micro_batches_tile_the_batch():
+    """Each process's micro-batches are its own rows: no sample is seen twice in one step."""
+    shares = [rows for rank in range(2) for rows in training.shares(32, rank, 2, grad_accum=4)]
+    assert [i for rows in shares for i in range(32)[rows]] == list(range(32))
+    assert {rows.stop - rows.start for rows in shares} == {4}
+
+
+def test_the_committed_two_machine_config_is_what_accelerate_reads():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(REPO_ROOT / "configs" / "accelerate" / "two-machines.yaml"))
+    assert (config.num_machines, config.num_processes, config.distributed_type) == (2, 16, "MULTI_GPU")

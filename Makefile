@@ -29,7 +29,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test bench week1 week2 week3 week4 week5 week6 week7 lora week8 week9 export serve week10 week11 week12 tiny-models clean lavis-venv
+.PHONY: help install demo test bench train week1 week2 week3 week4 week5 week6 week7 lora week8 week9 export serve week10 week11 week12 tiny-models clean lavis-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -181,9 +181,22 @@ week12: $(VENV)/.installed ## interview: tensor drills, the question list, STAR 
 	$(OFFLINE) $(PY) -m interview.star --out outputs/week12/star.md
 	@echo "quiz yourself: $(PY) -m interview.drill"
 
-bench: $(VENV)/.installed ## benchmarks, as ratios measured in one run: KV cache (week 5), engines and service (week 11)
+bench: $(VENV)/.installed ## benchmarks, as ratios measured in one run: training on 1 vs 2 processes, KV cache (week 5), engines and service (week 11)
+	$(OFFLINE) $(PY) -m curriculum.train_bench --out outputs/bench
 	$(DECODING) bench --out outputs/bench/kv_cache.json
 	$(OFFLINE) $(PY) -m stage3_moderation.bench --out outputs/bench
+
+# make train MODEL=clip NPROC=2 ARGS="--steps 300": one trainer on NPROC processes (accelerate launch),
+# written to outputs/train/MODEL unless ARGS names another --out; --resume continues a killed run.
+TRAINER_clip := curriculum.tiny_clip
+TRAINER_blip2 := curriculum.tiny_blip2
+TRAINER_sd := curriculum.tiny_sd
+TRAINER_clip-zh := stage2_fundamentals.crosslingual train
+MODEL ?= clip
+NPROC ?= 1
+train: $(VENV)/.installed ## train a tiny model on NPROC processes: make train MODEL=clip|blip2|sd|clip-zh NPROC=2 [ARGS=...]
+	@test -n "$(TRAINER_$(MODEL))" || { echo "error: MODEL=$(MODEL) is none of clip, blip2, sd, clip-zh" >&2; exit 2; }
+	$(OFFLINE) $(PY) -m $(TRAINER_$(MODEL)) --out outputs/train/$(MODEL) --nproc $(NPROC) $(ARGS)
 
 tiny-models: $(VENV)/.installed ## retrain the bundled checkpoints in data/models (fixed seed)
 	$(PY) -m curriculum.tiny_clip --out data/models/tiny-clip --seed 0

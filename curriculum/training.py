@@ -19,7 +19,6 @@ data order and the loss so far (Accelerate's save_state). `--resume` continues t
 ends with the same weights as a run never interrupted, with any number of processes.
 """
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -36,11 +35,8 @@ from accelerate import Accelerator
 from accelerate.utils import AutocastKwargs, DataLoaderConfiguration
 from tqdm import tqdm
 
-from curriculum import cli, runtime, viz
-
-CHECKPOINTS = "checkpoints"
-RECORD = "run.json"
-
+from curriculum import checkpoints, cli, runtime, viz
+from curriculum.checkpoints import jsonable
 
 @dataclasses.dataclass(frozen=True)
 class Options:
@@ -140,12 +136,6 @@ def plural(n, word):
 
 
 # ---------------------------------------------------------------- checks before any work
-def jsonable(config):
-    """A config (dataclass or dict) as the JSON a checkpoint records it in."""
-    return json.loads(json.dumps(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
-                                 default=str))
-
-
 def check_split(config, num_processes, grad_accum, contrastive):
     """Every batch of the config (each *batch_size field) splits into equal shares, and is drawn
     from a pool of at least its size."""
@@ -164,60 +154,6 @@ def check_split(config, num_processes, grad_accum, contrastive):
         if size > settings.get("pool", size):
             raise cli.UserError(f"a batch of {size} ({name}) is drawn without repeats from --pool "
                                 f"{settings['pool']}: make the pool at least as large as the batch")
-
-
-def checkpoints(folder):
-    """Complete checkpoints in `folder`, oldest first (a save cut short has no record)."""
-    return sorted(p for p in Path(folder).glob("step-*") if (p / RECORD).exists())
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def read_record(path):
-    try:
-        return json.loads((path / RECORD).read_text())
-    except (OSError, ValueError) as e:
-        raise cli.UserError(f"{path} is not a readable checkpoint ({e}): delete it to continue an older one") from None
-
-
-def check_checkpoint(path, config):
-    """The checkpoint at `path` is this run's (same config) and every file is as it was saved."""
-    record = read_record(path)
-    ours = jsonable(config)
-    differ = sorted(k for k in ours.keys() | record["config"].keys() if ours.get(k) != record["config"].get(k))
-    if differ:
-        theirs = ", ".join(f"{k}={record['config'].get(k)}" for k in differ)
-        raise cli.UserError(f"{path} was saved with {theirs}; this run has "
-                            f"{', '.join(f'{k}={ours.get(k)}' for k in differ)}: resume with the same settings")
-    for file, digest in record["files"].items():
-        if not (path / file).is_file() or sha256(path / file) != digest:
-            raise cli.UserError(f"{path / file} is missing or corrupt: delete {path} to continue an older checkpoint")
-    return record
-
-
-def check_resume(out, name, config, resume):
-    """The checkpoint this run continues (None: it starts afresh). Trainers of one run are named
-    run/part (tiny-sd/vae, tiny-sd/unet); checkpoints of another run in the same folder are refused,
-    and without --resume an unfinished run's checkpoints are never overwritten."""
-    folder = Path(out) / CHECKPOINTS
-    found = sorted(p.parent for p in folder.glob(f"**/step-*/{RECORD}"))
-    for path in found:
-        theirs = read_record(path).get("name", "?")
-        if theirs.split("/")[0] != name.split("/")[0]:
-            raise cli.UserError(f"{path} is a checkpoint of {theirs}, not {name.split('/')[0]}: pass the --out "
-                                f"of a {name.split('/')[0]} run")
-    if resume and not found:
-        raise cli.UserError(f"--resume: no checkpoint in {folder}: start without --resume")
-    mine = checkpoints(folder / name)
-    if mine and not resume:
-        raise cli.UserError(f"{folder} holds the checkpoints of an unfinished run: pass --resume to continue it, "
-                            f"or delete {folder} to start over")
-    if not mine:
-        return None
-    check_checkpoint(mine[-1], config)
-    return mine[-1]
 
 
 def launch(options, trainer_name):
@@ -317,10 +253,10 @@ class Trainer:
         if options.nproc > 1 and not launched():
             check_split(config, options.nproc, options.grad_accum, contrastive)
             if checkpointing:
-                check_resume(self.out, name, config, options.resume)
+                checkpoints.to_resume(self.out, name, config, options.resume)
             launch(options, name)
         check_split(config, world_size(), options.grad_accum, contrastive)
-        self.resume_from = checkpointing and check_resume(self.out, name, config, options.resume)
+        self.resume_from = checkpointing and checkpoints.to_resume(self.out, name, config, options.resume)
         device = runtime.pick_device(options.device)
         fast = runtime.trains_in_bf16(device)
         bf16 = fast and options.precision == "auto" and (bf16_on_cpu or device.type != "cpu")
@@ -414,30 +350,8 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.3f}")
             if self.out and self.options.save_every and (self.progress.step % self.options.save_every == 0
                                                         or self.progress.step == total):
-                self.save_checkpoint()
+                checkpoints.save(self.accelerator, self.out, self.name, self.progress.step, self.config)
         bar.close()
-
-    def save_checkpoint(self):
-        """Accelerate's save_state into a temporary folder, then renamed: a kill mid-save leaves the
-        previous checkpoint as the newest. Keeps the two newest."""
-        folder = self.out / CHECKPOINTS / self.name
-        final = folder / f"step-{self.progress.step:06d}"
-        partial = folder / f".{final.name}.partial"
-        if self.is_main:
-            shutil.rmtree(partial, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(partial)
-        self.accelerator.wait_for_everyone()
-        if self.is_main:
-            files = {p.name: sha256(p) for p in sorted(partial.iterdir()) if p.is_file()}
-            record = {"name": self.name, "step": self.progress.step, "config": jsonable(self.config),
-                      "num_processes": self.num_processes, "files": files}
-            (partial / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-            shutil.rmtree(final, ignore_errors=True)
-            partial.rename(final)
-            for old in checkpoints(folder)[:-2]:
-                shutil.rmtree(old)
-        self.accelerator.wait_for_everyone()
 
     def record(self):
         """What training.json says about how the run ran."""
@@ -468,7 +382,7 @@ class Trainer:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(file, target)
             shutil.rmtree(partial)
-            shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
+            checkpoints.remove(self.out)
             print(f"saved {self.out} ({record['train_minutes']:.1f} min on {plural(self.num_processes, 'process')}, "
                   f"final loss {final_loss:.3f}); loss curve: {self.out / 'loss.png'}")
         self.accelerator.wait_for_everyone()

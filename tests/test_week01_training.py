@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from curriculum import REPO_ROOT, shapesworld, tiny_blip2, tiny_clip, tiny_sd, training, zoo
+from curriculum import REPO_ROOT, checkpoints, shapesworld, tiny_blip2, tiny_clip, tiny_sd, training, zoo
 
 pytestmark = pytest.mark.week1
 
@@ -78,7 +78,7 @@ def killed_run(tmp_path_factory):
     proc = subprocess.Popen(trainer_command("curriculum.tiny_clip", out, CLIP_ARGS, nproc=2), cwd=REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not training.checkpoints(out / "checkpoints" / "tiny-clip") and time.monotonic() < deadline:
+    while not checkpoints.listed(out / "checkpoints" / "tiny-clip") and time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before its first checkpoint"
         time.sleep(0.05)
     # torchrun starts each worker in a session of its own: kill the whole tree, not one process group
@@ -86,7 +86,7 @@ def killed_run(tmp_path_factory):
         process.send_signal(signal.SIGKILL)
     proc.wait()
     psutil.wait_procs(psutil.Process().children(recursive=True), timeout=10)
-    step = json.loads((training.checkpoints(out / "checkpoints" / "tiny-clip")[-1] / "run.json").read_text())["step"]
+    step = json.loads((checkpoints.listed(out / "checkpoints" / "tiny-clip")[-1] / "run.json").read_text())["step"]
     assert not (out / "model.safetensors").exists() and step < CLIP.steps, "killed before the end"
     return out
 
@@ -163,7 +163,7 @@ def test_bad_runs_stop_before_any_work(cli_runner, tmp_path, argv, message):
 ], ids=["another model", "another config", "corrupt weights", "missing file", "corrupt record"])
 def test_bad_checkpoints_are_refused(cli_runner, killed_run, tmp_path, main, argv, damage, message):
     shutil.copytree(killed_run, tmp_path, dirs_exist_ok=True)
-    newest = training.checkpoints(tmp_path / "checkpoints" / "tiny-clip")[-1]
+    newest = checkpoints.listed(tmp_path / "checkpoints" / "tiny-clip")[-1]
     if damage == "model.safetensors":
         (newest / damage).write_bytes((newest / damage).read_bytes()[:1000])
     elif damage == "run.json":

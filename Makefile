@@ -14,11 +14,11 @@ CAPTION := $(OFFLINE) $(PY) -m stage1_demos.blip2_caption
 W2 := outputs/week2
 SD := $(OFFLINE) $(PY) -m stage1_demos.sd_generate
 W3 := outputs/week3
-ATTENTION := $(OFFLINE) $(PY) -m stage2_fundamentals.attention
-DECODING := $(OFFLINE) $(PY) -m stage2_fundamentals.decoding
+ATTENTION := $(OFFLINE) $(PY) -m stage2_fundamentals.attention_lab
+DECODING := $(OFFLINE) $(PY) -m stage2_fundamentals.decoding_lab
 W4 := outputs/week4
 W5 := outputs/week5
-DIFFUSION := $(OFFLINE) $(PY) -m stage2_fundamentals.diffusion
+DIFFUSION := $(OFFLINE) $(PY) -m stage2_fundamentals.diffusion_lab
 W8 := outputs/week8
 W6 := outputs/week6
 W7 := outputs/week7
@@ -120,9 +120,9 @@ week5: $(VENV)/.installed ## decoding from scratch: checks against generate(), a
 	@echo "tables: $(W5)/*.json"
 
 week6: $(VENV)/.installed ## InfoNCE from cross-entropy: check, a tiny CLIP trained with it, negatives and temperature
-	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce check
-	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce train --out $(W6)
-	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce negatives --out $(W6)
+	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce_lab check
+	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce_lab train --out $(W6)
+	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce_lab negatives --out $(W6)
 	@echo "results and plots: $(W6)/"
 
 week7: lora ## projection-head ablation, Chinese queries on the English CLIP index (and `make lora`)
@@ -135,8 +135,8 @@ week7: lora ## projection-head ablation, Chinese queries on the English CLIP ind
 	@echo "results: $(W7)/"
 
 lora: $(VENV)/.installed ## fine-tuning (week 7): LoRA and prefix tuning vs PEFT, a new colour taught three ways
-	$(OFFLINE) $(PY) -m stage2_fundamentals.lora check
-	$(OFFLINE) $(PY) -m stage2_fundamentals.lora experiment --out outputs/week7
+	$(OFFLINE) $(PY) -m stage2_fundamentals.finetuning_lab check
+	$(OFFLINE) $(PY) -m stage2_fundamentals.finetuning_lab experiment --out outputs/week7
 	@echo "table and plots: outputs/week7/new_concept.*"
 
 week8: $(VENV)/.installed ## DDPM / DDIM from scratch vs diffusers, the pipeline reproduced, samplers x steps

@@ -9,7 +9,8 @@ positions; each block is
 and the last hidden state, layer-normed, times the word-embedding matrix gives the logits of the
 next token. `Decoder.from_opt` loads an OPTForCausalLM's weights (the tiny BLIP-2's or
 facebook/opt-*'s), so `attention check` can prove the logits equal and `decoding.py` can drive
-it with its own search loops and KV cache.
+it with its own search loops and KV cache. `decoder_embeds` builds what it reads in BLIP-2: the
+projected image queries where the processor put its <image> placeholders, words elsewhere.
 """
 from dataclasses import dataclass
 
@@ -97,3 +98,19 @@ class Decoder(nn.Module):
         ours.load_state_dict(state)
         dtype = next(lm.parameters()).dtype
         return ours.to(lm.device, dtype).eval()
+
+
+# ---------------------------------------------------------------- BLIP-2's inputs to it
+def decoder_embeds(model, pixel_values, input_ids):
+    """What the BLIP-2 language model reads: the projected image queries where the processor put
+    its <image> placeholders, word embeddings everywhere else."""
+    embeds = model.get_input_embeddings()(input_ids)
+    queries = model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
+    is_image = (input_ids == model.config.image_token_id)[..., None]
+    return embeds.masked_scatter(is_image, queries.to(embeds.dtype))
+
+
+def blip2_decoder_inputs(model, processor, images, prompts):
+    """(decoder input embeddings, attention mask, token ids) for images and prompts."""
+    inputs = processor(images=images, text=prompts, padding=True, return_tensors="pt")
+    return decoder_embeds(model, inputs.pixel_values, inputs.input_ids), inputs.attention_mask, inputs.input_ids

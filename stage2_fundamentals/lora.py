@@ -1,4 +1,4 @@
-"""Week 7: LoRA from scratch, checked against PEFT, and a new concept taught three ways.
+"""Week 7: LoRA from scratch.
 
 Fine-tuning all of a model's weights W means storing a new copy of every matrix. LoRA (Hu et al.
 2021) freezes W and learns a low-rank change instead:
@@ -10,25 +10,21 @@ per matrix instead of d_in · d_out, and for inference the change folds into the
 W' = W + (α / r) B A, at no extra cost. r is the rank of the change; α / r scales it so that
 changing r does not change the learning rate the update needs.
 
-    python -m stage2_fundamentals.lora check [--json]
-    python -m stage2_fundamentals.lora experiment [--steps 300] [--json]   (or: make lora)
-
-`experiment` teaches the tiny BLIP-2 a colour it never saw, with full fine-tuning, LoRA at a few
-ranks and prefix tuning (prefix_tuning.py), on the same data and step budget (new_concept.py).
+finetuning_lab.py proves it (and prefix_tuning.py) equal to PEFT, and teaches the tiny BLIP-2 a new
+colour with full fine-tuning, LoRA and prefix tuning (`python -m stage2_fundamentals.finetuning_lab`).
 """
 import json
 import math
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from curriculum import checks, cli, shapesworld, training, zoo
-from stage2_fundamentals import prefix_tuning
+from curriculum import cli
 
-ATOL = 1e-5
+CLIP_TARGETS = ["q_proj", "v_proj"]
+BLIP2_TARGETS = ["q_proj", "v_proj", "query", "value"]  # the OPT decoder's and the Q-Former's attention
 
 
 class LoRALinear(nn.Module):
@@ -140,107 +136,3 @@ def load_adapter(model, folder):
 
 def lora_keys(model):
     return [k for k in model.state_dict() if ".lora_" in k]
-
-
-# ---------------------------------------------------------------- check against PEFT
-def peft_copy(model, ours, targets, r, alpha):
-    """PEFT's LoRA on `model` with the adapter weights of `ours` copied in."""
-    from peft import LoraConfig, get_peft_model
-
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets))
-    with torch.no_grad():
-        for name, layer in lora_layers(ours).items():
-            theirs = peft_model.base_model.model.get_submodule(name)
-            theirs.lora_A["default"].weight.copy_(layer.lora_A.weight)
-            theirs.lora_B["default"].weight.copy_(layer.lora_B.weight)
-    return peft_model.eval()
-
-
-def randomise_b(model, seed=0):
-    """B starts at zero; a check with B = 0 would compare the base model with itself."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in lora_layers(model).values():
-            layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=gen) * 0.1)
-
-
-def check_pair(label, make_model, targets, r, alpha, run):
-    """Ours vs PEFT on two fresh copies of the same model: outputs, trainable-parameter counts,
-    and merged weights; ours merged vs unmerged."""
-    ours = make_model()
-    add_lora(ours, targets, r, alpha)
-    randomise_b(ours)
-    theirs = peft_copy(make_model(), ours, targets, r, alpha)
-    counts = trainable_parameters(ours), trainable_parameters(theirs)
-    with torch.no_grad():
-        base, out, their_out = run(make_model().eval()), run(ours.eval()), run(theirs)
-        merge_all(ours)
-        merged = run(ours)
-        their_merged = theirs.merge_and_unload()
-        weights = max(float((layer.base.weight - their_merged.get_submodule(name).weight).abs().max())
-                      for name, layer in lora_layers(ours).items())
-        their_merged_out = run(their_merged)
-    output = checks.record(f"{label}: output vs PEFT LoRA", out, their_out)
-    output["update"] = float((out - base).abs().max())  # how far the adapter moved the output
-    return [output,
-            {"name": f"{label}: trainable parameters, {counts[0]:,} vs PEFT's {counts[1]:,}",
-             "max_abs_diff": abs(counts[0] - counts[1]), "ok": counts[0] == counts[1]},
-            {"name": f"{label}: merged weights vs PEFT merge_and_unload", "max_abs_diff": weights,
-             "ok": weights <= ATOL},
-            checks.record(f"{label}: merged output vs PEFT's merged model", merged, their_merged_out),
-            # W x + B A x and (W + B A) x round differently in float32: equal to 1e-4, not 1e-5
-            checks.record(f"{label}: merged vs unmerged output (float32 rounding, 1e-4)", merged, out, atol=1e-4)]
-
-
-def one_linear():
-    torch.manual_seed(0)
-    return nn.Sequential(OrderedDict(proj=nn.Linear(32, 16)))
-
-
-CLIP_TARGETS = ["q_proj", "v_proj"]
-BLIP2_TARGETS = ["q_proj", "v_proj", "query", "value"]  # the OPT decoder's and the Q-Former's attention
-
-
-def run_checks():
-    x = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
-    samples = shapesworld.generate("test", 4)
-    images, captions = [s.image for s in samples], [s.caption_en for s in samples]
-    clip_inputs = zoo.load_clip("tiny", "cpu")[1](text=captions, images=images, padding=True, return_tensors="pt")
-    blip2_inputs = zoo.load_blip2("tiny", "cpu")[1](images=images, text=captions, padding=True, return_tensors="pt")
-    results = check_pair("one nn.Linear(32, 16), r=4", one_linear, ["proj"], 4, 8, lambda m: m(x))
-    results += check_pair("tiny CLIP, q_proj + v_proj, r=4", lambda: zoo.load_clip("tiny", "cpu")[0],
-                          CLIP_TARGETS, 4, 8, lambda m: m(**clip_inputs).logits_per_image)
-    results += check_pair("tiny BLIP-2, q_proj v_proj query value, r=8", lambda: zoo.load_blip2("tiny", "cpu")[0],
-                          BLIP2_TARGETS, 8, 16, lambda m: m(**blip2_inputs).logits)
-    return {"checks": results + prefix_tuning.run_checks()}
-
-
-# ---------------------------------------------------------------- command line
-def main(argv=None):
-    parser = cli.Parser(prog="python -m stage2_fundamentals.lora", description=__doc__, formatter_class=cli.RawHelp)
-    sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="prove LoRA and prefix tuning equal to PEFT's on the tiny models")
-    run = sub.add_parser("experiment", help="teach the tiny BLIP-2 a new colour: full fine-tuning vs LoRA vs prefix")
-    run.add_argument("--steps", type=cli.positive_int, default=300, help="training steps per method (default 300)")
-    run.add_argument("--ranks", nargs="+", type=int, default=[1, 4, 16], help="LoRA ranks to try (default 1 4 16)")
-    run.add_argument("--targets", nargs="+", default=BLIP2_TARGETS,
-                     help=f"LoRA target modules (default {' '.join(BLIP2_TARGETS)})")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--out", default="outputs/week7", help="folder for the table, plot and adapter")
-    training.add_run_args(run, checkpoints=False)
-    for p in (check, run):
-        p.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    if args.command == "check":
-        checks.emit(run_checks(), args.json)
-    else:
-        from stage2_fundamentals import new_concept  # here, not at the top: new_concept builds on this module
-
-        result = new_concept.experiment(args.steps, args.ranks, args.targets, args.seed, args.out,
-                                        options=training.Options.from_args(args, __spec__.name, argv))
-        if result is not None:  # the main process's
-            cli.emit(result, args.json, new_concept.print_table)
-
-
-if __name__ == "__main__":
-    cli.run(main)

@@ -10,7 +10,7 @@ same order and the same number of steps:
     prefix tuning      N learned virtual tokens in the decoder, nothing else (prefix_tuning.py)
 
 and is scored on new pink images (does the caption name every colour right?) and on the old test
-split (did it forget the rest?). Run by `python -m stage2_fundamentals.lora experiment`.
+split (did it forget the rest?). Run by `python -m stage2_fundamentals.finetuning_lab experiment`.
 """
 from dataclasses import replace
 from pathlib import Path
@@ -25,8 +25,7 @@ from curriculum.tiny_blip2 import batch_tokens, caption, reading_order, target_t
 from curriculum.tiny_clip import pixels
 from stage1_demos.blip2_caption import GREEDY, attribute_correct, caption_images
 from stage2_fundamentals import decoding, lora
-from stage2_fundamentals.attention import decoder_embeds
-from stage2_fundamentals.decoder import Decoder
+from stage2_fundamentals.decoder import Decoder, decoder_embeds
 from stage2_fundamentals.prefix_tuning import Prefix, PrefixedDecoder
 
 NEW_COLOR = "pink"

@@ -1,4 +1,4 @@
-"""Week 7: prefix tuning from scratch on the tiny BLIP-2 decoder, checked against PEFT.
+"""Week 7: prefix tuning from scratch, on the from-scratch decoder of week 4.
 
 Prefix tuning (Li & Liang 2021) leaves every weight of the language model frozen and learns, for
 each attention layer, the keys and values of N "virtual tokens" that sit before the real input:
@@ -11,14 +11,12 @@ Optionally the prefix is reparameterised: an embedding per virtual token through
 which trains more stably than the raw keys and values (the paper's trick; PEFT's
 prefix_projection=True). The layout below is PEFT's, so PEFT's weights load into it as they are.
 
-    python -m stage2_fundamentals.prefix_tuning check [--json]
+finetuning_lab.py proves it equal to PEFT's (`python -m stage2_fundamentals.finetuning_lab check`).
 """
 import torch
 from torch import nn
 
-from curriculum import checks, cli, shapesworld, zoo
-from stage2_fundamentals.attention import KVCache, decoder_embeds
-from stage2_fundamentals.decoder import Decoder
+from stage2_fundamentals.attention import KVCache
 
 
 class Prefix(nn.Module):
@@ -70,58 +68,3 @@ class PrefixedDecoder(nn.Module):
         if attention_mask is not None:
             attention_mask = torch.cat([torch.ones(b, self.prefix.n, dtype=attention_mask.dtype), attention_mask], 1)
         return self.decoder(embeds, attention_mask, cache)
-
-
-def trainable_parameters(module):
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-def peft_prefix(lm, virtual_tokens, projection_dim=None):
-    from peft import PrefixTuningConfig, get_peft_model
-
-    config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=virtual_tokens,
-                                prefix_projection=projection_dim is not None,
-                                encoder_hidden_size=projection_dim or lm.config.hidden_size)
-    return get_peft_model(lm, config).eval()
-
-
-@torch.no_grad()
-def check_one(label, virtual_tokens, projection_dim):
-    """PEFT's prefix tuning on one copy of the tiny BLIP-2 decoder, ours on another, with PEFT's
-    (random) prefix weights copied into ours: logits on real images and prompts."""
-    model, processor = zoo.load_blip2("tiny", "cpu")
-    samples = shapesworld.generate("test", 2)
-    inputs = processor(images=[s.image for s in samples], text=["", "a photo of"], padding=True, return_tensors="pt")
-    embeds = decoder_embeds(model, inputs.pixel_values, inputs.input_ids)
-    ours = PrefixedDecoder(Decoder.from_opt(model.language_model),
-                           Prefix.for_decoder(Decoder.from_opt(model.language_model), virtual_tokens, projection_dim))
-    theirs = peft_prefix(zoo.load_blip2("tiny", "cpu")[0].language_model, virtual_tokens, projection_dim)
-    ours.prefix.load_state_dict(theirs.prompt_encoder["default"].state_dict())
-    counts = trainable_parameters(ours), trainable_parameters(theirs)
-    mask = inputs.attention_mask
-    real = mask.bool()
-    logits = ours(embeds, mask).logits
-    plain = model.language_model(inputs_embeds=embeds, attention_mask=mask).logits
-    output = checks.record(f"prefix tuning, {label}: logits vs PEFT", logits,
-                           theirs(inputs_embeds=embeds, attention_mask=mask).logits, where=real)
-    output["update"] = float((logits - plain)[real].abs().max())  # the prefix does change the output
-    return [output, {"name": f"prefix tuning, {label}: trainable parameters, {counts[0]:,} vs PEFT's {counts[1]:,}",
-                     "max_abs_diff": abs(counts[0] - counts[1]), "ok": counts[0] == counts[1]}]
-
-
-def run_checks():
-    return check_one("8 virtual tokens", 8, None) + check_one("8 virtual tokens through a 64-d MLP", 8, 64)
-
-
-def main(argv=None):
-    parser = cli.Parser(prog="python -m stage2_fundamentals.prefix_tuning", description=__doc__,
-                        formatter_class=cli.RawHelp)
-    sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="prove the from-scratch prefix equal to PEFT's")
-    check.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    checks.emit({"checks": run_checks()}, args.json)
-
-
-if __name__ == "__main__":
-    cli.run(main)

@@ -9,7 +9,7 @@ space, where the contrastive loss makes matching pairs close:
 Two experiments on ShapesWorld:
   - inference on the bundled model: the heads removed (compare the towers' features directly),
     replaced by random matrices, or swapped; how far retrieval drops.
-  - training from scratch, same budget and seed, with heads vs without (infonce.py's loop).
+  - training from scratch, same budget and seed, with heads vs without (infonce_lab.py's loop).
 
 Without heads the towers must have the same width to be compared at all: the tiny CLIP's are
 both 64-d, so it trains; openai/clip-vit-base-patch32's are 768-d (vision) and 512-d (text), and
@@ -22,7 +22,7 @@ from torch import nn
 from transformers import CLIPConfig
 
 from curriculum import cli, shapesworld, training, zoo
-from stage2_fundamentals import infonce
+from stage2_fundamentals import infonce_lab
 
 OUT = "outputs/week7"
 BATCH = 256  # the training ablation's contrastive batch
@@ -52,19 +52,20 @@ def inference_ablation(n=1000):
     for name, heads in variants.items():
         model, processor = zoo.load_clip("tiny", "cpu")
         with_heads(model, *heads(model.visual_projection, model.text_projection))
-        rows.append({"variant": name} | infonce.evaluate(model, processor, samples=samples))
+        rows.append({"variant": name} | infonce_lab.evaluate(model, processor, samples=samples))
     return rows
 
 
 def training_ablation(steps, batch_size=BATCH, options=training.Options()):
     rows = []
     for projection in (True, False):
-        run = infonce.Run(steps, batch_size, projection=projection)
-        model, processor, losses, seconds = infonce.train(run, options=options)
+        run = infonce_lab.Run(steps, batch_size, projection=projection)
+        model, processor, losses, seconds = infonce_lab.train(run, options=options)
         if training.is_main_process():
             variant = "trained with projection heads" if projection else "trained without projection heads"
+            final_loss = round(sum(losses[-20:]) / len(losses[-20:]), 4)
             rows.append({"variant": variant, "steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1),
-                         "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4)} | infonce.evaluate(model, processor))
+                         "final_loss": final_loss} | infonce_lab.evaluate(model, processor))
     return rows
 
 

@@ -8,16 +8,16 @@ from transformers import OPTConfig, OPTForCausalLM
 from curriculum import shapesworld
 from curriculum.checks import record
 from curriculum.cli import UserError
-from stage2_fundamentals import attention
+from stage2_fundamentals import attention, attention_lab
 from stage2_fundamentals.attention import KVCache, MultiHeadAttention, causal_mask, scaled_dot_product_attention
-from stage2_fundamentals.decoder import Decoder
+from stage2_fundamentals.decoder import Decoder, blip2_decoder_inputs
 
 pytestmark = pytest.mark.week4
 
 
 @pytest.fixture(scope="module")
 def checks():
-    return {c["name"]: c for c in attention.run_checks()["checks"]}
+    return {c["name"]: c for c in attention_lab.run_checks()["checks"]}
 
 
 @pytest.mark.parametrize("part", ["vs torch SDPA", "torch.nn.MultiheadAttention", "CLIP vision CLIPAttention",
@@ -58,7 +58,7 @@ def test_kv_cache_gives_the_same_logits_as_the_whole_sequence(blip2_model):
     model, processor = blip2_model
     decoder = Decoder.from_opt(model.float().language_model)
     image = shapesworld.sample("test", 3).image
-    embeds, _, _ = attention.blip2_decoder_inputs(model, processor, [image], ["a photo of"])
+    embeds, _, _ = blip2_decoder_inputs(model, processor, [image], ["a photo of"])
     with torch.no_grad():
         full = decoder(embeds).logits
         cache = KVCache(len(decoder.layers))
@@ -100,17 +100,27 @@ def test_from_torch_and_hf_copy_weights():
     assert ours.heads == 2 and ours.head_dim == 8
 
 
+def test_from_torch_copies_a_layer_without_biases():
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(16, 2, bias=False, batch_first=True).eval()
+    ours = MultiHeadAttention.from_torch(mha)
+    assert ours.q_proj.bias is None and ours.out_proj.bias is None
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], mha(x, x, x)[0], atol=1e-6, rtol=0)
+
+
 def test_check_json_shape(cli_runner):
-    code, out, _ = cli_runner(attention.main, ["check", "--json"])
+    code, out, _ = cli_runner(attention_lab.main, ["check", "--json"])
     result = json.loads(out)
-    assert code == 0 and len(result["checks"]) == 10
+    assert code == 0 and len(result["checks"]) == 12
     assert all(set(c) == {"name", "max_abs_diff", "ok"} for c in result["checks"])
 
 
 def test_show_draws_cls_and_decoder_attention(tmp_path, cli_runner):
     image = tmp_path / "in.png"
     shapesworld.sample("test", 1).image.save(image)
-    code, out, _ = cli_runner(attention.main, ["show", "--image", str(image), "--out", str(tmp_path / "a.png"),
+    code, out, _ = cli_runner(attention_lab.main, ["show", "--image", str(image), "--out", str(tmp_path / "a.png"),
                                                "--json"])
     result = json.loads(out)
     assert code == 0 and (tmp_path / "a.png").stat().st_size > 10_000
@@ -118,5 +128,5 @@ def test_show_draws_cls_and_decoder_attention(tmp_path, cli_runner):
 
 
 def test_missing_image_is_a_clear_error(tmp_path, cli_runner):
-    code, _, err = cli_runner(attention.main, ["show", "--image", str(tmp_path / "nope.png")])
+    code, _, err = cli_runner(attention_lab.main, ["show", "--image", str(tmp_path / "nope.png")])
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: no image at")

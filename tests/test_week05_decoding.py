@@ -6,16 +6,17 @@ import torch
 from transformers import OPTConfig, OPTForCausalLM
 
 from curriculum import shapesworld
-from stage2_fundamentals import decoding
+from stage2_fundamentals import decoding, decoding_lab
 from stage2_fundamentals.decoder import Decoder
-from stage2_fundamentals.decoding import Settings, decode, repeated_ngram_rate
+from stage2_fundamentals.decoding import Settings, decode
+from stage2_fundamentals.decoding_lab import repeated_ngram_rate
 
 pytestmark = pytest.mark.week5
 
 
 @pytest.fixture(scope="module")
 def checks():
-    return decoding.run_checks()["checks"]
+    return decoding_lab.run_checks()["checks"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_each_processor_equals_transformers(checks, processor):
     assert c["ok"] and c["max_abs_diff"] <= 1e-6, c
 
 
-@pytest.mark.parametrize("search", [name for name, _ in decoding.SEARCH_CHECKS])
+@pytest.mark.parametrize("search", [name for name, _ in decoding_lab.SEARCH_CHECKS])
 def test_each_search_is_token_identical_to_generate(checks, search):
     (c,) = [c for c in checks if c["name"].startswith(search + " vs")]
     assert c["ok"] and c["max_abs_diff"] == 0 and c["cases"] == 20, c
@@ -79,7 +80,7 @@ def test_repeated_ngram_rate():
 
 
 def test_repetition_demo_shows_the_loop_and_its_fixes(cli_runner, tmp_path):
-    code, out, _ = cli_runner(decoding.main, ["repetition", "--json", "--out", str(tmp_path / "r.json")])
+    code, out, _ = cli_runner(decoding_lab.main, ["repetition", "--json", "--out", str(tmp_path / "r.json")])
     rows = {r["setting"]: r["repeated_ngram_rate"] for r in json.loads(out)["rows"]}
     assert code == 0 and json.loads((tmp_path / "r.json").read_text())["rows"]
     problem = rows["greedy, </s> forbidden for 48 tokens (the problem)"]
@@ -89,16 +90,16 @@ def test_repetition_demo_shows_the_loop_and_its_fixes(cli_runner, tmp_path):
 
 
 def test_sweep_table(cli_runner, image_file):
-    code, out, _ = cli_runner(decoding.main, ["sweep", "--image", str(image_file), "--json"])
+    code, out, _ = cli_runner(decoding_lab.main, ["sweep", "--image", str(image_file), "--json"])
     rows = {r["setting"]: r for r in json.loads(out)["rows"]}
-    assert code == 0 and len(rows) == len(decoding.SWEEP)
+    assert code == 0 and len(rows) == len(decoding_lab.SWEEP)
     assert rows["greedy, max_new_tokens 5"]["tokens"] == 5
     assert rows["greedy"]["text"] == "a small green cross in the top right and a small red circle in the bottom right"
     assert rows["sampling, temperature 3"]["text"] != rows["greedy"]["text"]
 
 
 def test_generate_json(cli_runner, image_file):
-    code, out, _ = cli_runner(decoding.main, ["generate", "--image", str(image_file), "--num-beams", "3", "--json"])
+    code, out, _ = cli_runner(decoding_lab.main, ["generate", "--image", str(image_file), "--num-beams", "3", "--json"])
     result = json.loads(out)
     assert code == 0 and set(result) == {"image", "prompt", "settings", "text", "tokens", "seconds"}
     assert result["settings"]["num_beams"] == 3 and "green cross" in result["text"]
@@ -113,5 +114,5 @@ def test_generate_json(cli_runner, image_file):
 ])
 def test_bad_input_is_a_clear_error(cli_runner, image_file, argv, message):
     argv = ["generate"] + (argv if "--image" in argv else ["--image", str(image_file)] + argv)
-    code, _, err = cli_runner(decoding.main, argv)
+    code, _, err = cli_runner(decoding_lab.main, argv)
     assert code == 2 and message in err.strip().splitlines()[-1]

@@ -6,15 +6,16 @@ import pytest
 import torch
 
 from curriculum import training
-from stage2_fundamentals import infonce
-from stage2_fundamentals.infonce import Run, info_nce
+from stage2_fundamentals import infonce_lab
+from stage2_fundamentals.infonce import info_nce
+from stage2_fundamentals.infonce_lab import Run
 
 pytestmark = pytest.mark.week6
 QUIET = training.Options(progress=False)
 
 
 def test_check_equals_clip_loss(cli_runner):
-    code, out, _ = cli_runner(infonce.main, ["check", "--json"])
+    code, out, _ = cli_runner(infonce_lab.main, ["check", "--json"])
     checks = json.loads(out)["checks"]
     assert code == 0 and len(checks) == 3
     assert all(c["ok"] and c["max_abs_diff"] <= 1e-6 for c in checks)
@@ -32,22 +33,23 @@ def test_the_loss_by_hand():
 
 
 def test_training_with_info_nce_learns():
-    model, processor, losses, _ = infonce.train(Run(steps=80, batch_size=64), pool=2000, options=QUIET)
+    model, processor, losses, _ = infonce_lab.train(Run(steps=80, batch_size=64), pool=2000, options=QUIET)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
-    assert infonce.evaluate(model, processor, n=200)["text_to_image_R@1"] > 0.05  # chance is ~1/200
+    assert infonce_lab.evaluate(model, processor, n=200)["text_to_image_R@1"] > 0.05  # chance is ~1/200
 
 
 def test_without_negatives_the_embeddings_collapse():
     """Pulling pairs together with nothing pushing apart: every image ends up in one direction."""
-    collapsed = infonce.evaluate(*infonce.train(Run(steps=60, batch_size=64, negatives=False), pool=2000,
-                                                options=QUIET)[:2], n=200)
-    contrasted = infonce.evaluate(*infonce.train(Run(steps=60, batch_size=64), pool=2000, options=QUIET)[:2], n=200)
+    collapsed = infonce_lab.evaluate(*infonce_lab.train(Run(steps=60, batch_size=64, negatives=False), pool=2000,
+                                                        options=QUIET)[:2], n=200)
+    contrasted = infonce_lab.evaluate(*infonce_lab.train(Run(steps=60, batch_size=64), pool=2000, options=QUIET)[:2],
+                                      n=200)
     assert collapsed["mean_cos_between_images"] > 0.95 > contrasted["mean_cos_between_images"]
     assert collapsed["text_to_image_R@1"] < contrasted["text_to_image_R@1"]
 
 
 def test_fixed_temperature_is_not_trained():
-    model, _ = infonce.new_model(Run(temperature=0.07))
+    model, _ = infonce_lab.new_model(Run(temperature=0.07))
     assert not model.logit_scale.requires_grad and math.isclose(model.logit_scale.exp().item(), 1 / 0.07, rel_tol=1e-5)
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from curriculum import shapesworld, zoo
 from curriculum.cli import UserError
-from stage2_fundamentals import decoding, lora, new_concept, prefix_tuning
+from stage2_fundamentals import decoding, finetuning_lab, lora, new_concept, prefix_tuning
 from stage2_fundamentals.decoder import Decoder
 
 pytestmark = pytest.mark.week7
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.week7
 
 @pytest.fixture(scope="module")
 def checks():
-    return lora.run_checks()["checks"]
+    return finetuning_lab.run_checks()["checks"]
 
 
 @pytest.mark.parametrize("part", ["one nn.Linear", "tiny CLIP", "tiny BLIP-2", "prefix tuning, 8 virtual tokens:",
@@ -63,7 +63,7 @@ def test_bad_targets_and_ranks_are_clear_errors():
     (["experiment", "--targets", "attn"], "its linear layers are: dense, fc1, fc2, k_proj, key"),
 ])
 def test_experiment_bad_input(cli_runner, argv, message):
-    code, _, err = cli_runner(lora.main, argv)
+    code, _, err = cli_runner(finetuning_lab.main, argv)
     assert code == 2 and message in err.strip().splitlines()[-1]
 
 
@@ -86,7 +86,7 @@ def test_training_moves_only_the_adapter_and_the_new_word_rows():
 def test_adapter_saves_alone_and_reloads(tmp_path):
     model, processor = zoo.load_blip2("tiny", "cpu")
     lora.add_lora(model, ["q_proj", "v_proj"], r=2, alpha=4)
-    lora.randomise_b(model)
+    finetuning_lab.randomise_b(model)
     settings = {"r": 2, "alpha": 4, "targets": ["q_proj", "v_proj"]}
     folder = lora.save_adapter(model, tmp_path / "adapter", settings)
     assert (folder / "adapter.safetensors").stat().st_size < 100_000

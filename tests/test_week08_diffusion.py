@@ -8,7 +8,7 @@ from diffusers import DDPMScheduler
 
 from curriculum import shapesworld, zoo
 from curriculum.cli import UserError
-from stage2_fundamentals import diffusion
+from stage2_fundamentals import diffusion, diffusion_lab
 from stage2_fundamentals.diffusion import Config, alphas_cumprod, reverse, snr, timesteps
 
 pytestmark = pytest.mark.week8
@@ -18,7 +18,7 @@ PROMPT = "a large red circle in the top left"
 
 @pytest.fixture(scope="module")
 def checks():
-    return diffusion.run_checks()["checks"]
+    return diffusion_lab.run_checks()["checks"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_each_check_within_tolerance(checks, part):
     matching = [c for c in checks if part in c["name"]]
     assert matching, f"no check named {part!r}"
     for c in matching:
-        assert c["ok"] and c["max_abs_diff"] <= diffusion.ATOL, c
+        assert c["ok"] and c["max_abs_diff"] <= diffusion_lab.ATOL, c
 
 
 def test_checks_cover_both_samplers_and_eta(checks):
@@ -56,8 +56,8 @@ def test_the_loop_check_notices_the_wrong_variance():
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     ours = reverse(model, x, Config(), 10, "ddpm", generator=torch.Generator().manual_seed(1))
     library = Config(variance_type="fixed_large").library(DDPMScheduler)
-    theirs = diffusion.library_reverse(model, x, library, 10, generator=torch.Generator().manual_seed(1))
-    assert not diffusion.steps_record("wrong variance", ours, theirs)["ok"]
+    theirs = diffusion_lab.library_reverse(model, x, library, 10, generator=torch.Generator().manual_seed(1))
+    assert not diffusion_lab.steps_record("wrong variance", ours, theirs)["ok"]
 
 
 def test_snr_falls_from_signal_to_noise():
@@ -75,7 +75,7 @@ def test_timestep_spacings():
 
 @pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0)])
 def test_sample_reproduces_the_week3_pipeline(tmp_path, cli_runner, sampler, eta):
-    code, out, _ = cli_runner(diffusion.main, ["sample", "--prompt", PROMPT, "--seed", "3", "--steps", "10",
+    code, out, _ = cli_runner(diffusion_lab.main, ["sample", "--prompt", PROMPT, "--seed", "3", "--steps", "10",
                                                "--sampler", sampler, "--eta", str(eta), "--out",
                                                str(tmp_path / "s.png"), "--json"])
     result = json.loads(out)
@@ -83,19 +83,19 @@ def test_sample_reproduces_the_week3_pipeline(tmp_path, cli_runner, sampler, eta
 
 
 def test_ddim_eta0_is_deterministic_and_ddpm_is_not(pipe):
-    diffs, images = diffusion.determinism(pipe, PROMPT, seed=0, steps=10, guidance=5.0)
+    diffs, images = diffusion_lab.determinism(pipe, PROMPT, seed=0, steps=10, guidance=5.0)
     assert diffs["ddim eta=0"] == 0
     assert diffs["ddpm"] > 30 and len(images) == 4
 
 
 def test_same_seed_same_image_different_seed_different_image(pipe):
-    a, b, c = (diffusion.generate(pipe, [PROMPT], 10, [seed], "ddim")[0] for seed in (0, 0, 1))
-    assert diffusion.pixel_diff([a], [b]) == 0 and diffusion.pixel_diff([a], [c]) > 30
+    a, b, c = (diffusion_lab.generate(pipe, [PROMPT], 10, [seed], "ddim")[0] for seed in (0, 0, 1))
+    assert diffusion_lab.pixel_diff([a], [b]) == 0 and diffusion_lab.pixel_diff([a], [c]) > 30
 
 
 def test_compare_grid_json_and_fidelity(tmp_path, cli_runner):
     out = tmp_path / "compare.png"
-    code, stdout, _ = cli_runner(diffusion.main, ["compare", "--prompt", PROMPT, "--step-counts", "3", "25",
+    code, stdout, _ = cli_runner(diffusion_lab.main, ["compare", "--prompt", PROMPT, "--step-counts", "3", "25",
                                                   "--n", "2", "--schedulers", "dpmsolver", "--out", str(out),
                                                   "--json"])
     result = json.loads(stdout)
@@ -109,7 +109,7 @@ def test_compare_grid_json_and_fidelity(tmp_path, cli_runner):
 
 def test_forward_pictures_and_snr_table(tmp_path, cli_runner, image_file):
     out = tmp_path / "forward.png"
-    code, stdout, _ = cli_runner(diffusion.main, ["forward", "--image", str(image_file), "--out", str(out), "--json"])
+    code, stdout, _ = cli_runner(diffusion_lab.main, ["forward", "--image", str(image_file), "--out", str(out), "--json"])
     result = json.loads(stdout)
     assert code == 0 and out.exists() and (tmp_path / "forward_snr.png").exists()
     assert set(result["snr"]) == set(diffusion.SCHEDULES) and result["timesteps"][0] == 0
@@ -124,7 +124,7 @@ def test_forward_pictures_and_snr_table(tmp_path, cli_runner, image_file):
     (["sample", "--prompt", PROMPT, "--steps", "2000"], "steps must be between 1 and 1000"),
 ])
 def test_bad_input_is_a_clear_error(cli_runner, argv, message, tmp_path):
-    code, _, err = cli_runner(diffusion.main, argv + (["--out", str(tmp_path / "o.png")] if argv[0] == "sample" else []))
+    code, _, err = cli_runner(diffusion_lab.main, argv + (["--out", str(tmp_path / "o.png")] if argv[0] == "sample" else []))
     assert code == 2 and message in err.strip().splitlines()[-1]
 
 

@@ -1,0 +1,324 @@
+"""Week 5's lab: the decoding loops of decoding.py, checked against transformers' `generate()` on
+the tiny BLIP-2, and what the settings do to a caption.
+
+    python -m stage2_fundamentals.decoding_lab check [--json]
+    python -m stage2_fundamentals.decoding_lab sweep --image outputs/week2/gallery/test_00001.png
+    python -m stage2_fundamentals.decoding_lab repetition [--image IMG] [--json]
+    python -m stage2_fundamentals.decoding_lab bench [--json]        (tokens/s with and without the KV cache)
+"""
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import (LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+                          TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+from curriculum import checks, cli, shapesworld, zoo
+from curriculum.images import load_image
+from stage2_fundamentals.decoder import Decoder, blip2_decoder_inputs
+from stage2_fundamentals.decoding import (Settings, apply_no_repeat_ngram, apply_repetition_penalty, apply_temperature,
+                                          apply_top_k, apply_top_p, decode)
+
+
+# ---------------------------------------------------------------- the tiny BLIP-2, split in two
+class Captioner:
+    """BLIP-2 with its decoder replaced by the from-scratch one (same weights)."""
+
+    def __init__(self, model, processor):
+        self.model, self.processor = model.float(), processor
+        self.decoder = Decoder.from_opt(self.model.language_model)
+        self.tokenizer = processor.tokenizer
+        self.eos = self.tokenizer.eos_token_id
+
+    def inputs(self, image, prompt):
+        """(decoder input embeddings (1, T, D), token ids (1, T)) for one image and prompt."""
+        embeds, _, input_ids = blip2_decoder_inputs(self.model, self.processor, [image], [prompt])
+        return embeds, input_ids
+
+    def generate(self, image, prompt, s):
+        embeds, input_ids = self.inputs(image, prompt)
+        return decode(self.decoder, embeds, input_ids, s, self.eos)
+
+    @torch.no_grad()
+    def library_generate(self, image, prompt, s):
+        """transformers' generate() with the same settings: the new tokens, padding dropped."""
+        inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
+        out = self.model.generate(**inputs, **s.generate_kwargs())[0, inputs.input_ids.shape[1]:].tolist()
+        return out[:out.index(self.eos) + 1] if self.eos in out else out
+
+    def text(self, tokens):
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def load_captioner(name="tiny"):
+    return Captioner(*zoo.load_blip2(name, "cpu"))
+
+
+# ---------------------------------------------------------------- check
+CHECK_PROMPTS = ["", "a photo of", "Question: what colour is the shape? Answer:", "two shapes:"]
+SEARCH_CHECKS = [
+    ("greedy", Settings()),
+    ("greedy, no KV cache", Settings(use_cache=False)),
+    ("beam search, 3 beams", Settings(num_beams=3)),
+    ("beam search, 3 beams, no KV cache", Settings(num_beams=3, use_cache=False)),
+    ("beam search, 4 beams, length_penalty 0.5, early_stopping", Settings(num_beams=4, length_penalty=0.5,
+                                                                          early_stopping=True)),
+    ("beam search, 4 beams, length_penalty 2", Settings(num_beams=4, length_penalty=2.0)),
+    ("beam search, 3 beams, min_new_tokens 20", Settings(num_beams=3, min_new_tokens=20)),
+    ("greedy, repetition_penalty 1.5, no_repeat_ngram 3, min_new_tokens 20",
+     Settings(repetition_penalty=1.5, no_repeat_ngram_size=3, min_new_tokens=20)),
+    ("sampling (T 1.3, top-k 20, top-p 0.9), same seed", Settings(do_sample=True, temperature=1.3, top_k=20,
+                                                                  top_p=0.9)),
+]
+
+
+def check_images():
+    """Two test images, where the model is sure of itself (every search finds the same caption),
+    and three it never saw (noise, blank grey), where it is unsure and the searches disagree, so
+    that a wrong beam search or length penalty shows."""
+    rng = np.random.default_rng(0)
+    noise = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(2)]
+    return [s.image for s in shapesworld.generate("test", 2)] + noise + [Image.new("RGB", (64, 64), "grey")]
+
+
+def check_search(captioner, cases, greedy, name, s, seed=0):
+    """Token-identical to generate() for every (image, prompt) case? max_abs_diff counts the
+    outputs that differ; with the KV cache, ours must also equal our loop without it.
+    differs_from_greedy (against the cases' greedy outputs) shows the setting mattered."""
+    differ = changed = 0
+    for (image, prompt), greedy_tokens in zip(cases, greedy):
+        torch.manual_seed(seed)
+        ours = captioner.generate(image, prompt, s)
+        torch.manual_seed(seed)
+        theirs = captioner.library_generate(image, prompt, s)
+        if s.use_cache:
+            torch.manual_seed(seed)
+            differ += captioner.generate(image, prompt, replace(s, use_cache=False)) != ours
+        differ += ours != theirs
+        changed += ours != greedy_tokens
+    return {"name": f"{name} vs generate(): token-identical outputs", "max_abs_diff": differ, "ok": differ == 0,
+            "cases": len(cases), "differs_from_greedy": changed,
+            "detail": f"{len(cases) - differ}/{len(cases)} identical ({changed} differ from greedy)"}
+
+
+def score_diff(ours, theirs):
+    """Max |difference|, where both being -inf (a removed token) counts as equal."""
+    both_removed = torch.isinf(ours) & torch.isinf(theirs) & (ours.sign() == theirs.sign())
+    return float(torch.where(both_removed, 0.0, (ours - theirs).abs()).max())
+
+
+@torch.no_grad()
+def check_processors(captioner, images):
+    """Each processor on the same real logits (a batch of real prompts, mid-caption) as transformers'."""
+    rows, contexts = [], []
+    for image, prompt in zip(images, ["", "a photo of a red", "two shapes: in the top left there is a", "", "a"]):
+        embeds, input_ids = captioner.inputs(image, prompt)
+        rows.append(captioner.decoder(embeds).logits[:, -1].float())
+        contexts.append(input_ids[:, -8:])  # the same width for every row
+    scores, context = torch.cat(rows), torch.cat(contexts)
+    cases = [("temperature 0.7", apply_temperature(scores, 0.7), TemperatureLogitsWarper(0.7)),
+             ("top-k 5", apply_top_k(scores, 5), TopKLogitsWarper(5)),
+             ("top-p 0.8", apply_top_p(scores, 0.8), TopPLogitsWarper(0.8)),
+             ("repetition penalty 1.3", apply_repetition_penalty(scores, context, 1.3),
+              RepetitionPenaltyLogitsProcessor(1.3)),
+             ("no-repeat-ngram 2", apply_no_repeat_ngram(scores, context, 2), NoRepeatNGramLogitsProcessor(2))]
+    results = []
+    for name, ours, processor in cases:
+        worst = score_diff(ours, LogitsProcessorList([processor])(context, scores.clone()))
+        results.append({"name": f"{name} vs transformers {type(processor).__name__}", "max_abs_diff": worst,
+                        "ok": worst <= 1e-6})
+    return results
+
+
+def run_checks(model="tiny"):
+    captioner, images = load_captioner(model), check_images()
+    cases = [(image, prompt) for image in images for prompt in CHECK_PROMPTS]
+    greedy = [captioner.generate(image, prompt, Settings()) for image, prompt in cases]
+    return {"checks": check_processors(captioner, images)
+            + [check_search(captioner, cases, greedy, name, s) for name, s in SEARCH_CHECKS]}
+
+
+# ---------------------------------------------------------------- sweep and repetition
+SWEEP = [
+    ("greedy", Settings()),
+    ("greedy, max_new_tokens 5", Settings(max_new_tokens=5)),
+    ("greedy, max_new_tokens 12", Settings(max_new_tokens=12)),
+    ("beam search, 3 beams", Settings(num_beams=3)),
+    ("beam search, 5 beams, length_penalty 2", Settings(num_beams=5, length_penalty=2.0)),
+    ("sampling, temperature 0.7", Settings(do_sample=True, temperature=0.7)),
+    ("sampling, temperature 1.5", Settings(do_sample=True, temperature=1.5)),
+    ("sampling, temperature 3", Settings(do_sample=True, temperature=3.0)),
+    ("sampling, temperature 3, top-k 5", Settings(do_sample=True, temperature=3.0, top_k=5)),
+    ("sampling, temperature 3, top-p 0.5", Settings(do_sample=True, temperature=3.0, top_p=0.5)),
+    ("greedy, repetition_penalty 1.5", Settings(repetition_penalty=1.5)),
+    ("greedy, repetition_penalty 3", Settings(repetition_penalty=3.0)),
+]
+
+
+def timed_decode(captioner, image, prompt, s, seed):
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    tokens = captioner.generate(image, prompt, s)
+    return tokens, time.perf_counter() - start
+
+
+def sweep(image_path, prompt="", seed=0, model="tiny"):
+    image, captioner = load_image(image_path), load_captioner(model)
+    rows = []
+    for name, s in SWEEP:
+        tokens, seconds = timed_decode(captioner, image, prompt, s, seed)
+        rows.append({"setting": name, "settings": asdict(s), "text": captioner.text(tokens),
+                     "tokens": len(tokens), "seconds": round(seconds, 4)})
+    return {"image": str(image_path), "prompt": prompt, "seed": seed, "rows": rows}
+
+
+def print_sweep(result):
+    print(f"image {result['image']}, prompt {result['prompt']!r}, seed {result['seed']}\n")
+    for r in result["rows"]:
+        print(f"{r['setting']:<38} {r['tokens']:>3} tok  {r['text']}")
+
+
+def repeated_ngram_rate(tokens, n=3):
+    """The share of the text's n-grams that already appeared earlier in it (0: no repetition)."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    seen, repeats = set(), 0
+    for gram in grams:
+        repeats += gram in seen
+        seen.add(gram)
+    return repeats / len(grams) if grams else 0.0
+
+
+# The loop: a caption is ~15 tokens, but </s> is forbidden for 48 (as when a length is forced, or a
+# model never learned to stop). With nothing left to say, greedy decoding repeats itself.
+LOOPING = Settings(max_new_tokens=48, min_new_tokens=48)
+FIXES = [("greedy, free to stop (for reference)", Settings(max_new_tokens=48)),
+         ("greedy, </s> forbidden for 48 tokens (the problem)", LOOPING),
+         ("+ repetition_penalty 1.3", replace(LOOPING, repetition_penalty=1.3)),
+         ("+ repetition_penalty 2", replace(LOOPING, repetition_penalty=2.0)),
+         ("+ no_repeat_ngram_size 3", replace(LOOPING, no_repeat_ngram_size=3)),
+         ("+ sampling, temperature 1, top-p 0.9", replace(LOOPING, do_sample=True, top_p=0.9)),
+         ("beam search, 3 beams", replace(LOOPING, num_beams=3)),
+         ("beam search, 3 beams + no_repeat_ngram_size 3", replace(LOOPING, num_beams=3, no_repeat_ngram_size=3))]
+
+
+def repetition(image=None, prompt="", seed=0, model="tiny", n=3):
+    image = load_image(image) if image else shapesworld.sample("test", 1).image
+    captioner = load_captioner(model)
+    rows = []
+    for name, s in FIXES:
+        tokens, _ = timed_decode(captioner, image, prompt, s, seed)
+        rows.append({"setting": name, "settings": asdict(s), "text": captioner.text(tokens),
+                     "repeated_ngram_rate": round(repeated_ngram_rate(tokens, n), 3)})
+    return {"ngram": n, "rows": rows}
+
+
+def print_repetition(result):
+    print(f"repeated {result['ngram']}-gram rate: the share of the output's token {result['ngram']}-grams "
+          "seen earlier in it\n")
+    for r in result["rows"]:
+        print(f"{r['repeated_ngram_rate']:>5.2f}  {r['setting']}\n       {r['text']}")
+
+
+# ---------------------------------------------------------------- benchmark
+def opt_125m_shaped():
+    """A decoder with facebook/opt-125m's sizes and random weights: the cache matters more as the
+    model and the text grow, and the tiny model is both small and short."""
+    torch.manual_seed(0)
+    return Decoder(50272, 768, 12, 12, 3072, 2048).eval()
+
+
+def tokens_per_second(decoder, prefix, new_tokens, use_cache, eos):
+    """Greedy, with </s> forbidden until `new_tokens`, so every run writes exactly that many."""
+    s = Settings(max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=use_cache)
+    start = time.perf_counter()
+    tokens = decode(decoder, prefix, torch.zeros(1, 1, dtype=torch.long), s, eos)
+    return len(tokens) / (time.perf_counter() - start)
+
+
+def bench(repeats=3):
+    captioner = load_captioner()
+    prefix, _ = captioner.inputs(shapesworld.sample("test", 0).image, "")
+    big = opt_125m_shaped()
+    cases = [("tiny BLIP-2 decoder (3 layers, 128-d), 48 new tokens", captioner.decoder, prefix, 48, captioner.eos),
+             ("OPT-125m-shaped decoder (12 layers, 768-d), 32-token prefix, 128 new tokens", big,
+              torch.randn(1, 32, 768) * 0.02, 128, 2)]
+    rows = []
+    for name, decoder, start, new, eos in cases:
+        tokens_per_second(decoder, start, 4, True, eos)  # warm-up
+        cached = max(tokens_per_second(decoder, start, new, True, eos) for _ in range(repeats))
+        uncached = max(tokens_per_second(decoder, start, new, False, eos) for _ in range(repeats))
+        rows.append({"case": name, "new_tokens": new, "tokens_per_s_cache": round(cached, 1),
+                     "tokens_per_s_no_cache": round(uncached, 1), "speedup": round(cached / uncached, 2)})
+    return {"benchmark": "KV cache, greedy decoding, batch 1, CPU", "threads": torch.get_num_threads(),
+            "rows": rows}
+
+
+def print_bench(result):
+    print(f"{result['benchmark']} ({result['threads']} threads), best of runs\n")
+    for r in result["rows"]:
+        print(f"{r['case']}\n   {r['tokens_per_s_cache']:>8.1f} tok/s with cache, {r['tokens_per_s_no_cache']:>8.1f} "
+              f"without: {r['speedup']:.2f}x")
+
+
+# ---------------------------------------------------------------- command line
+def main(argv=None):
+    parser = cli.Parser(prog="python -m stage2_fundamentals.decoding_lab", description=__doc__,
+                        formatter_class=cli.RawHelp)
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="prove every loop and processor equal to transformers' generate()")
+    sweep_parser = sub.add_parser("sweep", help="one image, many generation settings, a table of outputs")
+    sweep_parser.add_argument("--image", required=True, help="a PNG or JPEG file")
+    sweep_parser.add_argument("--prompt", default="", help="text the decoder continues (default: none)")
+    loop = sub.add_parser("repetition", help="a setting where the decoder loops, and the fixes, measured")
+    loop.add_argument("--image", help="a PNG or JPEG file (default: a ShapesWorld test image)")
+    speed = sub.add_parser("bench", help="tokens/s with and without the KV cache (tiny model)")
+    one = sub.add_parser("generate", help="caption one image with any settings, through the from-scratch loops")
+    one.add_argument("--image", required=True, help="a PNG or JPEG file")
+    one.add_argument("--prompt", default="")
+    one.add_argument("--max-new-tokens", type=cli.positive_int, default=30)
+    one.add_argument("--num-beams", type=cli.positive_int, default=1)
+    one.add_argument("--sample", action="store_true", help="sample instead of greedy / beam search")
+    one.add_argument("--temperature", type=float, default=1.0, help="> 0; only with --sample")
+    one.add_argument("--top-k", type=int, default=0, help="only with --sample; 0: off")
+    one.add_argument("--top-p", type=float, default=1.0, help="in (0, 1], only with --sample; 1: off")
+    one.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats; 1: off")
+    one.add_argument("--no-repeat-ngram-size", type=int, default=0, help="0: off")
+    one.add_argument("--length-penalty", type=float, default=1.0, help="beam search: > 0 favours longer texts")
+    one.add_argument("--no-cache", action="store_true", help="re-run the whole sequence every step")
+    for p in (sweep_parser, loop, one):
+        p.add_argument("--seed", type=int, default=0, help="for sampling")
+    for p in (check, sweep_parser, loop, one):
+        p.add_argument("--model", default="tiny", help="BLIP-2 OPT: 'tiny' (bundled), a hub id or a folder")
+    for p in (sweep_parser, loop, speed):
+        p.add_argument("--out", help="also write the result as JSON here")
+    for p in (check, sweep_parser, loop, speed, one):
+        p.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        checks.emit(run_checks(args.model), args.json)
+        return
+    if args.command == "generate":
+        s = Settings(args.max_new_tokens, args.num_beams, args.sample, args.temperature, args.top_k, args.top_p,
+                     args.repetition_penalty, args.no_repeat_ngram_size, length_penalty=args.length_penalty,
+                     use_cache=not args.no_cache).validate()
+        image, captioner = load_image(args.image), load_captioner(args.model)
+        tokens, seconds = timed_decode(captioner, image, args.prompt, s, args.seed)
+        result = {"image": args.image, "prompt": args.prompt, "settings": asdict(s), "text": captioner.text(tokens),
+                  "tokens": len(tokens), "seconds": round(seconds, 4)}
+        cli.emit(result, args.json, lambda r: print(r["text"]))
+        return
+    if args.command == "sweep":
+        result, show = sweep(args.image, args.prompt, args.seed, args.model), print_sweep
+    elif args.command == "repetition":
+        result, show = repetition(args.image, seed=args.seed, model=args.model), print_repetition
+    else:
+        result, show = bench(), print_bench
+    if args.out:
+        cli.write_json(result, args.out)
+    cli.emit(result, args.json, show)
+
+
+if __name__ == "__main__":
+    cli.run(main)

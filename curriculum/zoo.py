@@ -3,6 +3,8 @@
 Bundled checkpoints live in data/models/tiny-<family> and are read with the very same
 `from_pretrained` calls as `openai/clip-vit-base-patch32`; swapping in a real model is a flag.
 """
+import contextlib
+import importlib
 from pathlib import Path
 
 from huggingface_hub.errors import HFValidationError
@@ -33,10 +35,29 @@ def resolve(name, family):
     return name
 
 
+@contextlib.contextmanager
+def quiet_progress(cls, local):
+    """No "Loading weights" / "Loading pipeline components" bars for a local folder, a second at
+    most on every command; a hub download keeps its bars. A diffusers pipeline loads transformers
+    parts too."""
+    names = ["transformers"] + (["diffusers"] if cls.__module__.startswith("diffusers") else [])
+    libraries = [importlib.import_module(f"{name}.utils.logging") for name in names] if local else []
+    shown = [lib.is_progress_bar_enabled() for lib in libraries]
+    for lib in libraries:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, was in zip(libraries, shown):
+            if was:
+                lib.enable_progress_bar()
+
+
 def from_pretrained(cls, name_or_path, **kwargs):
     """`cls.from_pretrained`, with the offline / not-cached failure turned into advice."""
     try:
-        return cls.from_pretrained(name_or_path, **kwargs)
+        with quiet_progress(cls, local=Path(name_or_path).is_dir()):
+            return cls.from_pretrained(name_or_path, **kwargs)
     except HFValidationError:
         raise UserError(f"{name_or_path!r} is neither a folder nor a hub id like "
                         "openai/clip-vit-base-patch32; use --model tiny for the bundled model") from None

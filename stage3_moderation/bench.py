@@ -164,7 +164,7 @@ def bench_service(n=960, pool=64):
     bodies = loadgen.workload("image", n, pool)
     rows = []
     for name, env in tqdm(SERVICE_CONFIGS.items(), desc="service configurations"):
-        with loadgen.server(env) as url:
+        with loadgen.server(env) as (url, _):
             asyncio.run(loadgen.drive(url, bodies[:64], max(CONCURRENCY)))  # warm up code paths and allocators
             for concurrency in CONCURRENCY:
                 result = asyncio.run(loadgen.drive(url, bodies, concurrency))

@@ -92,12 +92,12 @@ def free_port():
 
 @contextmanager
 def server(env=None, port=None, ready_timeout=300, log=None):
-    """A real uvicorn process on loopback serving stage3_moderation.app:app; yields its base URL
+    """A real uvicorn process on loopback serving `create_app`; yields (its base URL, the process)
     once /readyz says ready, and stops it afterwards. env: extra MODERATION_* variables."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "stage3_moderation.app:app", "--host", "127.0.0.1",
-                                "--port", str(port), "--log-level", "warning", "--no-access-log"],
+    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "stage3_moderation.app:create_app",
+                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
                                cwd=REPO_ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {}),
                                stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT if log else subprocess.DEVNULL)
     try:
@@ -113,7 +113,7 @@ def server(env=None, port=None, ready_timeout=300, log=None):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the server was not ready within {ready_timeout} s")
             time.sleep(0.25)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
@@ -143,7 +143,7 @@ def main(argv=None):
     bodies = workload(args.kind, args.n, args.pool)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     if args.serve:
-        with server() as url:
+        with server() as (url, _):
             result = asyncio.run(drive(url, bodies, args.concurrency, headers))
     else:
         result = asyncio.run(drive(args.url, bodies, args.concurrency, headers))

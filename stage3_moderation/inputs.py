@@ -39,6 +39,14 @@ class Limits:
 
 
 # ---------------------------------------------------------------- the JSON bodies (OpenAI's shapes)
+EXAMPLE_IMAGE = ("data:image/png;base64,"  # a 16×16 ShapesWorld red cross: for /docs and schemathesis
+                 "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAA+klEQVR42u2Qu0oDURiEZ87m7LIhYiQRVMQn0MJLKdjZWQhp"
+                 "7CxSCPY2vo6VBMTCUgsfQBCUkEpsFuMxJEKy5uzl/FZ2uxJ7v374ZobGRCAlTZOHR0msv7GuFupwDiUoAAwDZPnw7HzQPs1e"
+                 "XlWtBrIsUKGn4s510u2JtdB60rlKn56rrUNWw0IPP0bv5uj46+7eazaglIw+WZ9fur1RzQbyvMAAEX97U8Cs25Mk8Xe2vLVV"
+                 "ag2Rwko0JoKv3WDY3z/I3/qLlxfh3q6L49INAJBl1HrupO3G48rKsliLcmhMBAAkgwCkWPvLpz8GACIynWIGFP7If2AWvgHO"
+                 "mmPUG+9OgwAAAABJRU5ErkJggg==")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -49,8 +57,10 @@ class TextPart(Strict):
 
 
 class ImageURL(Strict):
+    # the pattern is documentation only: read_data_url explains a refusal better than pydantic would
     url: str = Field(description="a data URL, data:image/png;base64,... (PNG, JPEG, GIF, WebP or BMP); "
-                                 "remote URLs are refused")
+                                 "remote URLs are refused", examples=[EXAMPLE_IMAGE],
+                     json_schema_extra={"pattern": "^data:"})
 
 
 class ImagePart(Strict):
@@ -65,14 +75,22 @@ INPUT_DOC = ("a string, a list of strings (one result each), or a list of text /
 MODEL_DOC = "the served model, as each response's `model` names it; any other name is 404 model_not_found"
 
 
+EXAMPLE_PARTS = [{"type": "text", "text": "a large red cross"}, {"type": "image_url", "image_url": {"url": EXAMPLE_IMAGE}}]
+
+
 class ModerationRequest(Strict):
     """OpenAI's moderation request. Typed parts form one input: their texts joined, at most one image."""
+    model_config = ConfigDict(json_schema_extra={"examples": [{"input": "free money at www.example.com"},
+                                                              {"input": EXAMPLE_PARTS}]})
     input: Input = Field(description=INPUT_DOC)
     model: Optional[str] = Field(None, description=MODEL_DOC)
 
 
 class EmbeddingRequest(Strict):
     """OpenAI's embedding request; every text and image (part) gets its own vector."""
+    model_config = ConfigDict(json_schema_extra={"examples": [{"input": ["a red cross", "a blue circle"]},
+                                                              {"input": EXAMPLE_PARTS, "encoding_format": "base64",
+                                                               "dimensions": 16}]})
     input: Input = Field(description=INPUT_DOC)
     model: Optional[str] = Field(None, description=MODEL_DOC)
     encoding_format: Literal["float", "base64"] = Field(
@@ -84,6 +102,7 @@ class EmbeddingRequest(Strict):
 
 class CaptionRequest(Strict):
     """BLIP-2 captions, one per image part."""
+    model_config = ConfigDict(json_schema_extra={"examples": [{"input": EXAMPLE_PARTS[1:]}]})
     input: Annotated[list[ImagePart], Field(min_length=1)] = Field(description="image_url parts")
     model: Optional[str] = Field(None, description=MODEL_DOC)
 
@@ -98,10 +117,17 @@ def left_out(schema):
     schema.pop("default")
 
 
+def file_part(schema):
+    """A file upload, spelled as OpenAPI 3.1 does (3.0's format: binary), and sent or left out."""
+    schema.pop("default", None)
+    del schema["format"]
+    schema["contentMediaType"] = "application/octet-stream"
+
+
 class ModerationForm(Strict):
     """An image, a text, or both: one input."""
     model_config = ConfigDict(json_schema_extra=TEXT_OR_IMAGE)
-    image: Union[bytes, SkipJsonSchema[None]] = Field(None, description=IMAGE_DOC, json_schema_extra=left_out)
+    image: Union[bytes, SkipJsonSchema[None]] = Field(None, description=IMAGE_DOC, json_schema_extra=file_part)
     text: Union[str, SkipJsonSchema[None]] = Field(None, json_schema_extra=left_out)
     model: Union[str, SkipJsonSchema[None]] = Field(None, description=MODEL_DOC, json_schema_extra=left_out)
 
@@ -114,7 +140,7 @@ class EmbeddingForm(ModerationForm):
 
 
 class CaptionForm(Strict):
-    image: bytes = Field(description=IMAGE_DOC)
+    image: bytes = Field(description=IMAGE_DOC, json_schema_extra=file_part)
     model: Union[str, SkipJsonSchema[None]] = Field(None, description=MODEL_DOC, json_schema_extra=left_out)
 
 

@@ -2,8 +2,8 @@
 
 The /v1 routes read their bodies themselves (JSON or multipart, parsed from the bytes by
 inputs.py), so FastAPI sees no body parameter. Each route declares its two bodies with
-`request_body`, and `document` adds the models' schemas to the components, where the $refs
-point. Errors are documented with their schema for every status a route can answer; the
+`request_body`, and `document` adds the models' schemas (and the error's) to the components,
+where the $refs point. Errors are documented with their schema for every status a route can answer; the
 bearer scheme comes from FastAPI's HTTPBearer, and operations that need no key under the
 running settings (every one when MODERATION_API_KEYS is unset) say so.
 """
@@ -38,14 +38,17 @@ def request_body(json_model, form_model):
 
 
 def errors(*statuses):
-    """`responses` for a route: each status with the error schema (and the headers it always carries)."""
-    return {status: {"model": ErrorResponse, "description": ERRORS[status],
+    """`responses` for a route: each status with the error schema (JSON whatever the route's own
+    type, /metrics' text included) and the headers it always carries."""
+    content = {"application/json": {"schema": {"$ref": REF.format(model=ErrorResponse.__name__)}}}
+    return {status: {"content": content, "description": ERRORS[status],
                      **({"headers": HEADERS[status]} if status in HEADERS else {})} for status in statuses}
 
 
 def document(app, settings):
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    _, definitions = models_json_schema([(m, "validation") for m in inputs.REQUEST_MODELS], ref_template=REF)
+    models = [*inputs.REQUEST_MODELS, ErrorResponse]
+    _, definitions = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     schema["components"]["schemas"].update(definitions["$defs"])
     for path, operations in schema["paths"].items():
         for operation in operations.values():

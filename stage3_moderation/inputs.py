@@ -75,7 +75,8 @@ INPUT_DOC = ("a string, a list of strings (one result each), or a list of text /
 MODEL_DOC = "the served model, as each response's `model` names it; any other name is 404 model_not_found"
 
 
-EXAMPLE_PARTS = [{"type": "text", "text": "a large red cross"}, {"type": "image_url", "image_url": {"url": EXAMPLE_IMAGE}}]
+EXAMPLE_PARTS = [{"type": "text", "text": "a large red cross"},
+                 {"type": "image_url", "image_url": {"url": EXAMPLE_IMAGE}}]
 
 
 class ModerationRequest(Strict):

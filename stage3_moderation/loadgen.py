@@ -141,9 +141,9 @@ def server(env=None, port=None, ready_timeout=300, log=None):
     once /readyz says ready, and stops it afterwards. env: extra MODERATION_* variables."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "stage3_moderation.app:create_app",
-                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
-                               cwd=REPO_ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {}),
+    command = [sys.executable, "-m", "uvicorn", "--factory", "stage3_moderation.app:create_app",
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {}),
                                stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT if log else subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + ready_timeout

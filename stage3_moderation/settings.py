@@ -91,8 +91,9 @@ class Settings(BaseSettings):
     def from_environment(cls):
         """Settings() from MODERATION_* variables; a MODERATION_ name that is no setting is refused,
         since a typo (MODERATION_MAX_QUEUEE) would otherwise be ignored without a word."""
+        prefix = "MODERATION_"
         unknown = sorted(name for name in os.environ
-                         if name.startswith("MODERATION_") and name[len("MODERATION_"):].lower() not in cls.model_fields)
+                         if name.startswith(prefix) and name[len(prefix):].lower() not in cls.model_fields)
         if unknown:
             raise UserError(f"unknown setting {', '.join(unknown)}: the settings are MODERATION_ + one of "
                             f"{', '.join(n.upper() for n in cls.model_fields)}")

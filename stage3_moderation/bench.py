@@ -182,7 +182,7 @@ def percentiles(ms):
             "max": round(float(np.max(ms)), 1), "n": len(ms)}
 
 
-def bench_liveness(requests=60, concurrency=12, idle_seconds=3.0, env=None):
+def bench_liveness(requests=200, concurrency=12, idle_seconds=3.0, env=None):
     """/v1/embeddings requests of 4 PNGs of 4096² pixels each (the per-request pixel limit) from
     `concurrency` clients, after the issue's attack (3 requests of 16 such images, which the
     limit refuses), while a thread asks /healthz every 20 ms; the server's RSS before and at peak."""
@@ -279,7 +279,7 @@ def main(argv=None):
         result["service"] = bench_service(n=96 if args.quick else 960)
         cli.write_json(result["service"], out / "moderation_service.json")
     if args.what in ("all", "liveness"):
-        result["liveness"] = bench_liveness(requests=24 if args.quick else 60)
+        result["liveness"] = bench_liveness(requests=24 if args.quick else 200)
         cli.write_json(result["liveness"], out / "moderation_liveness.json")
     (out / "moderation.md").write_text(markdown(result.get("engines"), result.get("service"), result.get("liveness")))
     plot(result.get("engines"), result.get("service"), out / "moderation.png")

@@ -168,7 +168,8 @@ week10: $(VENV)/.installed ## the service: start it, the README's curl examples,
 	@$(OFFLINE) $(PY) -m uvicorn --factory stage3_moderation.app:create_app --host 127.0.0.1 --port 8000 \
 	  --log-level warning & \
 	  server=$$!; trap "kill $$server" EXIT; \
-	  for i in $$(seq 600); do curl -sf http://127.0.0.1:8000/readyz >/dev/null && break; sleep 0.5; done; \
+	  for i in $$(seq 600); do curl -sf http://127.0.0.1:8000/readyz >/dev/null && break; \
+	    kill -0 $$server 2>/dev/null || exit 1; sleep 0.5; done; \
 	  bash stage3_moderation/curl_examples.sh
 
 week11: $(VENV)/.installed ## load test (2,000 requests at concurrency 32) and the moderation benchmark

@@ -409,7 +409,7 @@ def test_uvicorn_refuses_to_start_with_one_line():
 
 
 # ---------------------------------------------------------------- the OpenAPI contract
-def test_openapi_document_is_valid_and_says_what_the_api_takes_and_answers(start_service):
+def test_openapi_document_is_valid_and_says_what_the_api_takes_and_answers(start_service, service_client):
     document = start_service(api_keys=("k",), auth_metrics_and_docs=True).get(
         "/openapi.json", headers={"Authorization": "Bearer k"}).json()
     validate_openapi(document)  # every $ref resolves, every schema is well formed
@@ -427,6 +427,10 @@ def test_openapi_document_is_valid_and_says_what_the_api_takes_and_answers(start
         assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     metrics = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert list(metrics) == ["text/plain"]
+    open_door = service_client.get("/openapi.json").json()  # no keys set: nothing claims to need one
+    validate_openapi(open_door)
+    assert "security" not in open_door["paths"]["/v1/moderations"]["post"]
+    assert "401" not in open_door["paths"]["/v1/moderations"]["post"]["responses"]
     form = document["components"]["schemas"]["ModerationForm"]["properties"]["image"]
     assert form == {"contentMediaType": "application/octet-stream", "description": form["description"],
                     "title": "Image", "type": "string"}  # a file upload, in OpenAPI 3.1's words

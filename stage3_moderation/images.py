@@ -31,6 +31,9 @@ from stage3_moderation.errors import BadInput
 # Pillow's format name -> the MIME type a browser knows it by
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp"}
 FORMAT_NAMES = "PNG, JPEG, GIF, WebP or BMP"
+# Pillow opens a JPEG with more pictures appended (MPO, as cameras write) as a format of its own;
+# a browser shows it as the JPEG of its first picture, so that is what is judged.
+SHOWN_AS = {"MPO": "JPEG"}
 # Types that say nothing about the bytes, so they cannot disagree with them.
 UNDECLARED = {None, "", "application/octet-stream"}
 BACKGROUND = (255, 255, 255)  # a browser's default page background
@@ -81,9 +84,10 @@ def probe(data, limits, param, declared=None, all_frames=True):
     """The header's size and frame count, checked against the limits; declared: the MIME type the
     client gave (data URL or upload), which must name the format the bytes really are."""
     image = open_image(data, param)
-    if declared not in UNDECLARED and declared != FORMATS[image.format]:
-        raise BadInput(f"the image is declared as {declared} but its bytes are {image.format} "
-                       f"({FORMATS[image.format]}): send the type that matches", param=param, code="mime_mismatch")
+    shown = SHOWN_AS.get(image.format, image.format)
+    if declared not in UNDECLARED and declared != FORMATS[shown]:
+        raise BadInput(f"the image is declared as {declared} but its bytes are {shown} "
+                       f"({FORMATS[shown]}): send the type that matches", param=param, code="mime_mismatch")
     width, height = image.size
     if width * height > limits.max_image_pixels:
         raise BadInput(f"the image is {width}×{height} = {width * height:,} pixels; the limit is "
@@ -92,14 +96,15 @@ def probe(data, limits, param, declared=None, all_frames=True):
         raise BadInput(f"the image is {width}×{height}: sides more than {limits.max_aspect_ratio:g}:1 apart",
                        param=param, code="invalid_image")
     try:
-        frames = getattr(image, "n_frames", 1) if all_frames else 1  # GIF: a scan of the blocks, no decoding
+        animated = all_frames and image.format not in SHOWN_AS
+        frames = getattr(image, "n_frames", 1) if animated else 1  # GIF: a scan of the blocks, no decoding
     except Exception:
         raise BadInput("the animation's frames could not be read (corrupt or truncated)", param=param,
                        code="invalid_image") from None
     if frames > limits.max_frames:
         raise BadInput(f"the animation has {frames} frames; the limit is {limits.max_frames} per request",
                        status=413, param=param, code="too_many_frames")
-    return Probe(image.format, width, height, frames)
+    return Probe(shown, width, height, frames)
 
 
 def to_8bit(frame):
@@ -128,7 +133,8 @@ def decode(data, limits, param="image", all_frames=True):
     """Bytes -> the distinct frames as displayed (all of an animation's, or its first only), or
     BadInput: not an allowed image, corrupt, truncated, over a limit."""
     image = open_image(data, param)
-    if image.format == "JPEG":  # decode at a reduced scale (DCT scaling) when the picture is large
+    all_frames = all_frames and image.format not in SHOWN_AS
+    if image.format in ("JPEG", "MPO"):  # decode at a reduced scale (DCT scaling) when the picture is large
         image.draft(image.mode, (JUDGED_SIDE, JUDGED_SIDE))
     frames = {}
     try:

@@ -96,6 +96,19 @@ def test_animation_frames_are_counted_before_decoding_and_repeats_judged_once():
         images.probe(gif, Limits(max_frames=2), "image")
 
 
+def camera_jpeg(first, second):
+    """A JPEG with a second picture appended (MPO, as cameras write): Pillow opens it as format MPO."""
+    return encode(first, "MPO", save_all=True, append_images=[second])
+
+
+def test_a_camera_jpeg_with_pictures_appended_is_judged_as_browsers_show_it():
+    mpo = camera_jpeg(Image.new("RGB", (16, 16), (255, 0, 0)), Image.new("RGB", (16, 16), (0, 0, 255)))
+    probe = images.probe(mpo, Limits(), "image", declared="image/jpeg")
+    assert (probe.format, probe.frames) == ("JPEG", 1)
+    [frame] = images.decode(mpo, Limits())
+    assert frame.image.getpixel((8, 8))[0] > 200  # the first picture, as a browser shows the file
+
+
 def test_large_images_are_shrunk_for_judging():
     [frame] = images.decode(encode(Image.new("RGB", (2048, 1024), "blue")), Limits())
     assert frame.image.size == (images.JUDGED_SIDE, images.JUDGED_SIDE // 2)
@@ -228,7 +241,8 @@ def test_bad_bodies_get_4xx_in_the_error_shape(service_client):
 
 def test_bytes_scribbled_over_anywhere_never_give_a_5xx(service_client):
     """A byte flipped inside pixel data can still be a valid picture (200); anything else is a 4xx."""
-    for name, (data, mime) in formats_a_browser_shows().items():
+    camera = {"camera JPEG (MPO)": (camera_jpeg(render(BLUE_CIRCLE), render(RED_CROSS)), "image/jpeg")}
+    for name, (data, mime) in {**formats_a_browser_shows(), **camera}.items():
         for position in np.linspace(0, len(data) - 8, 12).astype(int):
             scribbled = bytearray(data)
             scribbled[position:position + 8] = b"\x00\xff" * 4

@@ -73,24 +73,24 @@ def state(request: Request) -> State:
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <one of MODERATION_API_KEYS>")
 
 
-async def authorize(request: Request, app: State = Depends(state),
+async def authorize(request: Request, service: State = Depends(state),
                     credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer)) -> None:
     """401 unless this path needs no key, or one of the keys came (Bearer scheme)."""
-    if not app.settings.requires_key(request.url.path):
+    if not service.settings.requires_key(request.url.path):
         return
     token = credentials.credentials.encode() if credentials else b""
     matched = False
-    for key in app.settings.api_keys:  # timing-safe, and every key compared: the time does not say which matched
+    for key in service.settings.api_keys:  # timing-safe, and every key compared: the time does not say which matched
         matched |= hmac.compare_digest(token, key.encode())
     if not matched:
         raise BadInput("missing or wrong API key: send Authorization: Bearer <key>", status=401,
                        code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
-async def ready_api(app: State = Depends(state)) -> Api:
-    if app.api is None:
+async def ready_api(service: State = Depends(state)) -> Api:
+    if service.api is None:
         raise errors.retry_later("the models are still loading: retry shortly (see GET /readyz)", "not_ready", 5)
-    return app.api
+    return service.api
 
 
 async def disconnected(receive):
@@ -168,22 +168,23 @@ async def healthz():
 
 
 @operations.get("/readyz", response_model=Ready, responses=openapi.errors(503))
-async def readyz(app: State = Depends(state)):
+async def readyz(service: State = Depends(state)):
     """Models loaded and warm: send traffic (no key needed: for the load balancer)."""
-    if app.api is None:
-        error = errors.retry_later(app.load_error or "loading and warming up the models", "not_ready", 5)
+    if service.api is None:
+        error = errors.retry_later(service.load_error or "loading and warming up the models", "not_ready", 5)
         return JSONResponse(errors.body(error), error.status, headers=error.headers)
-    moderator = app.api.moderator
+    moderator = service.api.moderator
     return {"status": "ready", "engine": moderator.engine.name, "policy": moderator.policy.name,
-            "queue_depth": {s: b.depth for s, b in moderator.batchers.items()}, "pixels_in_flight": app.budget.used}
+            "queue_depth": {s: b.depth for s, b in moderator.batchers.items()},
+            "pixels_in_flight": service.budget.used}
 
 
 @operations.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(authorize)],
                 responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                                  "description": "Prometheus text format"}, **openapi.errors(401)})
-async def metrics(app: State = Depends(state)):
+async def metrics(service: State = Depends(state)):
     """Prometheus series: requests, latency, batch sizes, queue depths, dropped items, cache, pixels in flight."""
-    return Response(generate_latest(app.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @operations.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorize)])
@@ -217,39 +218,39 @@ async def client_gone(request, exc):
 
 
 # ---------------------------------------------------------------- start-up
-def load_moderator(app):
+def load_moderator(service):
     """Engine (exporting ONNX first if missing), warm-up of every batch shape, then the moderator."""
-    s = app.settings
+    s = service.settings
     engine = engines.load(s.engine, s.clip, s.blip2, s.onnx_dir, s.threads)
     options = s.options()
     engine.warm_up(max(o.max_batch_size for o in options.batching.values()))
-    if app.policy.model != s.clip:
+    if service.policy.model != s.clip:
         log.warning("policy %s was calibrated for CLIP %s, but the service runs %s: its thresholds may not fit",
-                    app.policy.name, app.policy.model, s.clip)
-    return Moderator(engine, app.policy, options, app.metrics)
+                    service.policy.name, service.policy.model, s.clip)
+    return Moderator(engine, service.policy, options, service.metrics)
 
 
-async def load_in_background(app, decoder):
+async def load_in_background(service, decoder):
     try:
-        moderator = await asyncio.to_thread(load_moderator, app)
-        names = {"moderations": f"{app.policy.name}/{app.settings.clip}", "embeddings": app.settings.clip,
-                 "captions": app.settings.blip2}
-        app.api = Api(moderator, app.settings.limits(), app.budget, decoder, names)
-        log.info("ready: engine %s, policy %s", moderator.engine.name, app.settings.policy)
+        moderator = await asyncio.to_thread(load_moderator, service)
+        names = {"moderations": f"{service.policy.name}/{service.settings.clip}", "embeddings": service.settings.clip,
+                 "captions": service.settings.blip2}
+        service.api = Api(moderator, service.settings.limits(), service.budget, decoder, names)
+        log.info("ready: engine %s, policy %s", moderator.engine.name, service.settings.policy)
     except Exception as e:  # kept for /readyz: the process stays up to say what went wrong
-        app.load_error = f"{type(e).__name__}: {e}"
+        service.load_error = f"{type(e).__name__}: {e}"
         log.exception("loading the models failed")
 
 
 @asynccontextmanager
-async def lifespan(fastapi_app):
-    app = fastapi_app.state.moderation
-    with ThreadPoolExecutor(app.settings.decode_threads, thread_name_prefix="decode") as decoder:
-        loader = asyncio.create_task(load_in_background(app, decoder))
+async def lifespan(app):
+    service = app.state.moderation
+    with ThreadPoolExecutor(service.settings.decode_threads, thread_name_prefix="decode") as decoder:
+        loader = asyncio.create_task(load_in_background(service, decoder))
         yield
         loader.cancel()
-        if app.api:
-            await app.api.moderator.stop()
+        if service.api:
+            await service.api.moderator.stop()
 
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:

@@ -160,14 +160,16 @@ week9: export ## ONNX export with parity (`make export`), then the demo policy m
 	@echo "results: outputs/onnx/tiny/manifest.json, $(W9)/policy.json"
 
 serve: $(VENV)/.installed ## the moderation API on $(HOST):$(PORT) with the tiny models (Ctrl-C stops it)
-	$(OFFLINE) $(PY) -m uvicorn stage3_moderation.app:app --host $(HOST) --port $(PORT)
+	$(OFFLINE) $(PY) -m uvicorn --factory stage3_moderation.app:create_app --host $(HOST) --port $(PORT)
 
 # Starts the server in the background, waits for /readyz, runs the README's curl examples, stops it.
 week10: $(VENV)/.installed ## the service: start it, the README's curl examples, stop it
 	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 4 --split test --out $(W10)/gallery
-	@$(OFFLINE) $(PY) -m uvicorn stage3_moderation.app:app --host 127.0.0.1 --port 8000 --log-level warning & \
+	@$(OFFLINE) $(PY) -m uvicorn --factory stage3_moderation.app:create_app --host 127.0.0.1 --port 8000 \
+	  --log-level warning & \
 	  server=$$!; trap "kill $$server" EXIT; \
-	  for i in $$(seq 600); do curl -sf http://127.0.0.1:8000/readyz >/dev/null && break; sleep 0.5; done; \
+	  for i in $$(seq 600); do curl -sf http://127.0.0.1:8000/readyz >/dev/null && break; \
+	    kill -0 $$server 2>/dev/null || exit 1; sleep 0.5; done; \
 	  bash stage3_moderation/curl_examples.sh
 
 week11: $(VENV)/.installed ## load test (2,000 requests at concurrency 32) and the moderation benchmark

@@ -1,38 +1,51 @@
 """Week 10: the moderation API (FastAPI). Run it with `make serve`, or
 
-    uvicorn stage3_moderation.app:app --host 127.0.0.1 --port 8000
+    uvicorn --factory stage3_moderation.app:create_app --host 127.0.0.1 --port 8000
 
     POST /v1/moderations   OpenAI's request and response shape, + caption, image_text_similarity, mismatch
-    POST /v1/embeddings    CLIP vectors for texts and images
+    POST /v1/embeddings    CLIP vectors for texts and images (OpenAI's encoding_format, dimensions)
     POST /v1/captions      BLIP-2 captions for images
     GET  /healthz          the process is up        GET /readyz   models loaded and warmed up
-    GET  /metrics          Prometheus text          GET /docs     OpenAPI docs
+    GET  /metrics          Prometheus text          GET /docs     OpenAPI docs (/openapi.json)
 
-Bodies are JSON ({"input": ...}) or multipart (curl -F image=@x.png -F text=...). Configuration
-comes from environment variables (see `Config.from_env`); MODERATION_API_KEYS=key1,key2 turns
-on Bearer authentication for the /v1 endpoints. Models load in the background at start-up
-(exporting ONNX first if the export is missing), so /healthz answers at once and /readyz tells a
-load balancer when to send traffic.
+Bodies are JSON ({"input": ...}) or multipart (curl -F image=@x.png -F text=...). Settings come
+from MODERATION_* environment variables (settings.py); MODERATION_API_KEYS=key1,key2 turns on
+Bearer authentication for /v1 (and, with MODERATION_AUTH_METRICS_AND_DOCS=1, for /metrics and
+the docs). Models load in the background at start-up (exporting ONNX first if the export is
+missing), so /healthz answers at once and /readyz tells a load balancer when to send traffic.
+
+This file is what belongs to HTTP: routes, authentication, readiness, the watch for clients that
+go away, error responses (middleware.py: body size, request ids, metrics, the catch-all 500).
+What each endpoint does is endpoints.py's, framework-free.
 """
 import asyncio
 import hmac
 import logging
-import os
-import time
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal, Optional
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from curriculum.cli import UserError
-from stage3_moderation import batching, engines, inputs, policy as policies
-from stage3_moderation.inputs import BadInput, InputRequest, Limits
-from stage3_moderation.service import STAGES, Metrics, Moderator, Options
+from stage3_moderation import engines, errors, openapi, policy as policies
+from stage3_moderation.batching import Overloaded, PixelBudget
+from stage3_moderation.endpoints import Api, CaptionResponse, EmbeddingResponse, ModerationResponse
+from stage3_moderation.errors import ApiError, BadInput
+from stage3_moderation.inputs import (CaptionForm, CaptionRequest, EmbeddingForm, EmbeddingRequest, ModerationForm,
+                                      ModerationRequest)
+from stage3_moderation.middleware import BodyLimit, Observe
+from stage3_moderation.service import Metrics, Moderator
+from stage3_moderation.settings import Settings, one_line
 
-API_PATHS = ("/v1/moderations", "/v1/embeddings", "/v1/captions")
 log = logging.getLogger("stage3_moderation")
 if not log.handlers:  # uvicorn configures only its own loggers: give ours the same look
     _handler = logging.StreamHandler()
@@ -41,214 +54,227 @@ if not log.handlers:  # uvicorn configures only its own loggers: give ours the s
     log.setLevel(logging.INFO)
 
 
-def _env(name, default, kind=str):
-    value = os.environ.get(name)
-    if value in (None, ""):
-        return default
-    try:
-        return kind(value)
-    except ValueError:
-        raise UserError(f"{name}={value!r} is not a valid {kind.__name__}") from None
-
-
 @dataclass
-class Config:
-    engine: str = engines.DEFAULT_ENGINE
-    clip: str = "tiny"
-    blip2: str = "tiny"
-    policy: str = str(policies.DEFAULT_POLICY)
-    onnx_dir: str = None  # default: outputs/onnx/<models>, exported at start-up if missing
-    # One thread per model call: the three stages already run side by side on their own threads,
-    # so more would oversubscribe the cores (measured: 1 and 2 are within noise on 2 cores).
-    threads: int = 1
-    api_keys: tuple = ()
-    options: Options = field(default_factory=Options)
-    limits: Limits = field(default_factory=Limits)
-
-    @classmethod
-    def from_env(cls):
-        """MODERATION_* variables; batching is per stage, e.g. MODERATION_CAPTION_MAX_BATCH_SIZE."""
-        d = Options()
-        batching_settings = {}
-        for stage in STAGES:
-            prefix, default = f"MODERATION_{stage.upper()}_", d.batching[stage]
-            batching_settings[stage] = batching.Settings(
-                max_batch_size=_env(prefix + "MAX_BATCH_SIZE", _env("MODERATION_MAX_BATCH_SIZE", default.max_batch_size, int), int),
-                max_wait_ms=_env(prefix + "MAX_WAIT_MS", _env("MODERATION_MAX_WAIT_MS", default.max_wait_ms, float), float),
-                max_queue=_env("MODERATION_MAX_QUEUE", default.max_queue, int),
-                timeout_s=_env("MODERATION_TIMEOUT_S", default.timeout_s, float))
-        keys = tuple(k.strip() for k in _env("MODERATION_API_KEYS", "").split(",") if k.strip())
-        return cls(engine=_env("MODERATION_ENGINE", cls.engine), clip=_env("MODERATION_CLIP", cls.clip),
-                   blip2=_env("MODERATION_BLIP2", cls.blip2), policy=_env("MODERATION_POLICY", cls.policy),
-                   onnx_dir=_env("MODERATION_ONNX_DIR", None), threads=_env("MODERATION_THREADS", cls.threads, int),
-                   api_keys=keys,
-                   options=Options(batching_settings, cache_entries=_env("MODERATION_CACHE_ENTRIES", d.cache_entries, int)),
-                   limits=Limits(max_body_bytes=_env("MODERATION_MAX_BODY_BYTES", Limits.max_body_bytes, int)))
+class State:
+    """What the app holds (app.state.moderation), reached through the `state` dependency."""
+    settings: Settings
+    metrics: Metrics
+    policy: policies.Policy
+    budget: PixelBudget
+    api: Optional[Api] = None  # set once the models are loaded and warm
+    load_error: Optional[str] = None
 
 
-def error(status, message, code, param=None, headers=None):
-    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status, headers=headers)
+def state(request: Request) -> State:
+    return request.app.state.moderation
 
 
-class BodyLimit:
-    """ASGI middleware: refuse bodies over the limit by Content-Length at once, and count the
-    bytes of bodies sent without one (chunked), so an endless upload cannot fill the memory."""
-
-    def __init__(self, app, max_bytes):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.max_bytes:
-            reason = "a bad Content-Length" if not length.isdigit() else f"{int(length):,} bytes"
-            response = error(413, f"the body has {reason}; the limit is {self.max_bytes:,} bytes", "body_too_large")
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def counting_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise BadInput(f"the body is over the limit of {self.max_bytes:,} bytes", 413, "body_too_large")
-            return message
-
-        await self.app(scope, counting_receive, send)
+# ---------------------------------------------------------------- dependencies
+bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <one of MODERATION_API_KEYS>")
 
 
-def create_app(config=None):
-    """The ASGI app; config defaults to the environment's (Config.from_env)."""
-    config = config or Config.from_env()
-    metrics = Metrics()
-    policy = policies.load(config.policy)  # a bad policy file stops the start at once, with its reason
-    state = {"moderator": None, "error": None, "model": f"{policy.name}/{config.clip}"}
+async def authorize(request: Request, service: State = Depends(state),
+                    credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer)) -> None:
+    """401 unless this path needs no key, or one of the keys came (Bearer scheme)."""
+    if not service.settings.requires_key(request.url.path):
+        return
+    token = credentials.credentials.encode() if credentials else b""
+    matched = False
+    for key in service.settings.api_keys:  # timing-safe, and every key compared: the time does not say which matched
+        matched |= hmac.compare_digest(token, key.encode())
+    if not matched:
+        raise BadInput("missing or wrong API key: send Authorization: Bearer <key>", status=401,
+                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
-    def load_models():
-        engine = engines.load(config.engine, config.clip, config.blip2, config.onnx_dir, config.threads)
-        engine.warm_up(max(s.max_batch_size for s in config.options.batching.values()))
-        if policy.model != config.clip:
-            log.warning("policy %s was calibrated for CLIP %s, but the service runs %s: its thresholds may not fit",
-                        policy.name, policy.model, config.clip)
-        return Moderator(engine, policy, config.options, metrics)
 
-    async def load_in_background():
-        try:
-            state["moderator"] = await asyncio.to_thread(load_models)
-            log.info("ready: engine %s, policy %s", state["moderator"].engine.name, config.policy)
-        except Exception as e:  # kept for /readyz: the process stays up to say what went wrong
-            state["error"] = f"{type(e).__name__}: {e}"
-            log.exception("loading the models failed")
+async def ready_api(service: State = Depends(state)) -> Api:
+    if service.api is None:
+        raise errors.retry_later("the models are still loading: retry shortly (see GET /readyz)", "not_ready", 5)
+    return service.api
 
-    @asynccontextmanager
-    async def lifespan(app):
-        loader = asyncio.create_task(load_in_background())
+
+async def disconnected(receive):
+    """Returns once the client has gone: with the body read, the next ASGI message is http.disconnect
+    (uvicorn sends it when the socket closes)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def answer(request: Request, endpoint):
+    """endpoint(body, content type) as JSON, cancelled if the client goes away first: its queued
+    items are dropped and never computed (ClientDisconnect: a 499 nobody receives)."""
+    body = await request.body()
+    work = asyncio.ensure_future(endpoint(body, request.headers.get("content-type", "")))
+    gone = asyncio.ensure_future(disconnected(request.receive))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+    if work.cancelled():
+        state(request).metrics.disconnects.inc()
+        raise ClientDisconnect()
+    return JSONResponse(work.result())
+
+
+# ---------------------------------------------------------------- routes
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)],
+               responses=openapi.errors(400, 401, 404, 413, 415, 500, 503, 504))
+
+
+@v1.post("/moderations", tags=["moderation"], openapi_extra=openapi.request_body(ModerationRequest, ModerationForm),
+         responses={200: {"model": ModerationResponse}})
+async def moderations(request: Request, api: Api = Depends(ready_api)):
+    """Judge texts and images against the policy, one result per input (typed parts form one input).
+    An image is judged as displayed: composited onto white, every frame of an animation, the worst deciding."""
+    return await answer(request, api.moderations)
+
+
+@v1.post("/embeddings", tags=["models"], openapi_extra=openapi.request_body(EmbeddingRequest, EmbeddingForm),
+         responses={200: {"model": EmbeddingResponse}})
+async def embeddings(request: Request, api: Api = Depends(ready_api)):
+    """CLIP unit vectors, one per text or image, in one shared space (cosine = dot product)."""
+    return await answer(request, api.embeddings)
+
+
+@v1.post("/captions", tags=["models"], openapi_extra=openapi.request_body(CaptionRequest, CaptionForm),
+         responses={200: {"model": CaptionResponse}})
+async def captions(request: Request, api: Api = Depends(ready_api)):
+    """Greedy BLIP-2 captions, one per image."""
+    return await answer(request, api.captions)
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    engine: str
+    policy: str
+    queue_depth: dict[str, int]
+    pixels_in_flight: int
+
+
+operations = APIRouter(tags=["operations"])
+
+
+@operations.get("/healthz", response_model=Health)
+async def healthz():
+    """The process is up and its event loop answers (no key needed: for the load balancer)."""
+    return {"status": "ok"}
+
+
+@operations.get("/readyz", response_model=Ready, responses=openapi.errors(503))
+async def readyz(service: State = Depends(state)):
+    """Models loaded and warm: send traffic (no key needed: for the load balancer)."""
+    if service.api is None:
+        error = errors.retry_later(service.load_error or "loading and warming up the models", "not_ready", 5)
+        return JSONResponse(errors.body(error), error.status, headers=error.headers)
+    moderator = service.api.moderator
+    return {"status": "ready", "engine": moderator.engine.name, "policy": moderator.policy.name,
+            "queue_depth": {s: b.depth for s, b in moderator.batchers.items()},
+            "pixels_in_flight": service.budget.used}
+
+
+@operations.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(authorize)],
+                responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                                 "description": "Prometheus text format"}, **openapi.errors(401)})
+async def metrics(service: State = Depends(state)):
+    """Prometheus series: requests, latency, batch sizes, queue depths, dropped items, cache, pixels in flight."""
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@operations.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorize)])
+async def openapi_json(request: Request):
+    return JSONResponse(request.app.openapi())
+
+
+@operations.get("/docs", include_in_schema=False, dependencies=[Depends(authorize)])
+async def docs(request: Request):
+    return get_swagger_ui_html(openapi_url="/openapi.json", title=request.app.title)
+
+
+# ---------------------------------------------------------------- errors
+async def api_error(request, exc):
+    """ApiError, Overloaded, TimeoutError -> OpenAI's error shape with its status and headers."""
+    error = errors.as_api_error(exc)
+    return JSONResponse(errors.body(error), error.status, headers=error.headers)
+
+
+async def http_error(request, exc):
+    """Starlette's 404 (no such path) and 405 (wrong method, with Allow) in the API's own shape."""
+    known = {404: (f"no endpoint at {request.url.path}: see /docs", "not_found"),
+             405: (f"{request.method} is not allowed on {request.url.path}", "method_not_allowed")}
+    message, code = known.get(exc.status_code, (str(exc.detail), "http_error"))
+    error = ApiError(message, exc.status_code, code, headers=exc.headers)
+    return JSONResponse(errors.body(error), error.status, headers=error.headers)
+
+
+async def client_gone(request, exc):
+    return Response(status_code=499)  # nginx's "client closed request": only the logs and metrics see it
+
+
+# ---------------------------------------------------------------- start-up
+def load_moderator(service):
+    """Engine (exporting ONNX first if missing), warm-up of every batch shape, then the moderator."""
+    s = service.settings
+    engine = engines.load(s.engine, s.clip, s.blip2, s.onnx_dir, s.threads)
+    options = s.options()
+    engine.warm_up(max(o.max_batch_size for o in options.batching.values()))
+    if service.policy.model != s.clip:
+        log.warning("policy %s was calibrated for CLIP %s, but the service runs %s: its thresholds may not fit",
+                    service.policy.name, service.policy.model, s.clip)
+    return Moderator(engine, service.policy, options, service.metrics)
+
+
+async def load_in_background(service, decoder):
+    try:
+        moderator = await asyncio.to_thread(load_moderator, service)
+        names = {"moderations": f"{service.policy.name}/{service.settings.clip}", "embeddings": service.settings.clip,
+                 "captions": service.settings.blip2}
+        service.api = Api(moderator, service.settings.limits(), service.budget, decoder, names)
+        log.info("ready: engine %s, policy %s", moderator.engine.name, service.settings.policy)
+    except Exception as e:  # kept for /readyz: the process stays up to say what went wrong
+        service.load_error = f"{type(e).__name__}: {e}"
+        log.exception("loading the models failed")
+
+
+@asynccontextmanager
+async def lifespan(app):
+    service = app.state.moderation
+    with ThreadPoolExecutor(service.settings.decode_threads, thread_name_prefix="decode") as decoder:
+        loader = asyncio.create_task(load_in_background(service, decoder))
         yield
         loader.cancel()
-        if state["moderator"]:
-            await state["moderator"].stop()
+        if service.api:
+            await service.api.moderator.stop()
 
-    app = FastAPI(title="Multimodal moderation (stage 3)", version="1.0", lifespan=lifespan,
+
+def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    """The ASGI app (`uvicorn --factory stage3_moderation.app:create_app`); settings default to the
+    MODERATION_* environment's. Settings that cannot work stop the start with one line."""
+    try:
+        settings = settings or Settings.from_environment()
+        policy = policies.load(settings.policy)  # a bad policy file stops the start at once, with its reason
+    except (ValidationError, UserError) as e:
+        raise SystemExit(f"moderation service: {one_line(e) if isinstance(e, ValidationError) else e}") from None
+    app = FastAPI(title="Multimodal moderation (stage 3)", version="1.1", lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None,
                   description="CLIP concept scores + BLIP-2 captions judged by a YAML policy, in OpenAI's "
                               "moderation shape. Bodies: application/json or multipart/form-data.")
-    app.state.config, app.state.metrics, app.state.service = config, metrics, state
-    app.add_middleware(BodyLimit, max_bytes=config.limits.max_body_bytes)
-
-    @app.exception_handler(BadInput)
-    async def bad_input(request, e):
-        return error(e.status, e.message, e.code, e.param, headers={"Retry-After": "5"} if e.status == 503 else None)
-
-    @app.exception_handler(batching.Overloaded)
-    async def overloaded(request, e):
-        return error(503, f"{e}: retry shortly", "overloaded", headers={"Retry-After": "1"})
-
-    @app.exception_handler(asyncio.TimeoutError)
-    async def timed_out(request, e):
-        return error(504, "the request took longer than the server's timeout", "timeout")
-
-    @app.middleware("http")
-    async def observe(request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        if request.url.path.startswith("/v1/"):
-            # a fixed set of label values: a client probing random paths must not grow the series
-            endpoint = request.url.path if request.url.path in API_PATHS else "other"
-            metrics.requests.labels(endpoint, str(response.status_code)).inc()
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
-
-    async def ready_moderator(request):
-        """Auth first (401), then readiness (503): the checks every /v1 endpoint shares."""
-        if config.api_keys:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), k.encode())
-                                                     for k in config.api_keys):
-                raise BadInput("missing or wrong API key: send Authorization: Bearer <key>", status=401,
-                               code="invalid_api_key")
-        if state["moderator"] is None:
-            raise BadInput("the models are still loading: retry shortly (see GET /readyz)", status=503,
-                           code="not_ready")
-        return state["moderator"]
-
-    body_doc = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": InputRequest.model_json_schema()},
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "image": {"type": "string", "format": "binary"}, "text": {"type": "string"}}}}}}}
-
-    @app.post("/v1/moderations", openapi_extra=body_doc, tags=["moderation"])
-    async def moderations(request: Request):
-        """Judge texts and images against the policy: one result per input (typed parts form one input)."""
-        moderator = await ready_moderator(request)
-        items, combined = await inputs.parse(request, config.limits)
-        items = [inputs.combine(items)] if combined else items
-        results = await asyncio.gather(*(moderator.moderate(item) for item in items))
-        return {"id": f"modr-{uuid.uuid4().hex}", "model": state["model"], "results": results}
-
-    @app.post("/v1/embeddings", openapi_extra=body_doc, tags=["models"])
-    async def embeddings(request: Request):
-        """CLIP unit vectors, one per text or image, in one shared space (cosine = dot product)."""
-        moderator = await ready_moderator(request)
-        items, _ = await inputs.parse(request, config.limits)
-        parts = [(kind, item) for item in items for kind in ("image", "text") if getattr(item, kind) is not None]
-        vectors = await asyncio.gather(*(moderator.embed_image(item) if kind == "image" else moderator.embed_text(item.text)
-                                         for kind, item in parts))
-        return {"object": "list", "model": config.clip,
-                "data": [{"object": "embedding", "index": i, "input_type": kind, "embedding": v.tolist()}
-                         for i, ((kind, _), v) in enumerate(zip(parts, vectors))]}
-
-    @app.post("/v1/captions", openapi_extra=body_doc, tags=["models"])
-    async def captions(request: Request):
-        """Greedy BLIP-2 captions, one per image."""
-        moderator = await ready_moderator(request)
-        items, _ = await inputs.parse(request, config.limits)
-        if any(item.image is None for item in items):
-            raise BadInput("/v1/captions takes images only (image_url parts or -F image=@...)", param="input")
-        texts = await asyncio.gather(*(moderator.caption(item) for item in items))
-        return {"object": "list", "model": config.blip2,
-                "data": [{"index": i, "caption": c} for i, c in enumerate(texts)]}
-
-    @app.get("/healthz", tags=["operations"])
-    async def healthz():
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["operations"])
-    async def readyz():
-        if state["moderator"] is None:
-            reason = state["error"] or "loading and warming up the models"
-            return error(503, reason, "not_ready", headers={"Retry-After": "5"})
-        moderator = state["moderator"]
-        return {"status": "ready", "engine": moderator.engine.name, "policy": moderator.policy.name,
-                "queue_depth": {s: b.depth for s, b in moderator.batchers.items()}}
-
-    @app.get("/metrics", tags=["operations"])
-    async def prometheus():
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+    metrics, budget = Metrics(), PixelBudget(settings.max_pixels_in_flight)
+    metrics.pixels_in_flight.set_function(lambda: budget.used)
+    app.state.moderation = State(settings, metrics, policy, budget)
+    app.include_router(v1)
+    app.include_router(operations)
+    for exception in (ApiError, Overloaded, asyncio.TimeoutError):
+        app.add_exception_handler(exception, api_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Observe, metrics=metrics)  # added last, so outermost: it sees every response
+    openapi.install(app, settings)
     return app
-
-
-app = create_app()

@@ -17,15 +17,22 @@ the way Triton's dynamic batcher and Ray Serve's @serve.batch do:
     timeout_s       a request not answered in time fails alone (`TimeoutError`, HTTP 504)
 
 If fn raises on a batch, each item is retried alone, so one bad item fails only its own request.
-A request whose client went away is cancelled: its future is skipped, the batch runs for the rest.
+A submit that is cancelled (its client went away) or times out before its turn leaves the queue
+at once: its slot is free and its item is never computed (`dropped` counts them). A request made
+of several items waits for them with `all_or_none`, so when one is refused or fails, its
+siblings are cancelled, and so dropped, too.
+
+`PixelBudget` bounds the other thing a request holds while it waits: decoded image pixels.
 """
 import asyncio
 import time
+from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
 class Overloaded(Exception):
-    """The queue is full: the caller should retry later (HTTP 503 + Retry-After)."""
+    """No room for the work now: the caller should retry later (HTTP 503 + Retry-After)."""
 
 
 @dataclass
@@ -36,16 +43,25 @@ class Settings:
     timeout_s: float = 30.0
 
 
+@dataclass(eq=False)  # compared by identity: the queue must never compare items (images, arrays)
+class Entry:
+    item: object
+    future: asyncio.Future
+
+
 class Batcher:
-    def __init__(self, name, fn, settings=None, on_batch=None):
+    def __init__(self, name, fn, settings=None, on_batch=None, on_drop=None):
         """fn(list of items) -> list of results, same order; runs in a worker thread.
-        on_batch(name, size, seconds) is called after every batch (metrics)."""
+        on_batch(name, size, seconds) is called after every batch and on_drop(name) for every
+        item that left the queue uncomputed (metrics)."""
         settings = settings or Settings()
         if settings.max_batch_size < 1 or settings.max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be at least 1")
-        self.name, self.fn, self.settings, self.on_batch = name, fn, settings, on_batch
-        self.queue = asyncio.Queue(maxsize=settings.max_queue)
+        self.name, self.fn, self.settings, self.on_batch, self.on_drop = name, fn, settings, on_batch, on_drop
+        self.waiting = deque()  # Entry, oldest first
+        self.arrived = asyncio.Event()
         self.worker = None
+        self.computed = self.dropped = 0
 
     def start(self):
         if self.worker is None:
@@ -59,33 +75,48 @@ class Batcher:
 
     @property
     def depth(self):
-        return self.queue.qsize()
+        return len(self.waiting)
 
     async def submit(self, item):
         """The result of fn([item, ...]) for this item; raises Overloaded, TimeoutError or fn's error."""
         self.start()
-        future = asyncio.get_running_loop().create_future()
+        if len(self.waiting) >= self.settings.max_queue:
+            raise Overloaded(f"the {self.name} queue is full ({self.settings.max_queue} waiting)")
+        entry = Entry(item, asyncio.get_running_loop().create_future())
+        self.waiting.append(entry)
+        self.arrived.set()
         try:
-            self.queue.put_nowait((item, future))
-        except asyncio.QueueFull:
-            raise Overloaded(f"the {self.name} queue is full ({self.settings.max_queue} waiting)") from None
-        # wait_for cancels the future on timeout; the worker then skips it
-        return await asyncio.wait_for(future, self.settings.timeout_s)
+            # wait_for cancels the future on timeout, and when this submit itself is cancelled
+            return await asyncio.wait_for(entry.future, self.settings.timeout_s)
+        except (asyncio.CancelledError, asyncio.TimeoutError):
+            if entry in self.waiting:  # not taken into a batch yet: free the slot, never compute it
+                self.waiting.remove(entry)
+                self._drop()
+            raise
 
     async def _collect(self):
-        """The first waiting item, then more until the batch is full or max_wait_ms has passed.
-        Polling (1 ms) instead of wait_for(queue.get()): a get cancelled by a timeout can lose
-        the item it was taking on Python < 3.12."""
-        batch = [await self.queue.get()]
+        """The first waiting item, then more until the batch is full or max_wait_ms has passed."""
+        while not self.waiting:
+            self.arrived.clear()
+            await self.arrived.wait()
+        batch = [self.waiting.popleft()]
         deadline = time.monotonic() + self.settings.max_wait_ms / 1000
         while len(batch) < self.settings.max_batch_size:
-            if not self.queue.empty():
-                batch.append(self.queue.get_nowait())
+            if self.waiting:
+                batch.append(self.waiting.popleft())
             elif time.monotonic() < deadline:
                 await asyncio.sleep(min(0.001, deadline - time.monotonic()))
             else:
                 break
-        return [(item, future) for item, future in batch if not future.done()]  # drop cancelled ones
+        for entry in [e for e in batch if e.future.done()]:  # cancelled while the batch was filling
+            batch.remove(entry)
+            self._drop()
+        return batch
+
+    def _drop(self):
+        self.dropped += 1
+        if self.on_drop:
+            self.on_drop(self.name)
 
     async def _run(self):
         while True:
@@ -93,16 +124,17 @@ class Batcher:
             if not batch:
                 continue
             start = time.perf_counter()
-            results = await asyncio.to_thread(self._call, [item for item, _ in batch])
+            results = await asyncio.to_thread(self._call, [entry.item for entry in batch])
+            self.computed += len(batch)
             if self.on_batch:
                 self.on_batch(self.name, len(batch), time.perf_counter() - start)
-            for (_, future), result in zip(batch, results):
-                if future.done():  # cancelled while the batch ran
+            for entry, result in zip(batch, results):
+                if entry.future.done():  # cancelled while the batch ran
                     continue
                 if isinstance(result, BaseException):
-                    future.set_exception(result)
+                    entry.future.set_exception(result)
                 else:
-                    future.set_result(result)
+                    entry.future.set_result(result)
 
     def _call(self, items):
         """fn on the batch; if that raises, fn on each item alone, so only the bad ones fail."""
@@ -119,3 +151,43 @@ class Batcher:
             return self.fn([item])[0]
         except Exception as e:
             return e
+
+
+async def all_or_none(*awaitables):
+    """Like asyncio.gather, but the first failure cancels the rest (as asyncio.TaskGroup does from
+    Python 3.11): the siblings of a refused or failed item leave their queues instead of being
+    computed for a request that will get an error anyway. Cancelling the caller cancels them all."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    if not tasks:
+        return []
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()  # a no-op for the finished ones
+        await asyncio.gather(*tasks, return_exceptions=True)  # the cancelled ones have left their queues
+    failed = [t.exception() for t in tasks if not t.cancelled() and t.exception()]
+    if failed:
+        raise failed[0]
+    return [task.result() for task in tasks]
+
+
+class PixelBudget:
+    """Decoded pixels in flight across the process. A request takes its cost (width × height ×
+    frames of every image, read from the headers before anything is decoded) for as long as it
+    runs; one that does not fit is refused at once (Overloaded: 503 + Retry-After) instead of
+    growing the memory until the process is killed."""
+
+    def __init__(self, limit):
+        self.limit, self.used = limit, 0
+
+    @contextmanager
+    def hold(self, pixels):
+        if self.used + pixels > self.limit:
+            raise Overloaded(f"{self.used:,} decoded pixels are in flight; {pixels:,} more would pass the limit "
+                             f"of {self.limit:,}")
+        self.used += pixels
+        try:
+            yield
+        finally:
+            self.used -= pixels

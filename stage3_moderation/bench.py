@@ -10,8 +10,10 @@ Three measurements, each as ratios within one run (these machines are noisy):
            models also R@1 and caption parity through the full engines of engines.py
   service  a real uvicorn process on loopback driven by loadgen: requests/s and p50 / p99 at
            concurrency 1, 8 and 32, dynamic batching on vs off, cache on vs off
+  liveness /healthz latency and the server's memory, idle and under the heaviest image load the
+           limits admit (images decoded off the event loop, a budget of decoded pixels in flight)
 
-    python -m stage3_moderation.bench                   # all three -> outputs/bench/
+    python -m stage3_moderation.bench                   # all four -> outputs/bench/
     python -m stage3_moderation.bench engines --quick   # fewer seconds per measurement
 """
 import asyncio
@@ -164,7 +166,7 @@ def bench_service(n=960, pool=64):
     bodies = loadgen.workload("image", n, pool)
     rows = []
     for name, env in tqdm(SERVICE_CONFIGS.items(), desc="service configurations"):
-        with loadgen.server(env) as url:
+        with loadgen.server(env) as (url, _):
             asyncio.run(loadgen.drive(url, bodies[:64], max(CONCURRENCY)))  # warm up code paths and allocators
             for concurrency in CONCURRENCY:
                 result = asyncio.run(loadgen.drive(url, bodies, concurrency))
@@ -174,8 +176,36 @@ def bench_service(n=960, pool=64):
             "rows": rows}
 
 
+# ---------------------------------------------------------------- liveness under heavy images
+def percentiles(ms):
+    return {"p50": round(float(np.percentile(ms, 50)), 1), "p99": round(float(np.percentile(ms, 99)), 1),
+            "max": round(float(np.max(ms)), 1), "n": len(ms)}
+
+
+def bench_liveness(requests=200, concurrency=12, idle_seconds=3.0, env=None):
+    """/v1/embeddings requests of 4 PNGs of 4096² pixels each (the per-request pixel limit) from
+    `concurrency` clients, after the issue's attack (3 requests of 16 such images, which the
+    limit refuses), while a thread asks /healthz every 20 ms; the server's RSS before and at peak."""
+    heavy = loadgen.large_images_body(4)
+    attack = {"input": heavy["input"] * 4}
+    with loadgen.server(env) as (url, process):
+        with loadgen.watch_health(url) as idle:
+            time.sleep(idle_seconds)
+        before = loadgen.memory_mb(process.pid)
+        with loadgen.watch_health(url) as loaded:
+            refused = asyncio.run(loadgen.drive(url, [attack] * 3, 3, path="/v1/embeddings"))
+            admitted = asyncio.run(loadgen.drive(url, [heavy] * requests, concurrency, path="/v1/embeddings"))
+        after = loadgen.memory_mb(process.pid)
+    idle_ms, loaded_ms = percentiles(idle), percentiles(loaded)
+    return {"workload": f"{requests} requests of 4 × 4096² PNGs at concurrency {concurrency}, after 3 of 16",
+            "attack_statuses": refused["statuses"], "load_statuses": admitted["statuses"],
+            "load_seconds": admitted["seconds"], "healthz_idle_ms": idle_ms, "healthz_loaded_ms": loaded_ms,
+            "healthz_p50_ratio": round(loaded_ms["p50"] / idle_ms["p50"], 2),
+            "rss_before_mb": round(before["rss"]), "rss_peak_mb": round(after["peak"])}
+
+
 # ---------------------------------------------------------------- report
-def markdown(engines_result, service_result):
+def markdown(engines_result, service_result, liveness_result=None):
     lines = []
     if engines_result:
         limits = engines_result["matmul_gflops"]
@@ -196,6 +226,13 @@ def markdown(engines_result, service_result):
                   "| configuration | concurrency | requests/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['config']} | {r['concurrency']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} | "
                   f"{r['errors']} |" for r in service_result["rows"]]
+    if liveness_result:
+        r = liveness_result
+        lines += ["", f"Liveness ({r['workload']}): attack {r['attack_statuses']}, load {r['load_statuses']} in "
+                  f"{r['load_seconds']} s; server RSS {r['rss_before_mb']} MiB before, {r['rss_peak_mb']} MiB at peak.",
+                  "", "| /healthz | p50 ms | p99 ms | max ms | samples |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {m['p50']} | {m['p99']} | {m['max']} | {m['n']} |"
+                  for name, m in (("idle", r["healthz_idle_ms"]), ("under load", r["healthz_loaded_ms"]))]
     return "\n".join(lines) + "\n"
 
 
@@ -223,12 +260,12 @@ def plot(engines_result, service_result, out):
 
 
 def print_report(result):
-    print(markdown(result.get("engines"), result.get("service")))
+    print(markdown(result.get("engines"), result.get("service"), result.get("liveness")))
 
 
 def main(argv=None):
     p = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
-    p.add_argument("what", nargs="?", default="all", choices=("all", "engines", "service"))
+    p.add_argument("what", nargs="?", default="all", choices=("all", "engines", "service", "liveness"))
     p.add_argument("--out", default=str(OUT), help="folder for moderation_*.json, moderation.md, moderation.png")
     p.add_argument("--quick", action="store_true", help="0.5 s per measurement instead of 3 (a smoke run)")
     p.add_argument("--json", action="store_true")
@@ -241,7 +278,10 @@ def main(argv=None):
     if args.what in ("all", "service"):
         result["service"] = bench_service(n=96 if args.quick else 960)
         cli.write_json(result["service"], out / "moderation_service.json")
-    (out / "moderation.md").write_text(markdown(result.get("engines"), result.get("service")))
+    if args.what in ("all", "liveness"):
+        result["liveness"] = bench_liveness(requests=24 if args.quick else 200)
+        cli.write_json(result["liveness"], out / "moderation_liveness.json")
+    (out / "moderation.md").write_text(markdown(result.get("engines"), result.get("service"), result.get("liveness")))
     plot(result.get("engines"), result.get("service"), out / "moderation.png")
     cli.emit(result, args.json, print_report)
     print(f"wrote {out}/moderation.md and moderation.png")

@@ -1,20 +1,14 @@
 """Week 10: a content-addressed LRU cache for image embeddings and captions.
 
-The key is the sha256 of the image's bytes (plus what was computed from them), so the same
-picture uploaded twice, under any file name, is embedded and captioned once. The cache is
-bounded by entries and by bytes; the least recently used entries go first.
+The key is what was computed and the sha256 of the pixels it was computed from (images.Frame.key),
+so the same picture uploaded twice, under any file name or in another encoding, is embedded and
+captioned once. The cache is bounded by entries and by bytes; the least recently used entries go first.
 """
-import hashlib
 import sys
 from collections import OrderedDict
 from threading import Lock
 
 import numpy as np
-
-
-def content_key(kind, data):
-    """'clip_image:<sha256 of the bytes>': what was computed, and from exactly which bytes."""
-    return f"{kind}:{hashlib.sha256(data).hexdigest()}"
 
 
 def size_of(value):

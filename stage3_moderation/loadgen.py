@@ -6,6 +6,9 @@ flight, and latency percentiles are read from every request.
 
     python -m stage3_moderation.loadgen --url http://127.0.0.1:8000 --n 500 --concurrency 32
     python -m stage3_moderation.loadgen --serve --n 2000 --concurrency 32 --kind mixed   # starts uvicorn too
+
+`large_images_body`, `watch_health` and `memory_mb` measure the other side of load: the heaviest
+requests the limits allow, with /healthz latency and the server's memory watched meanwhile.
 """
 import asyncio
 import base64
@@ -14,11 +17,14 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
+from PIL import Image
 
 from curriculum import REPO_ROOT, cli, shapesworld
 from curriculum.cli import UserError
@@ -49,8 +55,47 @@ def workload(kind, n, pool=64, seed=0):
     return bodies
 
 
-async def drive(url, bodies, concurrency, headers=None, timeout=120):
-    """Send every body to POST url/v1/moderations from `concurrency` clients; latencies and statuses."""
+def large_images_body(n, side=4096, distinct=4):
+    """An embeddings (or captions) request of n side×side PNGs (test scenes scaled up, `distinct` different ones):
+    each a quarter of a megabyte that decodes to side² pixels."""
+    urls = []
+    for scene in shapesworld.generate("test", min(n, distinct), seed=7):
+        buffer = io.BytesIO()
+        scene.image.resize((side, side), Image.Resampling.NEAREST).save(buffer, "PNG", compress_level=1)
+        urls.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode())
+    return {"input": [{"type": "image_url", "image_url": {"url": urls[i % len(urls)]}} for i in range(n)]}
+
+
+@contextmanager
+def watch_health(url, interval=0.02):
+    """/healthz latencies in ms, asked every `interval` s by a thread of its own while the block runs."""
+    latencies, stop = [], threading.Event()
+
+    def ask():
+        with httpx.Client(base_url=url, timeout=60) as http:
+            while not stop.wait(interval):
+                start = time.perf_counter()
+                http.get("/healthz").raise_for_status()
+                latencies.append((time.perf_counter() - start) * 1000)
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        thread.join()
+
+
+def memory_mb(pid):
+    """A Linux process's resident memory now and at its peak (VmRSS, VmHWM), in MiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {"rss": int(fields["VmRSS"].split()[0]) / 1024, "peak": int(fields["VmHWM"].split()[0]) / 1024}
+
+
+async def drive(url, bodies, concurrency, headers=None, timeout=120, path="/v1/moderations"):
+    """Send every body to POST url + path from `concurrency` clients; latencies and statuses (and for
+    moderations, that each answer has its own id and one result)."""
     queue = list(enumerate(bodies))[::-1]
     latencies, statuses, ids, failures = [], {}, set(), []
 
@@ -59,9 +104,9 @@ async def drive(url, bodies, concurrency, headers=None, timeout=120):
             index, body = queue.pop()
             start = time.perf_counter()
             try:
-                response = await http.post("/v1/moderations", json=body, headers=headers)
+                response = await http.post(path, json=body, headers=headers)
                 status = response.status_code
-                if status == 200:
+                if status == 200 and path == "/v1/moderations":
                     payload = response.json()
                     ids.add(payload["id"])
                     if len(payload["results"]) != 1:
@@ -92,13 +137,13 @@ def free_port():
 
 @contextmanager
 def server(env=None, port=None, ready_timeout=300, log=None):
-    """A real uvicorn process on loopback serving stage3_moderation.app:app; yields its base URL
+    """A real uvicorn process on loopback serving `create_app`; yields (its base URL, the process)
     once /readyz says ready, and stops it afterwards. env: extra MODERATION_* variables."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "stage3_moderation.app:app", "--host", "127.0.0.1",
-                                "--port", str(port), "--log-level", "warning", "--no-access-log"],
-                               cwd=REPO_ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {}),
+    command = [sys.executable, "-m", "uvicorn", "--factory", "stage3_moderation.app:create_app",
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {}),
                                stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT if log else subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + ready_timeout
@@ -113,7 +158,7 @@ def server(env=None, port=None, ready_timeout=300, log=None):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the server was not ready within {ready_timeout} s")
             time.sleep(0.25)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
@@ -143,7 +188,7 @@ def main(argv=None):
     bodies = workload(args.kind, args.n, args.pool)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     if args.serve:
-        with server() as url:
+        with server() as (url, _):
             result = asyncio.run(drive(url, bodies, args.concurrency, headers))
     else:
         result = asyncio.run(drive(args.url, bodies, args.concurrency, headers))

@@ -134,6 +134,22 @@ def decide(policy, text=None, concept_scores=None, caption=None, similarity=None
     return result
 
 
+def worst(results):
+    """One result for an image judged frame by frame (an animation): each flag and score is its
+    worst over the frames, so one harmful frame flags the whole image; the caption is that of the
+    frame with the highest category score, the similarity the lowest."""
+    if len(results) == 1:
+        return results[0]
+    deciding = max(results, key=lambda r: (r["flagged"], max(r["category_scores"].values(), default=0.0)))
+    similarities = [r["image_text_similarity"] for r in results if r["image_text_similarity"] is not None]
+    merged = dict(deciding, mismatch=any(r["mismatch"] for r in results),
+                  image_text_similarity=min(similarities) if similarities else None)
+    merged["categories"] = {c: any(r["categories"][c] for r in results) for c in deciding["categories"]}
+    merged["category_scores"] = {c: max(r["category_scores"][c] for r in results) for c in deciding["categories"]}
+    merged["flagged"] = any(merged["categories"].values()) or merged["mismatch"]
+    return merged
+
+
 # ---------------------------------------------------------------- the ShapesWorld demo, measured
 def truth(policy_name, objects):
     """What the ShapesWorld demo policy should decide for a scene: the categories it contains."""

@@ -1,12 +1,14 @@
 """Week 10: the moderation pipeline behind the API: cache -> batcher -> engine -> policy.
 
-    image ──sha256──> cache? ──no──> clip_image batcher ──> unit vector ──> concept scores ─┐
-          └─sha256──> cache? ──no──> caption batcher    ──> caption ──> text rules ─────────┤
-    text ──────────────────────────> clip_text batcher  ──> cos(image, text): mismatch ────┼─> policy.decide
-         └─────────────────────────────────────────────────> text rules ───────────────────┘
+    frame ──key──> cache? ──no──> clip_image batcher ──> unit vector ──> concept scores ─┐
+          └─key──> cache? ──no──> caption batcher    ──> caption ──> text rules ─────────┤
+    text ─────────────────────────> clip_text batcher  ──> cos(frame, text): mismatch ───┼─> policy.decide
+         └──────────────────────────────────────────────────> text rules ───────────────┘
 
-One batcher per model stage, because the stages cost very different amounts (a caption is ~40
-decoder steps, an embedding one pass) and batch best at different sizes.
+An image is judged frame by frame (a still image is one frame; images.py decodes them as the
+viewer sees them) and its worst frame decides. One batcher per model stage, because the stages
+cost very different amounts (a caption is ~40 decoder steps, an embedding one pass) and batch
+best at different sizes.
 """
 import asyncio
 from dataclasses import dataclass, field
@@ -15,7 +17,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stage3_moderation import batching, policy as policies
-from stage3_moderation.cache import LRUCache, content_key
+from stage3_moderation.batching import all_or_none
+from stage3_moderation.cache import LRUCache
 
 STAGES = ("clip_image", "clip_text", "caption")
 
@@ -40,11 +43,20 @@ class Metrics:
         self.batch_seconds = Histogram("moderation_batch_seconds", "model call time", ["stage"], registry=r,
                                        buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
         self.queue_depth = Gauge("moderation_queue_depth", "items waiting per stage", ["stage"], registry=r)
+        self.dropped = Counter("moderation_dropped_items", "queued items whose request was cancelled, refused or "
+                               "timed out before their batch: removed uncomputed", ["stage"], registry=r)
+        self.disconnects = Counter("moderation_client_disconnects", "requests whose client went away before the "
+                                   "answer: their work was cancelled", registry=r)
+        self.pixels_in_flight = Gauge("moderation_pixels_in_flight", "decoded image pixels held by running "
+                                      "requests", registry=r)
         self.cache = Counter("moderation_cache", "cache lookups", ["kind", "result"], registry=r)
 
     def on_batch(self, stage, size, seconds):
         self.batch_size.labels(stage).observe(size)
         self.batch_seconds.labels(stage).observe(seconds)
+
+    def on_drop(self, stage):
+        self.dropped.labels(stage).inc()
 
 
 class Moderator:
@@ -56,42 +68,53 @@ class Moderator:
         fns = {"clip_image": lambda images: list(engine.embed_images(images)),
                "clip_text": lambda texts: list(engine.embed_texts(texts)),
                "caption": engine.caption_images}
-        self.batchers = {s: batching.Batcher(s, fns[s], options.batching[s], self.metrics.on_batch) for s in STAGES}
+        self.batchers = {s: batching.Batcher(s, fns[s], options.batching[s], self.metrics.on_batch,
+                                             self.metrics.on_drop) for s in STAGES}
         for stage, batcher in self.batchers.items():
             self.metrics.queue_depth.labels(stage).set_function(lambda b=batcher: b.depth)
         self.concepts = dict(zip(policy.concepts, engine.embed_texts(policy.concepts))) if policy.concepts else {}
+        self.dimension = engine.embed_texts(["a"]).shape[1]
 
     async def stop(self):
         await asyncio.gather(*(b.stop() for b in self.batchers.values()))
 
-    async def _cached(self, stage, item):
-        """The stage's output for an image, from the cache by content hash, else from its batcher."""
-        key = content_key(stage, item.image_bytes)
-        value = self.cache.get(key)
+    async def _cached(self, stage, frame):
+        """The stage's output for a frame, from the cache by its pixels' hash, else from its batcher."""
+        value = self.cache.get((stage, frame.key))
         self.metrics.cache.labels(stage, "hit" if value is not None else "miss").inc()
         if value is None:
-            value = await self.batchers[stage].submit(item.image)
-            self.cache.put(key, value)
+            value = await self.batchers[stage].submit(frame.image)
+            self.cache.put((stage, frame.key), value)
         return value
 
-    async def embed_image(self, item):
-        return await self._cached("clip_image", item)
+    async def embed_image(self, frame):
+        return await self._cached("clip_image", frame)
 
-    async def caption(self, item):
-        return await self._cached("caption", item)
+    async def caption(self, frame):
+        return await self._cached("caption", frame)
 
     async def embed_text(self, text):
         return await self.batchers["clip_text"].submit(text)
 
-    async def moderate(self, item):
-        """One result in OpenAI's shape (+ caption, image_text_similarity, mismatch)."""
-        scores = caption = similarity = None
-        if item.image is not None:
-            jobs = [self.embed_image(item), self.caption(item)]
-            if item.text:
-                jobs.append(self.embed_text(item.text))
-            vector, caption, *text_vector = await asyncio.gather(*jobs)
+    def count_tokens(self, texts):
+        """CLIP tokens per text, as the model reads them (truncated to its context): OpenAI's usage."""
+        if not texts:
+            return []
+        return [len(ids) for ids in self.engine.clip_processor.tokenizer(list(texts), truncation=True).input_ids]
+
+    async def moderate(self, text, frames):
+        """One result in OpenAI's shape (+ caption, image_text_similarity, mismatch): the text, and
+        every frame of the image with it; the worst frame decides."""
+        if not frames:
+            return policies.decide(self.policy, text)
+        jobs = [all_or_none(self.embed_image(frame), self.caption(frame)) for frame in frames]
+        if text:
+            jobs.append(self.embed_text(text))
+        outputs = await all_or_none(*jobs)
+        text_vector = outputs.pop() if text else None
+        results = []
+        for vector, caption in outputs:
             scores = {c: float(np.dot(vector, v)) for c, v in self.concepts.items()}
-            if text_vector:
-                similarity = float(np.dot(vector, text_vector[0]))
-        return policies.decide(self.policy, item.text, scores, caption, similarity)
+            similarity = float(np.dot(vector, text_vector)) if text_vector is not None else None
+            results.append(policies.decide(self.policy, text, scores, caption, similarity))
+        return policies.worst(results)

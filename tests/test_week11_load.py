@@ -11,7 +11,8 @@ pytestmark = pytest.mark.week11
 
 @pytest.fixture(scope="module")
 def server_url(onnx_export):
-    with loadgen.server({"MODERATION_ONNX_DIR": str(onnx_export[0]), "MODERATION_API_KEYS": "load-test-key"}) as url:
+    env = {"MODERATION_ONNX_DIR": str(onnx_export[0]), "MODERATION_API_KEYS": "load-test-key"}
+    with loadgen.server(env) as (url, _):
         yield url
 
 

@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from curriculum.cli import UserError
-from stage3_moderation import engines, errors, openapi, policy as policies
+from stage3_moderation import engines, errors, export_onnx, openapi, policy as policies
 from stage3_moderation.batching import Overloaded, PixelBudget
 from stage3_moderation.endpoints import Api, CaptionResponse, EmbeddingResponse, ModerationResponse
 from stage3_moderation.errors import ApiError, BadInput
@@ -221,6 +221,8 @@ async def client_gone(request, exc):
 def load_moderator(service):
     """Engine (exporting ONNX first if missing), warm-up of every batch shape, then the moderator."""
     s = service.settings
+    if s.engine.startswith("onnx"):
+        export_onnx.ensure_exported(s.clip, s.blip2, s.onnx_dir)
     engine = engines.load(s.engine, s.clip, s.blip2, s.onnx_dir, s.threads)
     options = s.options()
     engine.warm_up(max(o.max_batch_size for o in options.batching.values()))

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from curriculum import OUTPUTS_DIR, cli, runtime, shapesworld, viz, zoo
 from stage1_demos.clip_retrieval import recall_table
-from stage3_moderation import engines, export_onnx, loadgen
+from stage3_moderation import engines, export_onnx, graphs, loadgen
 
 OUT = OUTPUTS_DIR / "bench"
 VIT_B_32_BATCH = 16
@@ -67,12 +67,12 @@ def flops_per_image(module, pixels):
 
 def tower_runners(model, pixels, folder):
     """{engine: fn(pixel_values) -> unit vectors} for one CLIP image tower."""
-    fp32 = export_onnx.ClipImage(model.float()).eval()
+    fp32 = graphs.ClipImage(model.float()).eval()
     path = Path(folder) / "clip_image.onnx"
     export_onnx.export_graph(fp32, (pixels[:2],), {"pixel_values": {0: torch.export.Dim("batch")}}, path)
     runners = {"torch-fp32": lambda x: fp32(torch.from_numpy(x)).numpy()}
     fast_dtype = engines.best_precision()
-    low = export_onnx.ClipImage(copy.deepcopy(model).to(fast_dtype)).eval()
+    low = graphs.ClipImage(copy.deepcopy(model).to(fast_dtype)).eval()
     if fast_dtype == torch.bfloat16:
         runners["torch-bf16"] = lambda x: low(torch.from_numpy(x).bfloat16()).float().numpy()
     compiled = engines.compile_module(low)
@@ -97,7 +97,7 @@ def vit_b_32_model():
 @torch.no_grad()
 def bench_tower(name, model, pixels, limits, seconds):
     rows = []
-    gflop = flops_per_image(export_onnx.ClipImage(model), torch.from_numpy(pixels)) / 1e9
+    gflop = flops_per_image(graphs.ClipImage(model), torch.from_numpy(pixels)) / 1e9
     with tempfile.TemporaryDirectory() as folder:
         runners, fast = tower_runners(model, torch.from_numpy(pixels), folder)
         reference = runners["torch-fp32"](pixels)
@@ -122,6 +122,7 @@ def bench_tiny_engines(seconds, n=1000, n_captions=100):
     samples = shapesworld.generate("test", n)
     images, texts = [s.image for s in samples], [s.caption_en for s in samples]
     rows, reference = [], None
+    export_onnx.ensure_exported()
     for name in tqdm(engines.ENGINES, desc="tiny engines"):
         engine = engines.load(name)
         start = time.perf_counter()

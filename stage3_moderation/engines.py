@@ -4,7 +4,7 @@ Every engine answers three calls: `embed_images(images)` and `embed_texts(texts)
 CLIP vectors as float32 NumPy arrays, and `caption_images(images)` returns greedy BLIP-2
 captions. What differs is how the math runs:
 
-    onnx-fp32      onnxruntime on the exported graphs (export_onnx.py)
+    onnx-fp32      onnxruntime on the exported graphs (graphs.py; `make export` writes them)
     onnx-int8      the same graphs with int8 weights (dynamic quantisation)
     torch-fp32     PyTorch eager, the reference
     torch-bf16     PyTorch eager with bf16 weights: the AMX / AVX512-BF16 units of recent CPUs
@@ -27,7 +27,7 @@ import torch
 
 from curriculum import runtime, zoo
 from curriculum.cli import UserError
-from stage3_moderation import export_onnx
+from stage3_moderation import graphs
 
 ENGINES = ("onnx-fp32", "onnx-int8", "torch-fp32", "torch-bf16", "compile")
 # The fastest engine in `make bench` that kept parity (cosine >= 0.999, R@1 unchanged, captions
@@ -160,14 +160,14 @@ class OnnxEngine(Engine):
     def __init__(self, folder, clip_processor, blip2_processor, precision="fp32", threads=None):
         folder = Path(folder)
         suffix = ".int8.onnx" if precision == "int8" else ".onnx"
-        missing = [g for g in export_onnx.GRAPHS if not (folder / f"{g}{suffix}").exists()]
+        missing = [g for g in graphs.GRAPHS if not (folder / f"{g}{suffix}").exists()]
         if missing:
             raise UserError(f"{folder} has no {', '.join(missing)} ({precision}): run `make export` "
                             "or python -m stage3_moderation.export_onnx")
-        self.sessions = {g: onnx_session(folder / f"{g}{suffix}", threads) for g in export_onnx.GRAPHS}
+        self.sessions = {g: onnx_session(folder / f"{g}{suffix}", threads) for g in graphs.GRAPHS}
         self.name, self.precision = f"onnx-{precision}", precision
-        manifest = json.loads((folder / export_onnx.MANIFEST).read_text())
-        super().__init__(clip_processor, blip2_processor, np.load(folder / export_onnx.EMBED_TOKENS),
+        manifest = json.loads((folder / graphs.MANIFEST).read_text())
+        super().__init__(clip_processor, blip2_processor, np.load(folder / graphs.EMBED_TOKENS),
                          manifest["image_token_id"])
 
     def clip_image(self, pixel_values):
@@ -195,9 +195,9 @@ class TorchEngine(Engine):
     def __init__(self, clip, clip_processor, blip2, blip2_processor, dtype=torch.float32, compiled=False):
         self.dtype, self.compiled = dtype, compiled
         clip, blip2 = clip.to(dtype).eval(), blip2.to(dtype).eval()
-        prefill, step = export_onnx.decoder_modules(blip2)
-        self.modules = {"clip_image": export_onnx.ClipImage(clip), "clip_text": export_onnx.ClipText(clip),
-                        "blip2_image": export_onnx.Blip2Image(blip2), "blip2_prefill": prefill, "blip2_step": step}
+        prefill, step = graphs.decoder_modules(blip2)
+        self.modules = {"clip_image": graphs.ClipImage(clip), "clip_text": graphs.ClipText(clip),
+                        "blip2_image": graphs.Blip2Image(blip2), "blip2_prefill": prefill, "blip2_step": step}
         if compiled:
             self.modules |= {k: compile_module(self.modules[k]) for k in COMPILED}
             self.text_padding = "max_length"
@@ -246,8 +246,9 @@ def best_precision():
 
 
 def load(name=DEFAULT_ENGINE, clip_name="tiny", blip2_name="tiny", onnx_dir=None, threads=None):
-    """An engine by name; ONNX exports are produced first if they are missing. `threads`: the
-    intra-op threads of each model call (default: all cores; PyTorch's setting is per process)."""
+    """An engine by name; an ONNX engine needs a complete export (export_onnx.ensure_exported makes
+    one). `threads`: the intra-op threads of each model call (default: all cores; PyTorch's setting
+    is per process)."""
     if name not in ENGINES:
         raise UserError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
     if name == "torch-bf16" and not runtime.cpu_has_fast_bf16():
@@ -257,7 +258,10 @@ def load(name=DEFAULT_ENGINE, clip_name="tiny", blip2_name="tiny", onnx_dir=None
         log.warning("this CPU has no VNNI / AMX-INT8: onnx-int8 falls back to onnx-fp32")
         name = "onnx-fp32"
     if name.startswith("onnx"):
-        folder = export_onnx.ensure_exported(clip_name, blip2_name, onnx_dir)
+        folder = Path(onnx_dir or graphs.default_dir(clip_name, blip2_name))
+        if not graphs.is_exported(folder):
+            raise UserError(f"no complete ONNX export of clip={clip_name} blip2={blip2_name} in {folder}: run "
+                            "`make export` or python -m stage3_moderation.export_onnx")
         return OnnxEngine(folder, zoo.load_processor(clip_name, "clip"), zoo.load_processor(blip2_name, "blip2"),
                           precision=name.split("-")[1], threads=threads)
     if threads:

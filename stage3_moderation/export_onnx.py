@@ -1,6 +1,7 @@
 """Week 9: export CLIP and BLIP-2 to ONNX, then prove the exports compute what PyTorch computes.
 
-Five graphs, each with a dynamic batch axis (and dynamic sequence axes where there is text):
+Five graphs of the modules in graphs.py, each with a dynamic batch axis (and dynamic sequence
+axes where there is text):
 
     clip_image.onnx     pixel_values (B,3,H,W)            -> unit image embeddings (B,D)
     clip_text.onnx      input_ids, attention_mask (B,T)   -> unit text embeddings (B,D)
@@ -11,10 +12,8 @@ Five graphs, each with a dynamic batch axis (and dynamic sequence axes where the
     blip2_step.onnx     one new token's embedding (B,1,E), mask (B,P+1), the cache (L,B,H,P,d)
                         -> logits, and the cache grown by one position
 
-The language model in the two decoder graphs is week 4's from-scratch `Decoder` (proven equal to
-OPT there) with week 5's KV cache: its cache is a list of tensors, so it crosses the graph
-boundary as two inputs and two outputs, where transformers' Cache objects would not. A step then
-costs one token, not the whole sequence again. The word-embedding table is saved beside them
+The decoder's KV cache crosses the graph boundary as plain tensors, so a step costs one token,
+not the whole sequence again. The word-embedding table is saved beside them
 (blip2_embed_tokens.npy), so the greedy loop builds inputs_embeds in NumPy the way
 `decoder_embeds` in week 4 does: word vectors, with the image queries written where the
 processor put its <image> placeholders.
@@ -32,7 +31,6 @@ ShapesWorld test split.
 """
 import contextlib
 import io
-import json
 import logging
 import time
 import warnings
@@ -41,95 +39,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curriculum import OUTPUTS_DIR, cli, shapesworld, zoo
+from curriculum import cli, shapesworld, zoo
 from stage1_demos.blip2_caption import GREEDY, caption_images
-from stage1_demos.clip_retrieval import embed_images, embed_texts, l2_normalize
-from stage2_fundamentals.attention import KVCache
-from stage2_fundamentals.decoder import Decoder
+from stage1_demos.clip_retrieval import embed_images, embed_texts
+from stage3_moderation.engines import OnnxEngine
+from stage3_moderation.graphs import (EMBED_TOKENS, MANIFEST, Blip2Image, ClipImage, ClipText, decoder_modules, default_dir,
+                                      is_exported)
 
-GRAPHS = ("clip_image", "clip_text", "blip2_image", "blip2_prefill", "blip2_step")
-EMBED_TOKENS = "blip2_embed_tokens.npy"
-MANIFEST = "manifest.json"
 OPSET = 18
 PARITY_COSINE = 0.9999
 log = logging.getLogger("stage3_moderation")
-
-
-def default_dir(clip_name, blip2_name):
-    """outputs/onnx/tiny for the bundled models, else a folder named after both models."""
-    if clip_name == blip2_name == "tiny":
-        return OUTPUTS_DIR / "onnx" / "tiny"
-    slug = "__".join(Path(n).name if Path(n).is_dir() else n.replace("/", "--") for n in (clip_name, blip2_name))
-    return OUTPUTS_DIR / "onnx" / slug
-
-
-# ---------------------------------------------------------------- the modules that become graphs
-class ClipImage(torch.nn.Module):
-    def __init__(self, clip):
-        super().__init__()
-        self.clip = clip
-
-    def forward(self, pixel_values):
-        return l2_normalize(self.clip.get_image_features(pixel_values=pixel_values).pooler_output)
-
-
-class ClipText(torch.nn.Module):
-    def __init__(self, clip):
-        super().__init__()
-        self.clip = clip
-
-    def forward(self, input_ids, attention_mask):
-        return l2_normalize(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output)
-
-
-class Blip2Image(torch.nn.Module):
-    """Vision encoder -> Q-Former -> language projection: the LM-ready image queries."""
-
-    def __init__(self, blip2):
-        super().__init__()
-        self.blip2 = blip2
-
-    def forward(self, pixel_values):
-        return self.blip2.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
-
-
-def stacked(cache):
-    """A KVCache as two tensors (layers, B, heads, T, head_dim): keys, values."""
-    return torch.stack([slot.k for slot in cache.slots]), torch.stack([slot.v for slot in cache.slots])
-
-
-class Blip2Prefill(torch.nn.Module):
-    """The whole prompt (image queries + text) at once: last position's logits and the cache."""
-
-    def __init__(self, decoder):
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, inputs_embeds, attention_mask):
-        cache = self.decoder.new_cache()
-        logits = self.decoder(inputs_embeds, attention_mask, cache).logits[:, -1]
-        return (logits, *stacked(cache))
-
-
-class Blip2Step(torch.nn.Module):
-    """One new token per row against the cached keys and values of everything before it."""
-
-    def __init__(self, decoder):
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, inputs_embeds, attention_mask, past_keys, past_values):
-        cache = KVCache(len(past_keys))
-        for slot, k, v in zip(cache.slots, past_keys, past_values):
-            slot.k, slot.v = k, v
-        logits = self.decoder(inputs_embeds, attention_mask, cache).logits[:, -1]
-        return (logits, *stacked(cache))
-
-
-def decoder_modules(blip2):
-    """(prefill, step) around one from-scratch Decoder holding the BLIP-2 language model's weights."""
-    decoder = Decoder.from_opt(blip2.language_model)
-    return Blip2Prefill(decoder), Blip2Step(decoder)
 
 
 def example_inputs(clip_processor, blip2, blip2_processor, prefill):
@@ -201,8 +120,6 @@ def min_cosine(a, b):
 @torch.no_grad()
 def parity(folder, clip, clip_processor, blip2, blip2_processor, n, precision="fp32"):
     """Cosines of each ONNX output to PyTorch's, and greedy captions compared on n test images."""
-    from stage3_moderation.engines import OnnxEngine
-
     engine = OnnxEngine(folder, clip_processor, blip2_processor, precision=precision)
     samples = shapesworld.generate("test", n)
     images, texts = [s.image for s in samples], [s.caption_en for s in samples]
@@ -254,20 +171,13 @@ def export(clip_name="tiny", blip2_name="tiny", out=None, n=100, int8=True):
     return manifest
 
 
-def is_exported(folder):
-    """All graphs there, and a manifest with the parity verdict: an interrupted export, or one
-    from before the manifest recorded image_token_id, is redone."""
-    folder = Path(folder)
-    return ((folder / MANIFEST).exists()
-            and {"fp32_parity_ok", "image_token_id"} <= json.loads((folder / MANIFEST).read_text()).keys()
-            and all((folder / f"{g}.onnx").exists() for g in GRAPHS))
-
-
 def ensure_exported(clip_name="tiny", blip2_name="tiny", folder=None):
-    """The export folder, exporting first (with a log line) if it is missing."""
+    """The export folder, exporting first (with a log line) if it is missing: the service's start-up
+    and the benchmark call this before they load an ONNX engine."""
     folder = Path(folder or default_dir(clip_name, blip2_name))
     if not is_exported(folder):
-        log.warning("no complete ONNX export of clip=%s blip2=%s in %s: exporting now (once)", clip_name, blip2_name, folder)
+        log.warning("no complete ONNX export of clip=%s blip2=%s in %s: exporting now (once)", clip_name, blip2_name,
+                    folder)
         export(clip_name, blip2_name, folder, n=16)
     return folder
 

@@ -229,9 +229,12 @@ def main(argv=None):
     policy = load(args.policy)
     if args.command == "show":
         return print_policy(policy)
-    from stage3_moderation import engines
+    from stage3_moderation import engines, export_onnx
 
-    result = evaluate(engines.load(args.engine or engines.DEFAULT_ENGINE), policy, args.n, args.seed)
+    engine = args.engine or engines.DEFAULT_ENGINE
+    if engine.startswith("onnx"):
+        export_onnx.ensure_exported()
+    result = evaluate(engines.load(engine), policy, args.n, args.seed)
     if args.out:
         cli.write_json(result, args.out)
     cli.emit(result, args.json, print_evaluation)

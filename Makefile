@@ -29,7 +29,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test bench train week1 week2 week3 week4 week5 week6 week7 lora week8 week9 export serve week10 week11 week12 tiny-models clean lavis-venv
+.PHONY: help install demo test bench train week1 week2 week3 week4 week5 week6 week7 lora week8 week9 export serve week10 week11 week12 tiny-models clean lavis-venv week2-lavis
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -211,11 +211,23 @@ clean: ## remove outputs/ (keeps .venv and data/models)
 
 # Optional LAVIS backend for week 2. LAVIS 1.0.2 pins transformers<4.27, so it gets a venv of its
 # own (torch chosen by the .torch rule above, as for .venv) and runs only as a subprocess of
-# blip2_caption (stage1_demos/lavis_backend.py). requirements-lavis.txt pins the same torch.
+# blip2_caption (stage1_demos/lavis_backend.py). requirements-lavis.txt pins every package the runner
+# imports, so pip installs it with --no-deps (no resolver, none of LAVIS's unused dependencies); the
+# runner's imports are then tried once, so a venv that cannot import LAVIS is never marked installed.
 LAVIS_VENV := .venv-lavis
 $(LAVIS_VENV)/.lavis-installed: requirements-lavis.txt
 	$(MAKE) --no-print-directory VENV=$(LAVIS_VENV) $(LAVIS_VENV)/.torch
-	$(LAVIS_VENV)/bin/python -m pip install --quiet -r requirements-lavis.txt
+	$(LAVIS_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-lavis.txt
+	cd stage1_demos && ../$(LAVIS_VENV)/bin/python -W ignore -c "import lavis_runner"
 	touch $@
 
 lavis-venv: $(LAVIS_VENV)/.lavis-installed ## optional: LAVIS 1.0.2 in .venv-lavis for blip2_caption --backend lavis
+
+week2-lavis: $(VENV)/.installed lavis-venv ## week 2 in LAVIS: both libraries on the same weights, side by side
+	$(OFFLINE) $(PY) -m stage1_demos.lavis_parity --n 100 --out $(W2)/backends.png
+	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 16 --split test --out $(W2)/gallery
+	$(CAPTION) caption $(W2)/gallery/test_0000[0-3].png --backend lavis
+	$(CAPTION) caption $(W2)/gallery/test_0000[0-3].png --prompt "a photo of" --num-beams 3 --backend lavis
+	$(CAPTION) ask $(W2)/gallery/test_00000.png --question "how many shapes are there?" --backend lavis
+	$(CAPTION) prompts $(W2)/gallery/test_00001.png --backend lavis --out $(W2)/prompts_lavis.png
+	@echo "pictures: $(W2)/backends.png, $(W2)/prompts_lavis.png"

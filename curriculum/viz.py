@@ -51,6 +51,31 @@ def captioned_image(image, lines, out, width=480):
     return out
 
 
+def compare_rows(images, columns, out, thumb=96, width=300):
+    """One row per image: the image, then a text cell per column ({header: [text per image]}, e.g.
+    two libraries' captions); a row whose cells differ is printed in red. Written to `out` as PNG."""
+    headers = list(columns)
+    rows = [[columns[h][i] for h in headers] for i in range(len(images))]
+    wrapped = [["\n".join(w for part in cell.split("\n") for w in textwrap.wrap(part, width // 7)) for cell in row]
+               for row in rows]
+    heights = [max(thumb, 16 * max(cell.count("\n") + 1 for cell in row) + 8) + 6 for row in wrapped]
+    canvas = Image.new("RGB", (thumb + 12 + width * len(headers), 24 + sum(heights)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, header in enumerate(headers):
+        draw.text((thumb + 12 + j * width, 4), header, fill="black", font=_font(14))
+    y = 24
+    for image, row, cells, height in zip(images, rows, wrapped, heights):
+        canvas.paste(image.convert("RGB").resize((thumb, thumb), Image.NEAREST), (4, y))
+        colour = "black" if len(set(row)) == 1 else "red"
+        for j, cell in enumerate(cells):
+            draw.multiline_text((thumb + 12 + j * width, y + 2), cell, fill=colour, font=_font(12), spacing=4)
+        y += height
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out
+
+
 def _pyplot():
     import matplotlib
 

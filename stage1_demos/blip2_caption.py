@@ -19,8 +19,9 @@ So a prompt is text for the decoder to continue: 'a photo of' asks for a complet
     python -m stage1_demos.blip2_caption eval --split test
 
 --model tiny (bundled, default), or a hub id / folder such as Salesforce/blip2-opt-2.7b (half
-precision on a GPU). --backend lavis runs caption and ask through Salesforce LAVIS instead of
-transformers (run `make lavis-venv` once).
+precision on a GPU). --backend lavis runs caption, ask and prompts through Salesforce LAVIS's own
+Blip2OPT on the same weights, converted once to LAVIS's names (run `make lavis-venv` once;
+stage1_demos/lavis_convert.py converts, `python -m stage1_demos.lavis_parity` compares the two).
 """
 
 import numpy as np
@@ -37,6 +38,7 @@ PROMPTS = ["", PHOTO_PROMPT, DETAIL_PROMPT, qa_prompt("what colour is the shape?
            qa_prompt("how many shapes are there?")]
 GREEDY = {"max_new_tokens": 40, "num_beams": 1, "do_sample": False, "temperature": None, "top_p": None,
           "repetition_penalty": 1.0}
+QA = GREEDY | {"max_new_tokens": 8}  # answers are a word or two
 ATTRIBUTES = ("color", "shape", "size", "position")
 
 # Salesforce/blip2-opt-2.7b's config.json, the sizes only: `explain` prints its shapes beside the
@@ -81,7 +83,7 @@ def caption_files(paths, prompt, settings, model_name="tiny", device="auto", bat
     if backend == "lavis":
         from stage1_demos import lavis_backend  # only a subprocess launcher: LAVIS lives in .venv-lavis
 
-        captions = lavis_backend.caption([str(p) for p in paths], prompts, settings, model_name, device)
+        captions = lavis_backend.caption(paths, prompts, settings, model_name, device, batch_size)
     else:
         model, processor = zoo.load_blip2(model_name, device)
         torch.manual_seed(settings["seed"])  # what --do-sample draws from
@@ -110,31 +112,36 @@ def journey_shapes(config, prompt_tokens):
 
 
 @torch.no_grad()
-def explain(model, processor, image, prompt):
-    """Run the model stage by stage on one image and report each real tensor shape."""
+def trace(model, processor, image, prompt):
+    """One image and prompt through the model stage by stage: (the prompt's token ids, {stage: tensor}),
+    the stages in journey_shapes' order."""
     inputs = processor(images=[image], text=[prompt], return_tensors="pt").to(model.device, model.dtype)
-    image_token = model.config.image_token_id
-    is_image = inputs["input_ids"][0] == image_token
+    is_image = inputs["input_ids"][0] == model.config.image_token_id
     prompt_ids = inputs["input_ids"][:, ~is_image]
     pixel_values = inputs["pixel_values"]
-    patches = model.vision_model.embeddings(pixel_values)
-    queries = model.query_tokens.expand(1, -1, -1)
     # the model's own image path: ViT -> Q-Former (queries cross-attend to patches) -> projection
     features = model.get_image_features(pixel_values=pixel_values, return_dict=True)
-    image_embeds, query_output = features.last_hidden_state, features.qformer_outputs.last_hidden_state
-    projected = features.pooler_output
     token_embeds = model.get_input_embeddings()(prompt_ids)
     # the processor put one <image> placeholder per query before the prompt; the model swaps them in
-    joined = torch.cat([projected, token_embeds], dim=1)
+    joined = torch.cat([features.pooler_output, token_embeds], dim=1)
     logits = model.language_model(inputs_embeds=joined, attention_mask=inputs["attention_mask"]).logits
-    real = [pixel_values, patches, image_embeds, queries, query_output, projected, token_embeds, joined, logits]
-    expected = journey_shapes(model.config, prompt_ids.shape[1])
-    reference = journey_shapes(BLIP2_OPT_2_7B, prompt_ids.shape[1])
+    stages = {"pixel_values": pixel_values, "patch_embeddings": model.vision_model.embeddings(pixel_values),
+              "image_embeds": features.last_hidden_state, "query_tokens": model.query_tokens.expand(1, -1, -1),
+              "query_output": features.qformer_outputs.last_hidden_state, "projected": features.pooler_output,
+              "prompt_embeds": token_embeds, "joined": joined, "logits": logits}
+    return prompt_ids[0], stages
+
+
+def explain(model, processor, image, prompt):
+    """Run the model stage by stage on one image and report each real tensor shape."""
+    prompt_ids, stages = trace(model, processor, image, prompt)
+    expected = journey_shapes(model.config, len(prompt_ids))
+    reference = journey_shapes(BLIP2_OPT_2_7B, len(prompt_ids))
     return {"prompt": prompt,
-            "prompt_tokens": processor.tokenizer.convert_ids_to_tokens(prompt_ids[0]),
-            "next_token": processor.tokenizer.decode(logits[0, -1].argmax()),
+            "prompt_tokens": processor.tokenizer.convert_ids_to_tokens(prompt_ids),
+            "next_token": processor.tokenizer.decode(stages["logits"][0, -1].argmax()),
             "stages": [{"stage": name, "shape": cli.shape_text(*t.shape), "from_config": cfg, "blip2_opt_2_7b": ref}
-                       for t, (name, cfg), (_, ref) in zip(real, expected, reference)]}
+                       for t, (name, cfg), (_, ref) in zip(stages.values(), expected, reference)]}
 
 
 QFORMER_NOTE = """\
@@ -162,16 +169,21 @@ def attribute_correct(truth, predicted, attribute):
             == [getattr(o, attribute) for o in reading_order(predicted)])
 
 
+def qa_set(samples, seed=0):
+    """The week-2 questions, one per sample, and their answers: (questions, answers)."""
+    rng = np.random.default_rng(seed)
+    return tuple(zip(*(question_answer(s.objects, rng) for s in samples)))
+
+
 def evaluate(model_name="tiny", split="test", n=500, seed=0, device="auto", batch_size=64):
     """Greedy captions and one question per image; accuracy per attribute, seen vs held-out pairs."""
     model, processor = zoo.load_blip2(model_name, device)
     samples = shapesworld.generate(split, n, seed)
     images = [s.image for s in samples]
     captions = caption_images(model, processor, images, [""] * n, GREEDY, batch_size, progress=True)
-    rng = np.random.default_rng(seed)
-    questions, answers = zip(*(question_answer(s.objects, rng) for s in samples))
-    replies = caption_images(model, processor, images, [qa_prompt(q) for q in questions],
-                             GREEDY | {"max_new_tokens": 8}, batch_size, progress=True)
+    questions, answers = qa_set(samples, seed)
+    replies = caption_images(model, processor, images, [qa_prompt(q) for q in questions], QA, batch_size,
+                             progress=True)
     groups = {}
     for name, keep in (("seen", False), ("heldout", True)):
         rows = [i for i, s in enumerate(samples) if s.heldout == keep]
@@ -210,8 +222,13 @@ def add_generation_args(p):
     p.add_argument("--repetition-penalty", type=cli.positive_float, default=1.0,
                    help="divide the score of tokens already generated; 1.0 = off (default)")
     p.add_argument("--seed", type=int, default=0, help="random seed for --do-sample (default 0)")
+    add_backend_arg(p)
+
+
+def add_backend_arg(p):
     p.add_argument("--backend", choices=["transformers", "lavis"], default="transformers",
-                   help="transformers (default) or Salesforce LAVIS in .venv-lavis (make lavis-venv)")
+                   help="transformers (default) or Salesforce LAVIS's Blip2OPT on the same weights, in .venv-lavis "
+                        "(make lavis-venv)")
 
 
 def generation_settings(args):
@@ -250,6 +267,7 @@ def main(argv=None):
     p.add_argument("--prompt", action="append", help="a prompt to compare (repeatable; default: the trained styles)")
     p.add_argument("--out", help="write a PNG of the image with each prompt's caption here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_backend_arg(p)
     cli.add_model_args(p)
 
     p = sub.add_parser("explain", help="how image and prompt are joined, with real tensor shapes")
@@ -291,8 +309,13 @@ def main(argv=None):
     elif args.command == "prompts":
         image = load_image(args.image)
         prompts = args.prompt or PROMPTS
-        model, processor = zoo.load_blip2(args.model, args.device)
-        captions = caption_images(model, processor, [image] * len(prompts), prompts)
+        if args.backend == "lavis":
+            from stage1_demos import lavis_backend
+
+            captions = lavis_backend.caption([args.image] * len(prompts), prompts, GREEDY, args.model, args.device)
+        else:
+            model, processor = zoo.load_blip2(args.model, args.device)
+            captions = caption_images(model, processor, [image] * len(prompts), prompts)
         rows = [{"prompt": p, "caption": c} for p, c in zip(prompts, captions)]
         if args.out:
             viz.captioned_image(image, [f"{r['prompt'] or '(no prompt)'} -> {r['caption']}" for r in rows], args.out)

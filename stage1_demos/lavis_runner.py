@@ -1,14 +1,15 @@
-"""BLIP-2 captioning through Salesforce LAVIS; runs only inside .venv-lavis (see lavis_backend.py).
+"""BLIP-2 through Salesforce LAVIS's own Blip2OPT; runs only inside .venv-lavis (see lavis_backend.py).
 
-Reads one JSON request on stdin, writes one JSON answer on stdout, logs on stderr:
-  {"model": "tiny" | a LAVIS blip2_opt model_type, "device": "auto" | "cpu" | "cuda",
-   "images": [...], "prompts": [...],
-   "settings": {"max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "repetition_penalty"},
-   "seed": 0}
-  -> {"captions": [...], "backend": "lavis", "lavis_version": "1.0.2"}
-'tiny' is a randomly initialised Blip2OPT built offline (its captions are gibberish): LAVIS's
-constructor downloads EVA ViT-g, bert-base-uncased and OPT, so the tiny subclass below replaces
-those three initialisers. A model_type such as "pretrain_opt2.7b" loads the real checkpoint.
+One JSON request on stdin, one JSON answer on stdout, log lines on stderr:
+  {"model": a folder written by stage1_demos/lavis_convert.py, or a LAVIS blip2_opt model_type such
+            as "pretrain_opt2.7b" (LAVIS downloads it),
+   "device": "auto" | "cpu" | "cuda",
+   "jobs": [{"task": "caption", "images": [...], "prompts": [...], "batch_size": 16, "seed": 0,
+             "settings": {"max_new_tokens", "num_beams", "do_sample", "temperature", "top_p",
+                          "repetition_penalty"}},
+            {"task": "trace", "image": "...", "prompt": "..."}]}
+  -> {"results": [one per job], "backend": "lavis", "lavis_version": "1.0.2"}
+Exit code 1: a job failed (the last line on stderr says why); 3: LAVIS cannot be imported.
 """
 import contextlib
 import importlib.metadata
@@ -16,125 +17,173 @@ import importlib.util
 import json
 import pathlib
 import sys
-import tempfile
 from functools import partial
 
-import torch
-import torch.nn as nn
-
-# PyPI's torchvision is built for CUDA torch: beside CPU torch its C ops cannot load, and its import
-# then fails registering fake kernels for nms/qnms. LAVIS uses only its transforms, so when the ops
-# cannot load we declare those two (kernel-less) for the import to go through.
 try:
-    torch.ops.load_library(pathlib.Path(importlib.util.find_spec("torchvision").origin).parent / "_C.so")
-except OSError:
-    for op in ("nms", "qnms"):
-        torch.library.define(f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import torch
+    import torch.nn as nn
 
-from omegaconf import OmegaConf  # noqa: E402
-from PIL import Image  # noqa: E402
-from transformers import BertConfig, BertTokenizer, GPT2Tokenizer, OPTConfig, OPTForCausalLM  # noqa: E402
-from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode  # noqa: E402
+    # PyPI's torchvision is built for CUDA torch: beside CPU torch its C ops cannot load, and its
+    # import then fails registering fake kernels for nms/qnms. LAVIS uses only its transforms, so
+    # when the ops cannot load we declare those two (kernel-less) for the import to go through.
+    torchvision = importlib.util.find_spec("torchvision")  # found, not imported yet
+    if torchvision is None:
+        raise ImportError("No module named 'torchvision'")
+    try:
+        torch.ops.load_library(pathlib.Path(torchvision.origin).parent / "_C.so")
+    except OSError:
+        for op in ("nms", "qnms"):
+            torch.library.define(f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
 
-from lavis.models import load_model_and_preprocess, load_preprocess  # noqa: E402
-from lavis.models.blip2_models.blip2 import LayerNorm  # noqa: E402
-from lavis.models.blip2_models.blip2_opt import Blip2OPT  # noqa: E402
-from lavis.models.blip2_models.Qformer import BertLMHeadModel  # noqa: E402
-from lavis.models.eva_vit import VisionTransformer  # noqa: E402
+    from omegaconf import OmegaConf
+    from PIL import Image
+    from transformers import BertConfig
 
-WIDTH = 32  # hidden size of every tiny part
+    from lavis.models import load_model_and_preprocess, load_preprocess
+    from lavis.models.blip2_models.blip2 import LayerNorm
+    from lavis.models.blip2_models.blip2_opt import Blip2OPT
+    from lavis.models.blip2_models.Qformer import BertLMHeadModel
+    from lavis.models.clip_vit import QuickGELU
+    from lavis.models.eva_vit import VisionTransformer
+except ImportError as e:
+    sys.stderr.write(f"lavis_runner: cannot import LAVIS or its dependencies ({type(e).__name__}: {e})\n")
+    sys.exit(3)
 
 
-class TinyBlip2OPT(Blip2OPT):
-    """Blip2OPT with its downloading initialisers swapped for tiny random ones (same classes)."""
+class ConvertedBlip2OPT(Blip2OPT):
+    """LAVIS's Blip2OPT at the sizes of a converted checkpoint. Blip2OPT.__init__ calls three
+    initialisers that download EVA ViT-g, bert-base-uncased and its tokenizer; these build the
+    same classes at the sizes in lavis.json instead (the weights come from blip2_opt.pth after), so
+    LAVIS's own __init__, OPT loading, generate() and checkpoint loader do everything else."""
+
+    sizes = None  # lavis.json, set by load_converted before Blip2OPT.__init__ calls the methods below
 
     @classmethod
-    def init_tokenizer(cls):  # bert-base-uncased -> a 9-word WordPiece vocab
-        with tempfile.TemporaryDirectory() as tmp:
-            vocab = pathlib.Path(tmp) / "vocab.txt"
-            vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "shape"]))
-            tokenizer = BertTokenizer(str(vocab))
-        tokenizer.add_special_tokens({"bos_token": "[DEC]"})
-        return tokenizer
+    def init_tokenizer(cls):
+        return None  # BERT's tokenizer is for the Q-Former's text input; Blip2OPT stores it and never uses it
 
     @classmethod
     def init_vision_encoder(cls, model_name, img_size, drop_path_rate, use_grad_checkpoint, precision):
-        # EVA ViT-g (1408 wide, 39 blocks, 14-pixel patches) -> the same VisionTransformer, 2 blocks
-        vit = VisionTransformer(img_size=img_size, patch_size=14, embed_dim=WIDTH, depth=2, num_heads=2,
-                                mlp_ratio=2, qkv_bias=True, use_mean_pooling=False,
-                                norm_layer=partial(nn.LayerNorm, eps=1e-6))
-        return vit, LayerNorm(vit.num_features)
+        v = cls.sizes["vision"]
+        # EVA sizes its MLP as int(width * mlp_ratio): the ratio is nudged so the int lands on mlp_hidden exactly
+        vit = VisionTransformer(img_size=img_size, patch_size=v["patch_size"], embed_dim=v["width"], depth=v["depth"],
+                                num_heads=v["heads"], mlp_ratio=(v["mlp_hidden"] + 0.5) / v["width"], qkv_bias=True,
+                                use_mean_pooling=False, norm_layer=partial(nn.LayerNorm, eps=v["layer_norm_eps"]))
+        for block in vit.blocks:  # EVA ViT-g uses GELU; a CLIP vision tower (the tiny one's) x * sigmoid(1.702 x)
+            block.mlp.act = QuickGELU() if v["act"] == "quick_gelu" else nn.GELU()
+        return vit, LayerNorm(vit.num_features, eps=v["layer_norm_eps"])
 
     @classmethod
     def init_Qformer(cls, num_query_token, vision_width, cross_attention_freq=2):
-        # bert-base-uncased config and weights -> a random 2-layer BERT with the same Q-Former fields
-        config = BertConfig(vocab_size=16, hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=2 * WIDTH, encoder_width=vision_width, add_cross_attention=True,
-                            cross_attention_freq=cross_attention_freq, query_length=num_query_token)
-        query_tokens = nn.Parameter(torch.randn(1, num_query_token, WIDTH) * config.initializer_range)
-        return BertLMHeadModel(config), query_tokens
+        # bert-base-uncased, cross-attending every 2nd layer -> the converted sizes (the tiny one: every layer)
+        config = BertConfig(**cls.sizes["qformer"], encoder_width=vision_width, add_cross_attention=True,
+                            query_length=num_query_token)
+        return BertLMHeadModel(config), nn.Parameter(torch.zeros(1, num_query_token, config.hidden_size))
 
 
-def save_tiny_opt(folder):
-    """A random 2-layer OPT and a byte-level GPT-2 tokenizer (printable ASCII and newline, no merges)."""
-    chars = [bytes_to_unicode()[b] for b in [10, *range(32, 127)]]
-    vocab = {t: i for i, t in enumerate(["<pad>", "</s>", "<unk>", *chars])}
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    GPT2Tokenizer(folder / "vocab.json", folder / "merges.txt", bos_token="</s>", eos_token="</s>",
-                  unk_token="<unk>", pad_token="<pad>", add_bos_token=True).save_pretrained(folder)
-    config = OPTConfig(vocab_size=len(vocab), hidden_size=WIDTH, word_embed_proj_dim=WIDTH, ffn_dim=2 * WIDTH,
-                       num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128,
-                       pad_token_id=0, bos_token_id=1, eos_token_id=1)
-    OPTForCausalLM(config).save_pretrained(folder)
+def load_converted(folder, device):
+    """(Blip2OPT with the converted weights, LAVIS's image processor at the checkpoint's size and mean/std)."""
+    sizes = ConvertedBlip2OPT.sizes = json.loads((folder / "lavis.json").read_text())
+    model = ConvertedBlip2OPT(img_size=sizes["image_size"], num_query_token=sizes["num_query_token"],
+                              opt_model=str(folder / "opt"), vit_precision="fp32")
+    model.eos_token_id = sizes["eos_token_id"]  # LAVIS stops at "\n"; this model learned to end with </s>
+    # Blip2OPT loads OPT in float16 (frozen, 2.7B parameters on a GPU): make everything float32 first,
+    # then load every weight, OPT's too, from the float32 checkpoint, so none stays rounded to float16.
+    model.float()
+    checkpoint = folder / "blip2_opt.pth"
+    try:
+        loaded = model.load_from_pretrained(str(checkpoint))  # LAVIS's loader: load_state_dict(strict=False)
+    except RuntimeError as e:  # shapes that differ
+        raise ValueError(f"{checkpoint} does not fit the LAVIS model built from lavis.json: "
+                         f"{str(e).splitlines()[1].strip()}") from None
+    weights = {name for name, _ in model.named_parameters()}
+    missing = [k for k in loaded.missing_keys if k in weights]  # not buffers such as position_ids
+    if missing or loaded.unexpected_keys:
+        raise ValueError(f"{checkpoint} does not fit the LAVIS model built from lavis.json: "
+                         f"missing {missing[:3]}, unexpected {loaded.unexpected_keys[:3]}")
+    processors, _ = load_preprocess(OmegaConf.create({"vis_processor": {"eval": {
+        "name": "blip_image_eval", "image_size": sizes["image_size"], "mean": sizes["image_mean"],
+        "std": sizes["image_std"]}}}))
+    return model.eval().to(device), processors["eval"]
 
 
 def load(model, device):
-    """(model, image processor): the tiny one built offline, or a real model_type via LAVIS's loader."""
-    if model != "tiny":
-        if model not in Blip2OPT.PRETRAINED_MODEL_CONFIG_DICT:
-            raise ValueError(f"{model!r} is no LAVIS blip2_opt model_type: use tiny or one of "
-                             + ", ".join(Blip2OPT.PRETRAINED_MODEL_CONFIG_DICT))
-        model, vis_processors, _ = load_model_and_preprocess("blip2_opt", model_type=model, is_eval=True,
-                                                             device=device)
-        return model, vis_processors["eval"]
-    torch.manual_seed(0)  # the same random weights every time
-    with tempfile.TemporaryDirectory() as tmp:  # OPT comes in through from_pretrained, as the real one does
-        save_tiny_opt(pathlib.Path(tmp))
-        net = TinyBlip2OPT(img_size=224, num_query_token=8, opt_model=tmp, vit_precision="fp32")
-    # the processors pretrain_opt2.7b would get from load_model_and_preprocess (224 px, CLIP mean/std)
-    preprocess = OmegaConf.load(Blip2OPT.default_config_path("pretrain_opt2.7b")).preprocess
-    vis_processors, _ = load_preprocess(preprocess)
-    return net.eval().float().to(device), vis_processors["eval"]  # OPT loads in fp16; LAVIS floats it on CPU
+    """(model, image processor): a converted folder, or a real model_type through LAVIS's loader."""
+    if (pathlib.Path(model) / "lavis.json").exists():
+        return load_converted(pathlib.Path(model), device)
+    if model not in Blip2OPT.PRETRAINED_MODEL_CONFIG_DICT:
+        raise ValueError(f"{model!r} is neither a converted checkpoint folder nor a LAVIS blip2_opt model_type ("
+                         + ", ".join(Blip2OPT.PRETRAINED_MODEL_CONFIG_DICT) + ")")
+    model, vis_processors, _ = load_model_and_preprocess("blip2_opt", model_type=model, is_eval=True, device=device)
+    return model, vis_processors["eval"]
 
 
-def caption(request):
-    device = request["device"]
+def read_image(path, processor):
+    return processor(Image.open(path).convert("RGB"))
+
+
+@torch.no_grad()
+def caption(model, processor, job, device):
+    """LAVIS 1.0.2's generate() takes one prompt string for the whole batch, so images are batched
+    by prompt; it returns text with the prompt already cut off."""
+    s = job["settings"]
+    torch.manual_seed(job.get("seed", 0))  # for do_sample
+    captions = [None] * len(job["images"])
+    by_prompt = {}
+    for i, prompt in enumerate(job["prompts"]):
+        by_prompt.setdefault(prompt, []).append(i)
+    for prompt, rows in by_prompt.items():
+        for start in range(0, len(rows), job.get("batch_size", 16)):
+            chunk = rows[start:start + job.get("batch_size", 16)]
+            images = torch.stack([read_image(job["images"][i], processor) for i in chunk]).to(device)
+            # LAVIS's max_length goes to transformers' generate() as max_new_tokens
+            texts = model.generate({"image": images, "prompt": prompt}, use_nucleus_sampling=s["do_sample"],
+                                   num_beams=s["num_beams"], max_length=s["max_new_tokens"], min_length=1,
+                                   top_p=s["top_p"] or 1.0, temperature=s["temperature"] or 1.0,
+                                   repetition_penalty=s["repetition_penalty"])
+            for i, text in zip(chunk, texts):
+                captions[i] = text
+    return {"captions": captions}
+
+
+@torch.no_grad()
+def trace(model, processor, job, device):
+    """The first step of Blip2OPT.generate() (the same lines), keeping each stage's tensor."""
+    pixel_values = read_image(job["image"], processor).unsqueeze(0).to(device)
+    image_embeds = model.ln_vision(model.visual_encoder(pixel_values))
+    image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=device)
+    query_output = model.Qformer.bert(query_embeds=model.query_tokens, encoder_hidden_states=image_embeds,
+                                      encoder_attention_mask=image_atts, return_dict=True).last_hidden_state
+    projected = model.opt_proj(query_output)
+    tokens = model.opt_tokenizer([job["prompt"]], return_tensors="pt").to(device)
+    attention_mask = torch.cat([torch.ones(projected.shape[:-1], dtype=torch.long, device=device),
+                                tokens.attention_mask], dim=1)
+    logits = model.opt_model(input_ids=tokens.input_ids, query_embeds=projected, attention_mask=attention_mask).logits
+    stages = {"pixel_values": pixel_values, "image_embeds": image_embeds, "query_output": query_output,
+              "projected": projected, "logits": logits}
+    return {"input_ids": tokens.input_ids[0].tolist(), **{k: v[0].float().tolist() for k, v in stages.items()}}
+
+
+TASKS = {"caption": caption, "trace": trace}
+
+
+def run(request):
+    device = request.get("device", "cpu")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, processor = load(request["model"], device)
-    torch.manual_seed(request.get("seed", 0))  # for do_sample
-    s = request["settings"]
-    captions = []
-    for path, prompt in zip(request["images"], request["prompts"]):  # LAVIS 1.0.2: one prompt per batch
-        image = processor(Image.open(path).convert("RGB")).unsqueeze(0).to(device)
-        captions += model.generate({"image": image, "prompt": prompt},
-                                   use_nucleus_sampling=s["do_sample"], num_beams=s["num_beams"],
-                                   max_length=s["max_new_tokens"],  # LAVIS passes it as max_new_tokens
-                                   min_length=1, top_p=s["top_p"] or 1.0, temperature=s["temperature"] or 1.0,
-                                   repetition_penalty=s["repetition_penalty"])
-    return captions
+    return [TASKS[job["task"]](model, processor, job, device) for job in request["jobs"]]
 
 
 def main():
     try:
         request = json.load(sys.stdin)
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the answer only
-            captions = caption(request)
+            results = run(request)
     except Exception as e:
         sys.stderr.write(f"lavis_runner: {type(e).__name__}: {' '.join(str(e).split())}\n")
         sys.exit(1)
-    json.dump({"captions": captions, "backend": "lavis",
+    json.dump({"results": results, "backend": "lavis",
                "lavis_version": importlib.metadata.version("salesforce-lavis")}, sys.stdout)
 
 

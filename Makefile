@@ -29,7 +29,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test bench train week1 week2 week3 week4 week5 week6 week7 lora week8 week9 export serve week10 week11 week12 tiny-models clean lavis-venv week2-lavis
+.PHONY: help install demo lint test bench train week1 week2 week3 week4 week5 week6 week7 lora week8 week9 export serve week10 week11 week12 tiny-models clean lavis-venv week2-lavis
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -61,7 +61,12 @@ install: $(VENV)/.installed ## create .venv and install (CPU torch on CPU-only L
 
 demo: week1 ## the main demo: week 1 on the bundled tiny CLIP
 
-test: $(VENV)/.installed ## run every milestone's tests
+lint: $(VENV)/.installed ## ruff (lint and format) and the import contracts (one-way layers, no cycles)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+test: lint ## the linters, then every milestone's tests
 	$(OFFLINE) $(PYTEST)
 
 test-week%: $(VENV)/.installed ## run one milestone, e.g. make test-week1

@@ -1,4 +1,5 @@
 """Pieces every stage shares: ShapesWorld, the model zoo, CLI conventions, pictures."""
+
 import logging
 from pathlib import Path
 

@@ -6,6 +6,7 @@ before a run continues one (its run, its config, every file as it was saved).
 A run's trainers are named run/part (tiny-sd/vae, tiny-sd/unet): a folder holding another run's
 checkpoints is refused, and without --resume an unfinished run's checkpoints are never overwritten.
 """
+
 import dataclasses
 import hashlib
 import json
@@ -20,8 +21,9 @@ RECORD = "run.json"
 
 def jsonable(config):
     """A config (dataclass or dict) as the JSON a checkpoint records it in."""
-    return json.loads(json.dumps(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
-                                 default=str))
+    return json.loads(
+        json.dumps(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config, default=str)
+    )
 
 
 def listed(folder):
@@ -47,8 +49,10 @@ def check(path, config):
     differ = sorted(k for k in ours.keys() | record["config"].keys() if ours.get(k) != record["config"].get(k))
     if differ:
         theirs = ", ".join(f"{k}={record['config'].get(k)}" for k in differ)
-        raise cli.UserError(f"{path} was saved with {theirs}; this run has "
-                            f"{', '.join(f'{k}={ours.get(k)}' for k in differ)}: resume with the same settings")
+        raise cli.UserError(
+            f"{path} was saved with {theirs}; this run has "
+            f"{', '.join(f'{k}={ours.get(k)}' for k in differ)}: resume with the same settings"
+        )
     for file, digest in record["files"].items():
         if not (path / file).is_file() or sha256(path / file) != digest:
             raise cli.UserError(f"{path / file} is missing or corrupt: delete {path} to continue an older checkpoint")
@@ -64,14 +68,18 @@ def to_resume(out, name, config, resume):
     for path in found:
         theirs = read_record(path).get("name", "?")
         if theirs.split("/")[0] != name.split("/")[0]:
-            raise cli.UserError(f"{path} is a checkpoint of {theirs}, not {name.split('/')[0]}: pass the --out "
-                                f"of a {name.split('/')[0]} run")
+            raise cli.UserError(
+                f"{path} is a checkpoint of {theirs}, not {name.split('/')[0]}: pass the --out "
+                f"of a {name.split('/')[0]} run"
+            )
     if resume and not found:
         raise cli.UserError(f"--resume: no checkpoint in {folder}: start without --resume")
     mine = listed(folder / name)
     if mine and not resume:
-        raise cli.UserError(f"{folder} holds the checkpoints of an unfinished run: pass --resume to continue it, "
-                            f"or delete {folder} to start over")
+        raise cli.UserError(
+            f"{folder} holds the checkpoints of an unfinished run: pass --resume to continue it, "
+            f"or delete {folder} to start over"
+        )
     if not mine:
         return None
     check(mine[-1], config)
@@ -91,8 +99,13 @@ def save(accelerator, out, name, step, config):
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         files = {p.name: sha256(p) for p in sorted(partial.iterdir()) if p.is_file()}
-        record = {"name": name, "step": step, "config": jsonable(config),
-                  "num_processes": accelerator.num_processes, "files": files}
+        record = {
+            "name": name,
+            "step": step,
+            "config": jsonable(config),
+            "num_processes": accelerator.num_processes,
+            "files": files,
+        }
         (partial / RECORD).write_text(json.dumps(record, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)

@@ -3,6 +3,7 @@
 Every from-scratch module of stage 2 proves itself against the library it re-derives; a record
 says how far apart the two came out and whether that is within tolerance.
 """
+
 import sys
 
 from curriculum import cli

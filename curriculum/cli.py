@@ -3,6 +3,7 @@
 Bad input raises `UserError`; `run` turns it into one line on stderr and exit code 2, so the
 learner sees what to fix instead of a traceback. `--json` output goes through `print_json`.
 """
+
 import argparse
 import json
 import sys
@@ -51,8 +52,11 @@ def add_device_arg(parser):
 
 
 def add_model_args(parser, default_model="tiny"):
-    parser.add_argument("--model", default=default_model,
-                        help=f"'tiny' (bundled, default), a hub id or a local folder (default {default_model})")
+    parser.add_argument(
+        "--model",
+        default=default_model,
+        help=f"'tiny' (bundled, default), a hub id or a local folder (default {default_model})",
+    )
     add_device_arg(parser)
 
 

@@ -1,4 +1,5 @@
 """Reading images the learner points a script at: unreadable files are skipped or explained."""
+
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError

@@ -1,4 +1,5 @@
 """Where and how tensors run: device choice, dtype per device, seeding, bf16 capability."""
+
 import random
 
 import numpy as np

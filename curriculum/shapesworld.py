@@ -11,6 +11,7 @@ them (they do appear in `val` and `test`) measures compositional generalisation.
     python -m curriculum.shapesworld export --n 200 --split test --out outputs/gallery
     python -m curriculum.shapesworld grid --n 16 --out outputs/shapesworld.png
 """
+
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -42,8 +43,14 @@ POSITIONS = {
 }
 # Never rendered in train: one per colour, each shape twice.
 HELDOUT_COMBINATIONS = frozenset(
-    {("red", "triangle"), ("orange", "cross"), ("yellow", "circle"),
-     ("green", "square"), ("blue", "triangle"), ("purple", "circle")}
+    {
+        ("red", "triangle"),
+        ("orange", "cross"),
+        ("yellow", "circle"),
+        ("green", "square"),
+        ("blue", "triangle"),
+        ("purple", "circle"),
+    }
 )
 SPLITS = {"train": 0, "val": 1, "test": 2}
 RADIUS = {"small": 0.10, "large": 0.19}  # fraction of the image side
@@ -150,9 +157,20 @@ def _polygon(shape, cx, cy, r):
         return [(cx, cy - r), (cx + r * 0.95, cy + r * 0.75), (cx - r * 0.95, cy + r * 0.75)]
     if shape == "cross":
         a, b = r, r * 0.35
-        return [(cx - b, cy - a), (cx + b, cy - a), (cx + b, cy - b), (cx + a, cy - b), (cx + a, cy + b),
-                (cx + b, cy + b), (cx + b, cy + a), (cx - b, cy + a), (cx - b, cy + b), (cx - a, cy + b),
-                (cx - a, cy - b), (cx - b, cy - b)]
+        return [
+            (cx - b, cy - a),
+            (cx + b, cy - a),
+            (cx + b, cy - b),
+            (cx + a, cy - b),
+            (cx + a, cy + b),
+            (cx + b, cy + b),
+            (cx + b, cy + a),
+            (cx - b, cy + a),
+            (cx - b, cy + b),
+            (cx - a, cy + b),
+            (cx - a, cy - b),
+            (cx - b, cy - b),
+        ]
     raise ValueError(shape)
 
 
@@ -179,8 +197,12 @@ def sample_objects(rng, split):
     objects = []
     for position in positions:
         while True:
-            o = ShapeObject(str(rng.choice(list(COLORS))), str(rng.choice(list(SHAPES))),
-                            str(rng.choice(list(SIZES))), str(position))
+            o = ShapeObject(
+                str(rng.choice(list(COLORS))),
+                str(rng.choice(list(SHAPES))),
+                str(rng.choice(list(SIZES))),
+                str(position),
+            )
             if split != "train" or not o.heldout:
                 break
         objects.append(o)
@@ -194,8 +216,12 @@ def sample(split, index, seed=0, size=64):
     rng = np.random.default_rng([seed, SPLITS[split], index])
     objects = sample_objects(rng, split)
     image = render(objects, size, rng)
-    return Sample(image, caption_en(objects, int(rng.integers(len(EN_TEMPLATES)))),
-                  caption_zh(objects, int(rng.integers(len(ZH_TEMPLATES)))), objects)
+    return Sample(
+        image,
+        caption_en(objects, int(rng.integers(len(EN_TEMPLATES)))),
+        caption_zh(objects, int(rng.integers(len(ZH_TEMPLATES)))),
+        objects,
+    )
 
 
 def generate(split, n, seed=0, size=64, progress=False):
@@ -211,8 +237,13 @@ def export(split, n, out, seed=0, size=64):
             s = sample(split, i, seed, size)
             name = f"{split}_{i:05d}.png"
             s.image.save(out / name)
-            f.write(json.dumps({"path": name, "caption_en": s.caption_en, "caption_zh": s.caption_zh,
-                                "labels": s.labels}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {"path": name, "caption_en": s.caption_en, "caption_zh": s.caption_zh, "labels": s.labels},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     return out
 
 
@@ -228,8 +259,10 @@ def read_captions(folder):
 def main(argv=None):
     parser = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in (("export", "write PNGs and captions.jsonl to a folder"),
-                        ("grid", "write one PNG of n samples with their captions")):
+    for name, help_ in (
+        ("export", "write PNGs and captions.jsonl to a folder"),
+        ("grid", "write one PNG of n samples with their captions"),
+    ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--n", type=cli.positive_int, default=16, help="number of images (default 16)")
         p.add_argument("--split", choices=list(SPLITS), default="test", help="which split (default test)")
@@ -242,6 +275,7 @@ def main(argv=None):
         print(f"wrote {args.n} images and captions.jsonl to {out}")
     else:
         from curriculum import viz
+
         samples = generate(args.split, args.n, args.seed, args.size)
         viz.image_grid([s.image for s in samples], [s.caption_en for s in samples], args.out)
         print(f"wrote {args.out}")

@@ -10,6 +10,7 @@ The tokenizer is a real `CLIPTokenizer` (byte-level BPE, `</w>` word ends) whose
 learned from ShapesWorld captions, so every caption word is one token and any other text still
 tokenizes, byte by byte.
 """
+
 import itertools
 from dataclasses import astuple, dataclass, replace
 
@@ -27,8 +28,11 @@ def build_tokenizer(n_captions=4000):
     """BPE merges learned from ShapesWorld captions, vocabulary laid out like OpenAI's CLIP:
     256 byte symbols, the same with `</w>`, the merges, then <|startoftext|>, <|endoftext|>."""
     texts = [s.caption_en for s in shapesworld.generate("train", n_captions)]
-    texts += [shapesworld.caption_en(s.objects, t) for s in shapesworld.generate("val", 200)
-              for t in range(len(shapesworld.EN_TEMPLATES))]
+    texts += [
+        shapesworld.caption_en(s.objects, t)
+        for s in shapesworld.generate("val", 200)
+        for t in range(len(shapesworld.EN_TEMPLATES))
+    ]
     merges = bpe.learn_merges(CLIPTokenizer(), texts, end_of_word_suffix="</w>")
     base = bpe.byte_alphabet()
     tokens = base + [b + "</w>" for b in base] + ["".join(m) for m in merges]
@@ -38,20 +42,34 @@ def build_tokenizer(n_captions=4000):
 
 
 def build_processor():
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
-                                            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
     return CLIPProcessor(image_processor=image_processor, tokenizer=build_tokenizer())
 
 
 def build_config(tokenizer, hidden=64, patch=16, text_layers=2, vision_layers=4, heads=2, projection=64):
     """Same classes and wiring as ViT-B/32 CLIP, scaled down: 64 px images, 16 px patches."""
-    specials = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id)
-    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
-                num_hidden_layers=text_layers, num_attention_heads=heads, max_position_embeddings=MAX_TOKENS,
-                **specials)
-    vision = dict(image_size=IMAGE_SIZE, patch_size=patch, hidden_size=hidden, intermediate_size=4 * hidden,
-                  num_hidden_layers=vision_layers, num_attention_heads=heads)
+    specials = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=text_layers,
+        num_attention_heads=heads,
+        max_position_embeddings=MAX_TOKENS,
+        **specials,
+    )
+    vision = dict(
+        image_size=IMAGE_SIZE,
+        patch_size=patch,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=heads,
+    )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection)
 
 
@@ -75,16 +93,19 @@ def training_caption(objects, rng):
         template = int(rng.integers(len(shapesworld.EN_TEMPLATES)))
         return shapesworld.caption_en(objects, template), objects, True
     named = objects if rng.random() < 0.5 else [objects[int(rng.integers(len(objects)))]]
-    named = [replace(o, size=o.size if rng.random() < 0.5 else None,
-                     position=o.position if rng.random() < 0.5 else None) for o in named]
+    named = [
+        replace(o, size=o.size if rng.random() < 0.5 else None, position=o.position if rng.random() < 0.5 else None)
+        for o in named
+    ]
     return " and ".join(shapesworld.describe_en(o) for o in named), named, False
 
 
 def mention_table(objects):
     """(images x mentions) booleans, and each mention's column. A mention is an object with size
     and/or position possibly unsaid (None); image i fits mention m if one of its objects does."""
-    mentions = itertools.product(shapesworld.COLORS, shapesworld.SHAPES, [*shapesworld.SIZES, None],
-                                 [*shapesworld.POSITIONS, None])
+    mentions = itertools.product(
+        shapesworld.COLORS, shapesworld.SHAPES, [*shapesworld.SIZES, None], [*shapesworld.POSITIONS, None]
+    )
     column = {m: c for c, m in enumerate(mentions)}
     table = np.zeros((len(objects), len(column)), dtype=bool)
     for i, image_objects in enumerate(objects):
@@ -109,6 +130,7 @@ def contrastive_loss(logits_per_text, positives):
 @dataclass(frozen=True)
 class Config:
     """What is learnt (a resumed checkpoint must match it)."""
+
     steps: int = 1200
     batch_size: int = 256
     pool: int = 30_000
@@ -120,8 +142,9 @@ def train(out, config=Config(), options=training.Options()):
     trainer = training.Trainer("tiny-clip", out, config, options, contrastive=True)
     processor = build_processor()
     model = CLIPModel(build_config(processor.tokenizer))
-    data = shapesworld.generate("train", config.pool, seed=config.seed, size=IMAGE_SIZE,
-                                progress=trainer.is_main and options.progress)
+    data = shapesworld.generate(
+        "train", config.pool, seed=config.seed, size=IMAGE_SIZE, progress=trainer.is_main and options.progress
+    )
     images = np.stack([np.asarray(s.image) for s in data])
     objects = [s.objects for s in data]
     key_ids = {}
@@ -135,9 +158,18 @@ def train(out, config=Config(), options=training.Options()):
         captions, named, whole = zip(*(training_caption(objects[i], trainer.rng) for i in idx))
         # positives[i, j]: caption i is true of image j (a partial caption can fit several images)
         batch_keys, batch_fits = keys[idx], fits[idx]
-        positives = torch.from_numpy(np.stack([
-            batch_keys == keys[i] if w else batch_fits[:, [column[astuple(o)] for o in n]].all(axis=1)
-            for i, n, w in zip(idx, named, whole)])).float().to(trainer.device)
+        positives = (
+            torch.from_numpy(
+                np.stack(
+                    [
+                        batch_keys == keys[i] if w else batch_fits[:, [column[astuple(o)] for o in n]].all(axis=1)
+                        for i, n, w in zip(idx, named, whole)
+                    ]
+                )
+            )
+            .float()
+            .to(trainer.device)
+        )
         for rows in trainer.micro_batches(config.batch_size):
             text = processor.tokenizer(list(captions[rows]), padding=True, return_tensors="pt").to(trainer.device)
             out = model(**text, pixel_values=pixels(images[idx[rows]], processor.image_processor).to(trainer.device))
@@ -152,8 +184,11 @@ def train(out, config=Config(), options=training.Options()):
 
 def main(argv=None):
     args = training.parser(__doc__, MODELS_DIR / "tiny-clip", Config, "contrastive batch").parse_args(argv)
-    train(args.out, Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),
-          training.Options.from_args(args, __spec__.name, argv))
+    train(
+        args.out,
+        Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),
+        training.Options.from_args(args, __spec__.name, argv),
+    )
 
 
 if __name__ == "__main__":

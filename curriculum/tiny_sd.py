@@ -14,6 +14,7 @@ guidance has an unconditional model to push away from. Saved as a `StableDiffusi
     python -m curriculum.tiny_sd --out data/models/tiny-sd      (or: make tiny-models)
     python -m curriculum.tiny_sd --out outputs/train/sd --nproc 2 [--resume]   (Accelerate: README)
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,19 +39,33 @@ KL_WEIGHT = 1e-6  # as SD's VAE: just enough to keep the latent smooth and near 
 
 def build_vae(channels=(16, 16, 32, 32)):
     """SD's AutoencoderKL: four encoder blocks, three 2x downsamplings -> 64 px to 8x8, 4 latent channels."""
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=IMAGE_SIZE,
-                         down_block_types=("DownEncoderBlock2D",) * len(channels),
-                         up_block_types=("UpDecoderBlock2D",) * len(channels),
-                         block_out_channels=channels, layers_per_block=1, norm_num_groups=8)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        sample_size=IMAGE_SIZE,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        block_out_channels=channels,
+        layers_per_block=1,
+        norm_num_groups=8,
+    )
 
 
 def build_unet(cross_attention_dim, channels=(64, 128)):
     """SD's UNet2DConditionModel with two resolutions (8x8, 4x4), cross-attention to the text at both."""
-    return UNet2DConditionModel(sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=channels,
-                                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-                                cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=16)
+    return UNet2DConditionModel(
+        sample_size=LATENT_SIZE,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=channels,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
 
 
 def build_scheduler():
@@ -84,7 +99,7 @@ class VAETraining(torch.nn.Module):
 
     def forward(self, x, eps):
         posterior = self.vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * eps                      # z = μ + σ·ε ~ q(z|x): reparameterised
+        z = posterior.mean + posterior.std * eps  # z = μ + σ·ε ~ q(z|x): reparameterised
         return self.vae.decode(z).sample, posterior.kl()
 
 
@@ -107,9 +122,14 @@ def train_vae(trainer, vae, images, config):
 def encode(trainer, vae, images, batch_size=256):
     """Latents of every image, drawn once from q(z|x), unscaled (every process encodes them all)."""
     with trainer.accelerator.autocast():
-        chunks = [vae.encode(to_vae_range(images[i:i + batch_size]).to(trainer.device)).latent_dist.sample().float()
-                  for i in tqdm(range(0, len(images), batch_size), desc="encode latents",
-                                disable=not (trainer.is_main and trainer.options.progress))]
+        chunks = [
+            vae.encode(to_vae_range(images[i : i + batch_size]).to(trainer.device)).latent_dist.sample().float()
+            for i in tqdm(
+                range(0, len(images), batch_size),
+                desc="encode latents",
+                disable=not (trainer.is_main and trainer.options.progress),
+            )
+        ]
     return torch.cat(chunks)
 
 
@@ -131,16 +151,24 @@ def train_unet(trainer, unet, text_encoder, tokenizer, latents, objects, config)
     text_encoder = text_encoder.to(trainer.device)
     for _ in trainer.steps(config.steps):
         idx = trainer.rng.choice(len(latents), config.batch_size, replace=False)
-        prompts = ["" if trainer.rng.random() < UNCONDITIONAL_SHARE else
-                   shapesworld.caption_en(objects[i], int(trainer.rng.integers(len(shapesworld.EN_TEMPLATES))))
-                   for i in idx]
+        prompts = [
+            ""
+            if trainer.rng.random() < UNCONDITIONAL_SHARE
+            else shapesworld.caption_en(objects[i], int(trainer.rng.integers(len(shapesworld.EN_TEMPLATES))))
+            for i in idx
+        ]
         # every process draws the whole batch's noise and times, and keeps its rows
         eps = torch.randn(config.batch_size, *latents.shape[1:])
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (config.batch_size,))
         for rows in trainer.micro_batches(config.batch_size):
             # the pipeline pads every prompt to the tokenizer's full length, so training does too
-            ids = tokenizer(prompts[rows], padding="max_length", max_length=tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids.to(trainer.device)
+            ids = tokenizer(
+                prompts[rows],
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(trainer.device)
             with torch.no_grad():
                 text = text_encoder(ids).last_hidden_state
             z0, noise, steps = (x.to(trainer.device) for x in (latents[idx[rows]], eps[rows], t[rows]))
@@ -160,6 +188,7 @@ def frozen_text_encoder(clip):
 @dataclass(frozen=True)
 class Config:
     """What is learnt (a resumed checkpoint must match it): the VAE first, then the UNet on its latents."""
+
     vae_steps: int = 1500
     steps: int = 2200  # UNet steps: 2,200 of 64 beat 1,100 of 128 in the same time (colour right 0.97 vs 0.85)
     vae_batch_size: int = 64
@@ -171,12 +200,14 @@ class Config:
 def train(out, config=Config(), options=training.Options()):
     # bf16 pays for the VAE's convolutions on AVX512-BF16 CPUs; the UNet's small matmuls run slower
     # in bf16 there (measured 0.77 vs 1.19 s/step), so it trains in fp32 on CPUs
-    vae_trainer = training.Trainer("tiny-sd/vae", out, config, options, batch_size=config.vae_batch_size,
-                                   bf16_on_cpu=True)
+    vae_trainer = training.Trainer(
+        "tiny-sd/vae", out, config, options, batch_size=config.vae_batch_size, bf16_on_cpu=True
+    )
     clip, processor = zoo.load_clip("tiny", device="cpu")
     text_encoder = frozen_text_encoder(clip)
-    data = shapesworld.generate("train", config.pool, seed=config.seed, size=IMAGE_SIZE,
-                                progress=vae_trainer.is_main and options.progress)
+    data = shapesworld.generate(
+        "train", config.pool, seed=config.seed, size=IMAGE_SIZE, progress=vae_trainer.is_main and options.progress
+    )
     images = np.stack([np.asarray(s.image) for s in data])
 
     vae = train_vae(vae_trainer, build_vae(), images, config)
@@ -186,27 +217,53 @@ def train(out, config=Config(), options=training.Options()):
     latents = latents * vae.config.scaling_factor
 
     unet_trainer = training.Trainer("tiny-sd/unet", out, config, options)
-    unet = train_unet(unet_trainer, build_unet(text_encoder.config.hidden_size), text_encoder, processor.tokenizer,
-                      latents, [s.objects for s in data], config)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=processor.tokenizer, unet=unet,
-                                   scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    unet = train_unet(
+        unet_trainer,
+        build_unet(text_encoder.config.hidden_size),
+        text_encoder,
+        processor.tokenizer,
+        latents,
+        [s.objects for s in data],
+        config,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=processor.tokenizer,
+        unet=unet,
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     vae_losses = vae_trainer.progress.losses
     if unet_trainer.is_main:
         viz.curve(vae_losses, f"{out}/vae_loss.png", "tiny SD VAE: weighted L1 + KL")
-    unet_trainer.save([pipe], "tiny SD UNet: noise-prediction MSE", vae_final_loss=float(np.mean(vae_losses[-50:])),
-                      scaling_factor=vae.config.scaling_factor, vae_precision=vae_trainer.precision,
-                      vae_train_minutes=vae_trainer.record()["train_minutes"])
+    unet_trainer.save(
+        [pipe],
+        "tiny SD UNet: noise-prediction MSE",
+        vae_final_loss=float(np.mean(vae_losses[-50:])),
+        scaling_factor=vae.config.scaling_factor,
+        vae_precision=vae_trainer.precision,
+        vae_train_minutes=vae_trainer.record()["train_minutes"],
+    )
     return unet_trainer
 
 
 def main(argv=None):
     p = training.parser(__doc__, MODELS_DIR / "tiny-sd", Config, "UNet batch")
-    p.add_argument("--vae-steps", type=cli.positive_int, default=Config.vae_steps,
-                   help=f"VAE optimiser steps (default {Config.vae_steps})")
+    p.add_argument(
+        "--vae-steps",
+        type=cli.positive_int,
+        default=Config.vae_steps,
+        help=f"VAE optimiser steps (default {Config.vae_steps})",
+    )
     args = p.parse_args(argv)
-    train(args.out, Config(vae_steps=args.vae_steps, steps=args.steps, batch_size=args.batch_size, pool=args.pool,
-                           seed=args.seed), training.Options.from_args(args, __spec__.name, argv))
+    train(
+        args.out,
+        Config(vae_steps=args.vae_steps, steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),
+        training.Options.from_args(args, __spec__.name, argv),
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ own, and the ratio approaches 2 × (1 - communication share).
 
     python -m curriculum.train_bench [--steps 40] [--batch-size 256] [--out outputs/bench]
 """
+
 import json
 import subprocess
 import sys
@@ -22,8 +23,23 @@ RUNS = (("1 process", 1, False), ("2 processes", 2, False), ("2 processes, commu
 
 def measure(nproc, time_comm, steps, batch_size, pool, folder):
     """One tiny CLIP training in its own processes; its training.json."""
-    command = [sys.executable, "-m", "curriculum.tiny_clip", "--out", str(folder), "--steps", str(steps),
-               "--batch-size", str(batch_size), "--pool", str(pool), "--save-every", str(steps), "--nproc", str(nproc)]
+    command = [
+        sys.executable,
+        "-m",
+        "curriculum.tiny_clip",
+        "--out",
+        str(folder),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(batch_size),
+        "--pool",
+        str(pool),
+        "--save-every",
+        str(steps),
+        "--nproc",
+        str(nproc),
+    ]
     proc = subprocess.run(command + ["--time-comm"] * time_comm, cwd=REPO_ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise cli.UserError(f"the training on {nproc} process(es) failed: {proc.stderr.strip().splitlines()[-1]}")
@@ -35,19 +51,37 @@ def bench(steps=40, batch_size=256, pool=4096):
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, nproc, time_comm) in enumerate(RUNS):
             record = measure(nproc, time_comm, steps, batch_size, pool, Path(tmp) / str(i))
-            rows.append({"run": label, "num_processes": record["num_processes"],
-                         "samples_per_s": record["samples_per_s"], "comm_share": record["comm_share"]})
-    return {"model": "tiny CLIP", "steps": steps, "batch_size": batch_size, "rows": rows,
-            "speedup_2_vs_1": round(rows[1]["samples_per_s"] / rows[0]["samples_per_s"], 2),
-            "comm_share_2": rows[2]["comm_share"]}
+            rows.append(
+                {
+                    "run": label,
+                    "num_processes": record["num_processes"],
+                    "samples_per_s": record["samples_per_s"],
+                    "comm_share": record["comm_share"],
+                }
+            )
+    return {
+        "model": "tiny CLIP",
+        "steps": steps,
+        "batch_size": batch_size,
+        "rows": rows,
+        "speedup_2_vs_1": round(rows[1]["samples_per_s"] / rows[0]["samples_per_s"], 2),
+        "comm_share_2": rows[2]["comm_share"],
+    }
 
 
 def markdown(result):
-    lines = [f"Training the {result['model']}: {result['steps']} steps of a global batch of {result['batch_size']}",
-             "", "| run | processes | samples/s | communication share of a step |", "|---|---|---|---|"]
-    lines += [f"| {r['run']} | {r['num_processes']} | {r['samples_per_s']} | "
-              + (f"{r['comm_share']:.0%}" if r["comm_share"] is not None else "not timed") + " |"
-              for r in result["rows"]]
+    lines = [
+        f"Training the {result['model']}: {result['steps']} steps of a global batch of {result['batch_size']}",
+        "",
+        "| run | processes | samples/s | communication share of a step |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['run']} | {r['num_processes']} | {r['samples_per_s']} | "
+        + (f"{r['comm_share']:.0%}" if r["comm_share"] is not None else "not timed")
+        + " |"
+        for r in result["rows"]
+    ]
     lines += ["", f"2 processes vs 1: {result['speedup_2_vs_1']}× the samples/s"]
     return "\n".join(lines) + "\n"
 

@@ -18,6 +18,7 @@ Checkpoints (`--save-every N`) hold the model, optimiser, schedule, every random
 data order and the loss so far (Accelerate's save_state). `--resume` continues the newest one and
 ends with the same weights as a run never interrupted, with any number of processes.
 """
+
 import dataclasses
 import json
 import math
@@ -38,46 +39,75 @@ from tqdm import tqdm
 from curriculum import checkpoints, cli, runtime, viz
 from curriculum.checkpoints import jsonable
 
+
 @dataclasses.dataclass(frozen=True)
 class Options:
     """How to run a training; none of it changes the weights it ends with."""
+
     device: str = "auto"
-    nproc: int = 1            # processes to start with `accelerate launch` (1: train in this process)
-    grad_accum: int = 1       # micro-batches per optimiser step
-    save_every: int = 0       # steps between checkpoints (0: none)
-    resume: bool = False      # continue the newest checkpoint in the output folder
-    precision: str = "auto"   # auto: bf16 autocast where the hardware is fast at it; fp32: never
-    time_comm: bool = False   # time every all-reduce and gather (synchronously: for the benchmark)
+    nproc: int = 1  # processes to start with `accelerate launch` (1: train in this process)
+    grad_accum: int = 1  # micro-batches per optimiser step
+    save_every: int = 0  # steps between checkpoints (0: none)
+    resume: bool = False  # continue the newest checkpoint in the output folder
+    precision: str = "auto"  # auto: bf16 autocast where the hardware is fast at it; fp32: never
+    time_comm: bool = False  # time every all-reduce and gather (synchronously: for the benchmark)
     progress: bool = True
-    command: tuple = ()       # module and arguments that --nproc re-runs under accelerate launch
+    command: tuple = ()  # module and arguments that --nproc re-runs under accelerate launch
 
     @classmethod
     def from_args(cls, args, module, argv):
         """From the flags of `add_run_args`; `module` and `argv` are what --nproc re-runs."""
         argv = list(sys.argv[1:] if argv is None else argv)
-        return cls(device=args.device, nproc=args.nproc, grad_accum=args.grad_accum, precision=args.precision,
-                   save_every=getattr(args, "save_every", 0), resume=getattr(args, "resume", False),
-                   time_comm=args.time_comm, command=(module, *without_option(argv, "--nproc")))
+        return cls(
+            device=args.device,
+            nproc=args.nproc,
+            grad_accum=args.grad_accum,
+            precision=args.precision,
+            save_every=getattr(args, "save_every", 0),
+            resume=getattr(args, "resume", False),
+            time_comm=args.time_comm,
+            command=(module, *without_option(argv, "--nproc")),
+        )
 
 
 def add_run_args(parser, checkpoints=True):
     """--device, --nproc, --grad-accum, --time-comm and, for trainers that save, --save-every and --resume."""
     cli.add_device_arg(parser)
-    parser.add_argument("--nproc", type=cli.positive_int, default=1,
-                        help="processes: N > 1 starts `accelerate launch --num_processes N` on this command "
-                             "(default 1)")
-    parser.add_argument("--grad-accum", type=cli.positive_int, default=1,
-                        help="micro-batches per optimiser step: the same result in less memory (default 1)")
-    parser.add_argument("--precision", choices=("auto", "fp32"), default="auto",
-                        help="auto: bf16 autocast where it is fast (GPUs, some CPUs); fp32: never (default auto)")
-    parser.add_argument("--time-comm", action="store_true",
-                        help="time the gradient all-reduce and gathers (blocking them): for `make bench`")
+    parser.add_argument(
+        "--nproc",
+        type=cli.positive_int,
+        default=1,
+        help="processes: N > 1 starts `accelerate launch --num_processes N` on this command (default 1)",
+    )
+    parser.add_argument(
+        "--grad-accum",
+        type=cli.positive_int,
+        default=1,
+        help="micro-batches per optimiser step: the same result in less memory (default 1)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32"),
+        default="auto",
+        help="auto: bf16 autocast where it is fast (GPUs, some CPUs); fp32: never (default auto)",
+    )
+    parser.add_argument(
+        "--time-comm",
+        action="store_true",
+        help="time the gradient all-reduce and gathers (blocking them): for `make bench`",
+    )
     if checkpoints:
-        parser.add_argument("--save-every", type=cli.positive_int, default=100,
-                            help="steps between checkpoints in OUT/checkpoints (default 100)")
-        parser.add_argument("--resume", action="store_true",
-                            help="continue the newest checkpoint in OUT/checkpoints (the same settings, "
-                                 "any number of processes)")
+        parser.add_argument(
+            "--save-every",
+            type=cli.positive_int,
+            default=100,
+            help="steps between checkpoints in OUT/checkpoints (default 100)",
+        )
+        parser.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the newest checkpoint in OUT/checkpoints (the same settings, any number of processes)",
+        )
 
 
 def parser(doc, default_out, config, batch_help):
@@ -85,12 +115,21 @@ def parser(doc, default_out, config, batch_help):
     Config) and the run flags."""
     p = cli.Parser(description=doc, formatter_class=cli.RawHelp)
     p.add_argument("--out", default=str(default_out), help="checkpoint folder")
-    p.add_argument("--steps", type=cli.positive_int, default=config.steps,
-                   help=f"optimiser steps (default {config.steps})")
-    p.add_argument("--batch-size", type=cli.positive_int, default=config.batch_size,
-                   help=f"{batch_help}, over all processes (default {config.batch_size})")
-    p.add_argument("--pool", type=cli.positive_int, default=config.pool,
-                   help=f"ShapesWorld training images (default {config.pool})")
+    p.add_argument(
+        "--steps", type=cli.positive_int, default=config.steps, help=f"optimiser steps (default {config.steps})"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=cli.positive_int,
+        default=config.batch_size,
+        help=f"{batch_help}, over all processes (default {config.batch_size})",
+    )
+    p.add_argument(
+        "--pool",
+        type=cli.positive_int,
+        default=config.pool,
+        help=f"ShapesWorld training images (default {config.pool})",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_run_args(p)
     return p
@@ -112,8 +151,9 @@ def without_option(argv, flag):
 def warmup_cosine(optimizer, steps):
     """Learning rate: linear warm-up over the first 5% of steps, then cosine decay to zero."""
     warmup = max(1, steps // 20)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 0.5 * (
-        1 + math.cos(math.pi * min(s, steps) / steps))))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    )
 
 
 def launched():
@@ -140,20 +180,26 @@ def check_split(config, num_processes, grad_accum, contrastive):
     """Every batch of the config (each *batch_size field) splits into equal shares, and is drawn
     from a pool of at least its size."""
     if contrastive and grad_accum > 1:
-        raise cli.UserError("--grad-accum would split a contrastive batch into micro-batches that never see each "
-                            "other's rows, which are their negatives: another loss. Spread the batch over "
-                            "processes instead (--nproc: their embeddings are gathered), or lower --batch-size")
+        raise cli.UserError(
+            "--grad-accum would split a contrastive batch into micro-batches that never see each "
+            "other's rows, which are their negatives: another loss. Spread the batch over "
+            "processes instead (--nproc: their embeddings are gathered), or lower --batch-size"
+        )
     settings = jsonable(config)
     for name, size in settings.items():
         if not name.endswith("batch_size"):
             continue
         if size % (num_processes * grad_accum):
-            raise cli.UserError(f"a batch of {size} ({name}) does not split evenly into "
-                                f"{plural(num_processes, 'process')} × {plural(grad_accum, 'micro-batch')}: "
-                                f"choose --nproc and --grad-accum whose product divides {size}")
+            raise cli.UserError(
+                f"a batch of {size} ({name}) does not split evenly into "
+                f"{plural(num_processes, 'process')} × {plural(grad_accum, 'micro-batch')}: "
+                f"choose --nproc and --grad-accum whose product divides {size}"
+            )
         if size > settings.get("pool", size):
-            raise cli.UserError(f"a batch of {size} ({name}) is drawn without repeats from --pool "
-                                f"{settings['pool']}: make the pool at least as large as the batch")
+            raise cli.UserError(
+                f"a batch of {size} ({name}) is drawn without repeats from --pool "
+                f"{settings['pool']}: make the pool at least as large as the batch"
+            )
 
 
 def launch(options, trainer_name):
@@ -161,11 +207,23 @@ def launch(options, trainer_name):
     flags = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     # --multi_gpu is torchrun underneath: on a CPU-only machine the processes talk over gloo.
     # (`--cpu --num_processes N` would start one process only.)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-               str(options.nproc), *flags, "-m", *options.command]
-    print(f"{trainer_name}: starting {plural(options.nproc, 'process')}\n"
-          f"$ accelerate launch --multi_gpu --num_processes {options.nproc} -m {' '.join(options.command)}",
-          file=sys.stderr, flush=True)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(options.nproc),
+        *flags,
+        "-m",
+        *options.command,
+    ]
+    print(
+        f"{trainer_name}: starting {plural(options.nproc, 'process')}\n"
+        f"$ accelerate launch --multi_gpu --num_processes {options.nproc} -m {' '.join(options.command)}",
+        file=sys.stderr,
+        flush=True,
+    )
     raise SystemExit(subprocess.call(command))
 
 
@@ -203,9 +261,9 @@ class GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous()
-        dist.all_reduce(grad)                                  # Σ over processes of dL_p/d(all rows)
+        dist.all_reduce(grad)  # Σ over processes of dL_p/d(all rows)
         n = grad.shape[0] // dist.get_world_size()
-        return grad[dist.get_rank() * n:(dist.get_rank() + 1) * n]
+        return grad[dist.get_rank() * n : (dist.get_rank() + 1) * n]
 
 
 # ---------------------------------------------------------------- the trainer
@@ -217,8 +275,7 @@ class Progress:
         self.session_seconds, self.session_steps, self.comm_seconds = 0.0, 0, 0.0  # this process's own, not saved
 
     def state_dict(self):
-        return {"step": self.step, "rng": self.rng.bit_generator.state, "losses": self.losses,
-                "seconds": self.seconds}
+        return {"step": self.step, "rng": self.rng.bit_generator.state, "losses": self.losses, "seconds": self.seconds}
 
     def load_state_dict(self, state):
         self.step, self.losses, self.seconds = state["step"], state["losses"], state["seconds"]
@@ -263,10 +320,12 @@ class Trainer:
         # One mixed-precision setting per process (Accelerate's state is shared); a trainer whose
         # small matmuls run slower in bf16 on a CPU turns autocast off for its own models.
         self.accelerator = Accelerator(
-            cpu=device.type == "cpu", mixed_precision="bf16" if fast else "no",
+            cpu=device.type == "cpu",
+            mixed_precision="bf16" if fast else "no",
             gradient_accumulation_steps=options.grad_accum,
             dataloader_config=DataLoaderConfiguration(split_batches=True),  # the schedule steps once per step
-            kwargs_handlers=[AutocastKwargs(enabled=bf16)])
+            kwargs_handlers=[AutocastKwargs(enabled=bf16)],
+        )
         self.precision = "bf16" if bf16 else "fp32"
         self.num_processes, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main, self.device = self.accelerator.is_main_process, self.accelerator.device
@@ -325,13 +384,20 @@ class Trainer:
         """Step numbers from where the run stands (0, or the resumed checkpoint's) up to `total`.
         After each step: clip, optimiser and schedule step, the loss (averaged over processes),
         the progress bar, and a checkpoint every save_every steps and at the last."""
-        bar = tqdm(total=total, initial=self.progress.step, desc=self.name,
-                   disable=not (self.options.progress and self.is_main))
+        bar = tqdm(
+            total=total,
+            initial=self.progress.step,
+            desc=self.name,
+            disable=not (self.options.progress and self.is_main),
+        )
         if self.is_main and self.progress.step < total:
             share = self.batch_size // (self.num_processes * self.options.grad_accum)
-            print(f"{self.name}: {plural(self.num_processes, 'process')} × "
-                  f"{plural(self.options.grad_accum, 'micro-batch')} of {share} = global batch {self.batch_size}, "
-                  f"{self.device}, {self.precision}", file=sys.stderr)
+            print(
+                f"{self.name}: {plural(self.num_processes, 'process')} × "
+                f"{plural(self.options.grad_accum, 'micro-batch')} of {share} = global batch {self.batch_size}, "
+                f"{self.device}, {self.precision}",
+                file=sys.stderr,
+            )
         while self.progress.step < total:
             self.step_loss = torch.zeros((), device=self.device)
             start = time.perf_counter()
@@ -348,8 +414,11 @@ class Trainer:
             self.progress.step += 1
             bar.update()
             bar.set_postfix(loss=f"{loss:.3f}")
-            if self.out and self.options.save_every and (self.progress.step % self.options.save_every == 0
-                                                        or self.progress.step == total):
+            if (
+                self.out
+                and self.options.save_every
+                and (self.progress.step % self.options.save_every == 0 or self.progress.step == total)
+            ):
                 checkpoints.save(self.accelerator, self.out, self.name, self.progress.step, self.config)
         bar.close()
 
@@ -357,11 +426,15 @@ class Trainer:
         """What training.json says about how the run ran."""
         p = self.progress
         seconds = p.session_seconds or float("nan")  # this session's steps: a resumed run's too
-        return {"num_processes": self.num_processes, "grad_accum": self.options.grad_accum,
-                "device": str(self.device), "precision": self.precision, "train_minutes": round(p.seconds / 60, 2),
-                "samples_per_s": round(self.batch_size * p.session_steps / seconds, 1) if p.session_steps else None,
-                "comm_share": round(p.comm_seconds / seconds, 3) if self.options.time_comm and p.session_steps
-                else None}
+        return {
+            "num_processes": self.num_processes,
+            "grad_accum": self.options.grad_accum,
+            "device": str(self.device),
+            "precision": self.precision,
+            "train_minutes": round(p.seconds / 60, 2),
+            "samples_per_s": round(self.batch_size * p.session_steps / seconds, 1) if p.session_steps else None,
+            "comm_share": round(p.comm_seconds / seconds, 3) if self.options.time_comm and p.session_steps else None,
+        }
 
     def save(self, parts, title, **extra):
         """save_pretrained each part (model, processor, pipeline) into `out` with loss.png and
@@ -383,8 +456,10 @@ class Trainer:
                     os.replace(file, target)
             shutil.rmtree(partial)
             checkpoints.remove(self.out)
-            print(f"saved {self.out} ({record['train_minutes']:.1f} min on {plural(self.num_processes, 'process')}, "
-                  f"final loss {final_loss:.3f}); loss curve: {self.out / 'loss.png'}")
+            print(
+                f"saved {self.out} ({record['train_minutes']:.1f} min on {plural(self.num_processes, 'process')}, "
+                f"final loss {final_loss:.3f}); loss curve: {self.out / 'loss.png'}"
+            )
         self.accelerator.wait_for_everyone()
 
 

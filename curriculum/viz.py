@@ -1,4 +1,5 @@
 """Pictures a learner would rather look at than read: captioned image grids and curves."""
+
 import textwrap
 from pathlib import Path
 
@@ -43,8 +44,7 @@ def captioned_image(image, lines, out, width=480):
     side = width // 2
     canvas = Image.new("RGB", (width, side + 16 * len(wrapped) + 12), "white")
     canvas.paste(image.convert("RGB").resize((side, side), Image.NEAREST), ((width - side) // 2, 4))
-    ImageDraw.Draw(canvas).multiline_text((8, side + 10), "\n".join(wrapped), fill="black", font=_font(12),
-                                          spacing=4)
+    ImageDraw.Draw(canvas).multiline_text((8, side + 10), "\n".join(wrapped), fill="black", font=_font(12), spacing=4)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
@@ -56,8 +56,10 @@ def compare_rows(images, columns, out, thumb=96, width=300):
     two libraries' captions); a row whose cells differ is printed in red. Written to `out` as PNG."""
     headers = list(columns)
     rows = [[columns[h][i] for h in headers] for i in range(len(images))]
-    wrapped = [["\n".join(w for part in cell.split("\n") for w in textwrap.wrap(part, width // 7)) for cell in row]
-               for row in rows]
+    wrapped = [
+        ["\n".join(w for part in cell.split("\n") for w in textwrap.wrap(part, width // 7)) for cell in row]
+        for row in rows
+    ]
     heights = [max(thumb, 16 * max(cell.count("\n") + 1 for cell in row) + 8) + 6 for row in wrapped]
     canvas = Image.new("RGB", (thumb + 12 + width * len(headers), 24 + sum(heights)), "white")
     draw = ImageDraw.Draw(canvas)

@@ -3,6 +3,7 @@
 Bundled checkpoints live in data/models/tiny-<family> and are read with the very same
 `from_pretrained` calls as `openai/clip-vit-base-patch32`; swapping in a real model is a flag.
 """
+
 import contextlib
 import importlib
 from pathlib import Path
@@ -29,8 +30,10 @@ def resolve(name, family):
         return str(path)
     if Path(name).is_dir():
         if not is_saved(name):
-            raise UserError(f"{name} is a folder but not a saved model (no config.json or model_index.json): "
-                            "pass a folder written by save_pretrained, a hub id, or tiny")
+            raise UserError(
+                f"{name} is a folder but not a saved model (no config.json or model_index.json): "
+                "pass a folder written by save_pretrained, a hub id, or tiny"
+            )
         return str(Path(name).resolve())
     return name
 
@@ -59,12 +62,16 @@ def from_pretrained(cls, name_or_path, **kwargs):
         with quiet_progress(cls, local=Path(name_or_path).is_dir()):
             return cls.from_pretrained(name_or_path, **kwargs)
     except HFValidationError:
-        raise UserError(f"{name_or_path!r} is neither a folder nor a hub id like "
-                        "openai/clip-vit-base-patch32; use --model tiny for the bundled model") from None
+        raise UserError(
+            f"{name_or_path!r} is neither a folder nor a hub id like "
+            "openai/clip-vit-base-patch32; use --model tiny for the bundled model"
+        ) from None
     except OSError:
-        raise UserError(f"cannot load {name_or_path!r}: it is not in the local Hugging Face cache and the hub "
-                        f"cannot be reached; on a machine with internet run `hf download {name_or_path}`, "
-                        "or use --model tiny") from None
+        raise UserError(
+            f"cannot load {name_or_path!r}: it is not in the local Hugging Face cache and the hub "
+            f"cannot be reached; on a machine with internet run `hf download {name_or_path}`, "
+            "or use --model tiny"
+        ) from None
 
 
 def load_clip(name="tiny", device="auto"):
@@ -94,7 +101,9 @@ def load_blip2(name="tiny", device="auto"):
     from transformers import Blip2ForConditionalGeneration
 
     device = runtime.pick_device(device)
-    model = from_pretrained(Blip2ForConditionalGeneration, resolve(name, "blip2"), dtype=runtime.inference_dtype(device))
+    model = from_pretrained(
+        Blip2ForConditionalGeneration, resolve(name, "blip2"), dtype=runtime.inference_dtype(device)
+    )
     return model.to(device).eval(), load_processor(name, "blip2")
 
 
@@ -115,6 +124,12 @@ def load_sd(name="tiny", device="auto"):
 
     path = resolve(name, "sd")
     device = runtime.pick_device(device)
-    pipe = from_pretrained(StableDiffusionPipeline, path, dtype=runtime.inference_dtype(device),
-                           safety_checker=None, requires_safety_checker=False, low_cpu_mem_usage=False)
+    pipe = from_pretrained(
+        StableDiffusionPipeline,
+        path,
+        dtype=runtime.inference_dtype(device),
+        safety_checker=None,
+        requires_safety_checker=False,
+        low_cpu_mem_usage=False,
+    )
     return pipe.to(device)

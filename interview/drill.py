@@ -8,6 +8,7 @@ run the demo that shows it (r), go on (Enter) or stop (q).
     python -m interview.drill --no-input --n 3  three questions with their answers, no prompts
     python -m interview.drill --seed 7          another order
 """
+
 import random
 import re
 import shlex

@@ -6,6 +6,7 @@ yet names the target that measures it, and the write-up still comes out (exit 0)
 
     python -m interview.star [--outputs outputs] [--out outputs/week12/star.md]
 """
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,13 +58,33 @@ PROJECTS = (
         "Trained a small CLIPModel on a synthetic world with a contrastive loss that allows several "
         "matching images per caption; indexed with FAISS; re-derived InfoNCE and measured the "
         "projection heads; distilled a Chinese text encoder into the frozen English text space.",
-        (("week1/eval.json", "week1", lambda d: f"text-to-image R@1 {d['text_to_image']['R@1']:.3f}, image-to-text "
-          f"R@1 {d['image_to_text']['R@1']:.3f}, on never-seen colour-shape pairs "
-          f"{d['heldout_combinations']['R@1']:.3f}"),
-         ("week7/crosslingual.json", "week7", lambda d: f"Chinese queries R@1 {d['zh']['R@1']:.3f} against English "
-          f"{d['en']['R@1']:.3f} on the same index"),
-         ("week7/projection.json", "week7", lambda d: "removing the trained projection heads drops R@1 from "
-          f"{d['inference'][0]['text_to_image_R@1']:.3f} to {d['inference'][1]['text_to_image_R@1']:.3f}"))),
+        (
+            (
+                "week1/eval.json",
+                "week1",
+                lambda d: (
+                    f"text-to-image R@1 {d['text_to_image']['R@1']:.3f}, image-to-text "
+                    f"R@1 {d['image_to_text']['R@1']:.3f}, on never-seen colour-shape pairs "
+                    f"{d['heldout_combinations']['R@1']:.3f}"
+                ),
+            ),
+            (
+                "week7/crosslingual.json",
+                "week7",
+                lambda d: (
+                    f"Chinese queries R@1 {d['zh']['R@1']:.3f} against English {d['en']['R@1']:.3f} on the same index"
+                ),
+            ),
+            (
+                "week7/projection.json",
+                "week7",
+                lambda d: (
+                    "removing the trained projection heads drops R@1 from "
+                    f"{d['inference'][0]['text_to_image_R@1']:.3f} to {d['inference'][1]['text_to_image_R@1']:.3f}"
+                ),
+            ),
+        ),
+    ),
     Project(
         "Captioning with BLIP-2, and its repeated-text problem",
         "A captioning model wrote fluent text, but when it had to keep writing it looped.",
@@ -72,17 +93,37 @@ PROJECTS = (
         "Trained a small BLIP-2 (frozen ViT, Q-Former, OPT decoder); rewrote attention, the decoder and "
         "every decoding loop from scratch, token-identical to generate(); measured the repeated n-gram "
         "rate under each fix; added a KV cache.",
-        (("week2/eval.json", "week2", lambda d: f"captions name every attribute right for "
-          f"{d['groups']['seen']['exact']:.3f} of test images ({d['groups']['heldout']['exact']:.3f} with a held-out "
-          f"pair); questions answered exactly {d['groups']['seen']['qa']:.3f}"),
-         ("week5/repetition.json", "week5", lambda d: "repeated 3-gram rate {problem:.2f} when the model must keep "
-          "writing; {penalty:.2f} with a repetition penalty; {ngram:.2f} with no-repeat-n-gram".format(
-              problem=rows_by(d["rows"], "setting", "repeated_ngram_rate")[
-                  "greedy, </s> forbidden for 48 tokens (the problem)"],
-              penalty=rows_by(d["rows"], "setting", "repeated_ngram_rate")["+ repetition_penalty 1.3"],
-              ngram=rows_by(d["rows"], "setting", "repeated_ngram_rate")["+ no_repeat_ngram_size 3"])),
-         ("bench/kv_cache.json", "bench", lambda d: "KV cache speed-up " + ", ".join(
-             f"{r['speedup']:.2f}x ({r['case']})" for r in d["rows"])))),
+        (
+            (
+                "week2/eval.json",
+                "week2",
+                lambda d: (
+                    f"captions name every attribute right for {d['groups']['seen']['exact']:.3f} of test images "
+                    f"({d['groups']['heldout']['exact']:.3f} with a held-out pair); questions answered exactly "
+                    f"{d['groups']['seen']['qa']:.3f}"
+                ),
+            ),
+            (
+                "week5/repetition.json",
+                "week5",
+                lambda d: (
+                    "repeated 3-gram rate {problem:.2f} when the model must keep "
+                    "writing; {penalty:.2f} with a repetition penalty; {ngram:.2f} with no-repeat-n-gram".format(
+                        problem=rows_by(d["rows"], "setting", "repeated_ngram_rate")[
+                            "greedy, </s> forbidden for 48 tokens (the problem)"
+                        ],
+                        penalty=rows_by(d["rows"], "setting", "repeated_ngram_rate")["+ repetition_penalty 1.3"],
+                        ngram=rows_by(d["rows"], "setting", "repeated_ngram_rate")["+ no_repeat_ngram_size 3"],
+                    )
+                ),
+            ),
+            (
+                "bench/kv_cache.json",
+                "bench",
+                lambda d: "KV cache speed-up " + ", ".join(f"{r['speedup']:.2f}x ({r['case']})" for r in d["rows"]),
+            ),
+        ),
+    ),
     Project(
         "Text-to-image with Stable Diffusion, and its samplers from scratch",
         "Generated images had to match their prompts, and the sampler settings were a black box.",
@@ -90,31 +131,63 @@ PROJECTS = (
         "schedulers and step counts change.",
         "Trained a small VAE and cross-attention UNet as a diffusers pipeline; judged fidelity with CLIP; "
         "re-derived the DDPM and DDIM samplers and checked them against diffusers step by step.",
-        (("week3/eval.json", "week3", lambda d: f"colour right for {d['fidelity']['color']:.3f} and shape for "
-          f"{d['fidelity']['shape']:.3f} of generated objects"),
-         ("week8/check.json", "week8", lambda d: "from-scratch samplers: " + passed(d)),
-         ("week8/compare.json", "week8", lambda d: "same seed, different noise draws: DDIM (eta 0) pixel difference "
-          f"{d['determinism']['max_pixel_diff']['ddim eta=0']}, DDPM "
-          f"{d['determinism']['max_pixel_diff']['ddpm']}"))),
+        (
+            (
+                "week3/eval.json",
+                "week3",
+                lambda d: (
+                    f"colour right for {d['fidelity']['color']:.3f} and shape for "
+                    f"{d['fidelity']['shape']:.3f} of generated objects"
+                ),
+            ),
+            ("week8/check.json", "week8", lambda d: "from-scratch samplers: " + passed(d)),
+            (
+                "week8/compare.json",
+                "week8",
+                lambda d: (
+                    "same seed, different noise draws: DDIM (eta 0) pixel difference "
+                    f"{d['determinism']['max_pixel_diff']['ddim eta=0']}, DDPM "
+                    f"{d['determinism']['max_pixel_diff']['ddpm']}"
+                ),
+            ),
+        ),
+    ),
     Project(
         "Transformer internals, re-derived and proved",
         "Libraries hid how attention and decoding work, and interviews ask for both.",
-        "Write attention, a decoder and decoding loops plainly, and prove them equal to the libraries "
-        "on real models.",
+        "Write attention, a decoder and decoding loops plainly, and prove them equal to the libraries on real models.",
         "Copied weights from the library layers into the from-scratch modules and compared outputs on "
         "real inputs; made the checks fail on purpose to make sure they can.",
-        (("week4/check.json", "week4", lambda d: "attention and decoder: " + passed(d)),
-         ("week5/check.json", "week5", lambda d: f"decoding: {sum(c['ok'] for c in d['checks'])} of "
-          f"{len(d['checks'])} checks passed, searches token-identical to generate()"))),
+        (
+            ("week4/check.json", "week4", lambda d: "attention and decoder: " + passed(d)),
+            (
+                "week5/check.json",
+                "week5",
+                lambda d: (
+                    f"decoding: {sum(c['ok'] for c in d['checks'])} of "
+                    f"{len(d['checks'])} checks passed, searches token-identical to generate()"
+                ),
+            ),
+        ),
+    ),
     Project(
         "Teaching a model a new concept with LoRA",
         "A captioning model had to learn a colour it had never seen, cheaply and without forgetting.",
         "Compare full fine-tuning, LoRA and prefix tuning on the same data and budget.",
         "Implemented LoRA and prefix tuning from scratch, equal to PEFT; found that adapters cannot emit "
         "a word whose embeddings never trained, and trained those rows too.",
-        (("week7/new_concept.json", "lora", lambda d: "; ".join(
-            f"{r['method']}: {r['trainable']:,} trainable, new colour {r['new_color']:.2f}, old colours "
-            f"{r['old_color']:.2f}" for r in d["rows"])),)),
+        (
+            (
+                "week7/new_concept.json",
+                "lora",
+                lambda d: "; ".join(
+                    f"{r['method']}: {r['trainable']:,} trainable, new colour {r['new_color']:.2f}, old colours "
+                    f"{r['old_color']:.2f}"
+                    for r in d["rows"]
+                ),
+            ),
+        ),
+    ),
     Project(
         "A multimodal moderation service",
         "User uploads (images with text) had to be screened automatically, on CPUs, under load.",
@@ -124,24 +197,62 @@ PROJECTS = (
         "as data: CLIP concept prompts, thresholds and text rules on the user's text and the caption; served "
         "it with FastAPI behind a dynamic batcher per model stage and a content-hash cache; load-tested it "
         "and benchmarked every engine against the CPU's matrix-multiply limit.",
-        (("onnx/tiny/manifest.json", "export", lambda d: "ONNX parity: min cosine to PyTorch {cos:.6f}, greedy "
-          "captions identical {same}/{n}".format(
-              cos=min(d["parity"][0][k] for k in ("clip_image_cosine", "clip_text_cosine", "blip2_image_cosine")),
-              same=d["parity"][0]["captions_identical"], n=d["parity"][0]["n"])),
-         ("week9/policy.json", "week9", lambda d: "demo policy on generated scenes: " + ", ".join(
-             f"{name} accuracy {r['accuracy']:.3f} (recall {r['recall']:.3f})" for name, r in d["categories"].items())),
-         ("bench/moderation_service.json", "bench", lambda d: "dynamic batching at 32 concurrent clients: {on} "
-          "requests/s against {off} without ({ratio:.1f}x), p99 {p99_on} ms against {p99_off} ms".format(
-              on=service_row(d, "batching on, cache off")["requests_per_s"],
-              off=service_row(d, "batching off, cache off")["requests_per_s"],
-              ratio=service_row(d, "batching on, cache off")["requests_per_s"]
-              / service_row(d, "batching off, cache off")["requests_per_s"],
-              p99_on=service_row(d, "batching on, cache off")["p99_ms"],
-              p99_off=service_row(d, "batching off, cache off")["p99_ms"])),
-         ("bench/moderation_engines.json", "bench", lambda d: "CLIP ViT-B/32 image tower, batch 16: " + ", ".join(
-             f"{r['engine']} {r['images_per_s']} images/s" for r in d["towers"] if "ViT" in r["model"])),
-         ("week11/load.json", "week11", lambda d: f"{d['n']} requests at concurrency {d['concurrency']}: "
-          f"{d['errors']} errors, {d['unique_ids']} distinct responses"))),
+        (
+            (
+                "onnx/tiny/manifest.json",
+                "export",
+                lambda d: "ONNX parity: min cosine to PyTorch {cos:.6f}, greedy captions identical {same}/{n}".format(
+                    cos=min(d["parity"][0][k] for k in ("clip_image_cosine", "clip_text_cosine", "blip2_image_cosine")),
+                    same=d["parity"][0]["captions_identical"],
+                    n=d["parity"][0]["n"],
+                ),
+            ),
+            (
+                "week9/policy.json",
+                "week9",
+                lambda d: (
+                    "demo policy on generated scenes: "
+                    + ", ".join(
+                        f"{name} accuracy {r['accuracy']:.3f} (recall {r['recall']:.3f})"
+                        for name, r in d["categories"].items()
+                    )
+                ),
+            ),
+            (
+                "bench/moderation_service.json",
+                "bench",
+                lambda d: (
+                    "dynamic batching at 32 concurrent clients: {on} "
+                    "requests/s against {off} without ({ratio:.1f}x), p99 {p99_on} ms against {p99_off} ms".format(
+                        on=service_row(d, "batching on, cache off")["requests_per_s"],
+                        off=service_row(d, "batching off, cache off")["requests_per_s"],
+                        ratio=service_row(d, "batching on, cache off")["requests_per_s"]
+                        / service_row(d, "batching off, cache off")["requests_per_s"],
+                        p99_on=service_row(d, "batching on, cache off")["p99_ms"],
+                        p99_off=service_row(d, "batching off, cache off")["p99_ms"],
+                    )
+                ),
+            ),
+            (
+                "bench/moderation_engines.json",
+                "bench",
+                lambda d: (
+                    "CLIP ViT-B/32 image tower, batch 16: "
+                    + ", ".join(
+                        f"{r['engine']} {r['images_per_s']} images/s" for r in d["towers"] if "ViT" in r["model"]
+                    )
+                ),
+            ),
+            (
+                "week11/load.json",
+                "week11",
+                lambda d: (
+                    f"{d['n']} requests at concurrency {d['concurrency']}: "
+                    f"{d['errors']} errors, {d['unique_ids']} distinct responses"
+                ),
+            ),
+        ),
+    ),
 )
 
 
@@ -153,8 +264,14 @@ def write_up(results, projects=PROJECTS):
     """Markdown, and the make targets still to run."""
     lines, todo = ["# STAR write-ups, from this repository's measured results", ""], []
     for p in projects:
-        lines += [f"## {p.title}", "", f"- **Situation**: {p.situation}", f"- **Task**: {p.task}",
-                  f"- **Action**: {p.action}", "- **Result**:"]
+        lines += [
+            f"## {p.title}",
+            "",
+            f"- **Situation**: {p.situation}",
+            f"- **Task**: {p.task}",
+            f"- **Action**: {p.action}",
+            "- **Result**:",
+        ]
         if not p.results:
             lines.append("  - nothing to measure yet")
         for file, target, sentence in p.results:

@@ -31,25 +31,49 @@ from transformers import Blip2Config
 
 from curriculum import cli, shapesworld, viz, zoo
 from curriculum.images import load_image
-from curriculum.tiny_blip2 import (DETAIL_PROMPT, PHOTO_PROMPT, qa_prompt, question_answer,
-                                   reading_order)
+from curriculum.tiny_blip2 import DETAIL_PROMPT, PHOTO_PROMPT, qa_prompt, question_answer, reading_order
 
-PROMPTS = ["", PHOTO_PROMPT, DETAIL_PROMPT, qa_prompt("what colour is the shape?"),
-           qa_prompt("how many shapes are there?")]
-GREEDY = {"max_new_tokens": 40, "num_beams": 1, "do_sample": False, "temperature": None, "top_p": None,
-          "repetition_penalty": 1.0}
+PROMPTS = [
+    "",
+    PHOTO_PROMPT,
+    DETAIL_PROMPT,
+    qa_prompt("what colour is the shape?"),
+    qa_prompt("how many shapes are there?"),
+]
+GREEDY = {
+    "max_new_tokens": 40,
+    "num_beams": 1,
+    "do_sample": False,
+    "temperature": None,
+    "top_p": None,
+    "repetition_penalty": 1.0,
+}
 QA = GREEDY | {"max_new_tokens": 8}  # answers are a word or two
 ATTRIBUTES = ("color", "shape", "size", "position")
 
 # Salesforce/blip2-opt-2.7b's config.json, the sizes only: `explain` prints its shapes beside the
 # loaded model's without downloading 15 GB.
 BLIP2_OPT_2_7B = Blip2Config(
-    vision_config=dict(image_size=224, patch_size=14, hidden_size=1408, num_hidden_layers=39, num_attention_heads=16,
-                       intermediate_size=6144),
+    vision_config=dict(
+        image_size=224,
+        patch_size=14,
+        hidden_size=1408,
+        num_hidden_layers=39,
+        num_attention_heads=16,
+        intermediate_size=6144,
+    ),
     qformer_config=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, encoder_hidden_size=1408),
-    text_config=dict(model_type="opt", hidden_size=2560, word_embed_proj_dim=2560, num_hidden_layers=32,
-                     num_attention_heads=32, ffn_dim=10240, vocab_size=50272),
-    num_query_tokens=32)
+    text_config=dict(
+        model_type="opt",
+        hidden_size=2560,
+        word_embed_proj_dim=2560,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        ffn_dim=10240,
+        vocab_size=50272,
+    ),
+    num_query_tokens=32,
+)
 
 
 # ---------------------------------------------------------------- generation
@@ -66,16 +90,21 @@ def caption_images(model, processor, images, prompts, settings=GREEDY, batch_siz
     """One caption per (image, prompt), `batch_size` at a time; the prompt itself is not repeated."""
     captions = []
     for start in tqdm(range(0, len(images), batch_size), desc="caption", disable=not progress):
-        inputs = processor(images=images[start:start + batch_size], text=prompts[start:start + batch_size],
-                           padding=True, return_tensors="pt").to(model.device, model.dtype)
+        inputs = processor(
+            images=images[start : start + batch_size],
+            text=prompts[start : start + batch_size],
+            padding=True,
+            return_tensors="pt",
+        ).to(model.device, model.dtype)
         generated = model.generate(**inputs, **generate_kwargs(settings))
-        new_tokens = generated[:, inputs["input_ids"].shape[1]:]  # generate returns prompt + continuation
+        new_tokens = generated[:, inputs["input_ids"].shape[1] :]  # generate returns prompt + continuation
         captions += [c.strip() for c in processor.batch_decode(new_tokens, skip_special_tokens=True)]
     return captions
 
 
-def caption_files(paths, prompt, settings, model_name="tiny", device="auto", batch_size=16, backend="transformers",
-                  out=None):
+def caption_files(
+    paths, prompt, settings, model_name="tiny", device="auto", batch_size=16, backend="transformers", out=None
+):
     """{"results": [{"image", "prompt", "caption"}], "settings": {...}} for a list of image files;
     with `out`, also a PNG of the images with their captions."""
     images = [load_image(p) for p in paths]  # fail on a bad file before loading a model
@@ -90,8 +119,10 @@ def caption_files(paths, prompt, settings, model_name="tiny", device="auto", bat
         captions = caption_images(model, processor, images, prompts, settings, batch_size, progress=len(paths) > 64)
     if out:
         viz.image_grid(images, captions, out)
-    return {"results": [{"image": str(p), "prompt": prompt, "caption": c} for p, c in zip(paths, captions)],
-            "settings": {**settings, "model": model_name, "backend": backend, "batch_size": batch_size}}
+    return {
+        "results": [{"image": str(p), "prompt": prompt, "caption": c} for p, c in zip(paths, captions)],
+        "settings": {**settings, "model": model_name, "backend": backend, "batch_size": batch_size},
+    }
 
 
 # ---------------------------------------------------------------- explain
@@ -100,15 +131,17 @@ def journey_shapes(config, prompt_tokens):
     v, q, t = config.vision_config, config.qformer_config, config.text_config
     patches = (v.image_size // v.patch_size) ** 2 + 1  # + the [CLS] embedding
     n = config.num_query_tokens
-    return [("pixel values", cli.shape_text(1, 3, v.image_size, v.image_size)),
-            ("patch embeddings (+CLS)", cli.shape_text(1, patches, v.hidden_size)),
-            ("vision encoder output", cli.shape_text(1, patches, v.hidden_size)),
-            ("learned query tokens", cli.shape_text(1, n, q.hidden_size)),
-            ("Q-Former output", cli.shape_text(1, n, q.hidden_size)),
-            ("projected queries", cli.shape_text(1, n, t.hidden_size)),
-            ("prompt token embeddings", cli.shape_text(1, prompt_tokens, t.hidden_size)),
-            ("decoder input (joined)", cli.shape_text(1, n + prompt_tokens, t.hidden_size)),
-            ("decoder logits", cli.shape_text(1, n + prompt_tokens, t.vocab_size))]
+    return [
+        ("pixel values", cli.shape_text(1, 3, v.image_size, v.image_size)),
+        ("patch embeddings (+CLS)", cli.shape_text(1, patches, v.hidden_size)),
+        ("vision encoder output", cli.shape_text(1, patches, v.hidden_size)),
+        ("learned query tokens", cli.shape_text(1, n, q.hidden_size)),
+        ("Q-Former output", cli.shape_text(1, n, q.hidden_size)),
+        ("projected queries", cli.shape_text(1, n, t.hidden_size)),
+        ("prompt token embeddings", cli.shape_text(1, prompt_tokens, t.hidden_size)),
+        ("decoder input (joined)", cli.shape_text(1, n + prompt_tokens, t.hidden_size)),
+        ("decoder logits", cli.shape_text(1, n + prompt_tokens, t.vocab_size)),
+    ]
 
 
 @torch.no_grad()
@@ -125,10 +158,17 @@ def trace(model, processor, image, prompt):
     # the processor put one <image> placeholder per query before the prompt; the model swaps them in
     joined = torch.cat([features.pooler_output, token_embeds], dim=1)
     logits = model.language_model(inputs_embeds=joined, attention_mask=inputs["attention_mask"]).logits
-    stages = {"pixel_values": pixel_values, "patch_embeddings": model.vision_model.embeddings(pixel_values),
-              "image_embeds": features.last_hidden_state, "query_tokens": model.query_tokens.expand(1, -1, -1),
-              "query_output": features.qformer_outputs.last_hidden_state, "projected": features.pooler_output,
-              "prompt_embeds": token_embeds, "joined": joined, "logits": logits}
+    stages = {
+        "pixel_values": pixel_values,
+        "patch_embeddings": model.vision_model.embeddings(pixel_values),
+        "image_embeds": features.last_hidden_state,
+        "query_tokens": model.query_tokens.expand(1, -1, -1),
+        "query_output": features.qformer_outputs.last_hidden_state,
+        "projected": features.pooler_output,
+        "prompt_embeds": token_embeds,
+        "joined": joined,
+        "logits": logits,
+    }
     return prompt_ids[0], stages
 
 
@@ -137,11 +177,15 @@ def explain(model, processor, image, prompt):
     prompt_ids, stages = trace(model, processor, image, prompt)
     expected = journey_shapes(model.config, len(prompt_ids))
     reference = journey_shapes(BLIP2_OPT_2_7B, len(prompt_ids))
-    return {"prompt": prompt,
-            "prompt_tokens": processor.tokenizer.convert_ids_to_tokens(prompt_ids),
-            "next_token": processor.tokenizer.decode(stages["logits"][0, -1].argmax()),
-            "stages": [{"stage": name, "shape": cli.shape_text(*t.shape), "from_config": cfg, "blip2_opt_2_7b": ref}
-                       for t, (name, cfg), (_, ref) in zip(stages.values(), expected, reference)]}
+    return {
+        "prompt": prompt,
+        "prompt_tokens": processor.tokenizer.convert_ids_to_tokens(prompt_ids),
+        "next_token": processor.tokenizer.decode(stages["logits"][0, -1].argmax()),
+        "stages": [
+            {"stage": name, "shape": cli.shape_text(*t.shape), "from_config": cfg, "blip2_opt_2_7b": ref}
+            for t, (name, cfg), (_, ref) in zip(stages.values(), expected, reference)
+        ],
+    }
 
 
 QFORMER_NOTE = """\
@@ -165,8 +209,9 @@ def print_explain(result, model_name):
 # ---------------------------------------------------------------- eval
 def attribute_correct(truth, predicted, attribute):
     """The caption names the right values of one attribute, object by object in reading order."""
-    return ([getattr(o, attribute) for o in reading_order(truth)]
-            == [getattr(o, attribute) for o in reading_order(predicted)])
+    return [getattr(o, attribute) for o in reading_order(truth)] == [
+        getattr(o, attribute) for o in reading_order(predicted)
+    ]
 
 
 def qa_set(samples, seed=0):
@@ -182,20 +227,30 @@ def evaluate(model_name="tiny", split="test", n=500, seed=0, device="auto", batc
     images = [s.image for s in samples]
     captions = caption_images(model, processor, images, [""] * n, GREEDY, batch_size, progress=True)
     questions, answers = qa_set(samples, seed)
-    replies = caption_images(model, processor, images, [qa_prompt(q) for q in questions], QA, batch_size,
-                             progress=True)
+    replies = caption_images(model, processor, images, [qa_prompt(q) for q in questions], QA, batch_size, progress=True)
     groups = {}
     for name, keep in (("seen", False), ("heldout", True)):
         rows = [i for i, s in enumerate(samples) if s.heldout == keep]
         parsed = {i: shapesworld.parse_caption(captions[i]) for i in rows}
-        groups[name] = {"n": len(rows),
-                        **{a: float(np.mean([attribute_correct(samples[i].objects, parsed[i], a) for i in rows]))
-                           for a in ATTRIBUTES},
-                        "exact": float(np.mean([reading_order(parsed[i]) == reading_order(samples[i].objects)
-                                                for i in rows])),
-                        "qa": float(np.mean([replies[i] == answers[i] for i in rows]))}
-    examples = [{"caption": captions[i], "truth": samples[i].caption_en, "question": questions[i],
-                 "answer": replies[i], "expected": answers[i]} for i in range(5)]
+        groups[name] = {
+            "n": len(rows),
+            **{
+                a: float(np.mean([attribute_correct(samples[i].objects, parsed[i], a) for i in rows]))
+                for a in ATTRIBUTES
+            },
+            "exact": float(np.mean([reading_order(parsed[i]) == reading_order(samples[i].objects) for i in rows])),
+            "qa": float(np.mean([replies[i] == answers[i] for i in rows])),
+        }
+    examples = [
+        {
+            "caption": captions[i],
+            "truth": samples[i].caption_en,
+            "question": questions[i],
+            "answer": replies[i],
+            "expected": answers[i],
+        }
+        for i in range(5)
+    ]
     return {"model": model_name, "split": split, "n": n, "groups": groups, "examples": examples}
 
 
@@ -204,31 +259,47 @@ def print_eval_table(result):
     print("caption: share of captions naming every object's attribute right; qa: exact answers\n")
     print(f"{'':<10}{'colour':>8}{'shape':>8}{'size':>8}{'position':>10}{'exact':>8}{'qa':>8}{'n':>6}")
     for name, g in result["groups"].items():
-        print(f"{name:<10}{g['color']:>8.3f}{g['shape']:>8.3f}{g['size']:>8.3f}{g['position']:>10.3f}"
-              f"{g['exact']:>8.3f}{g['qa']:>8.3f}{g['n']:>6}")
+        print(
+            f"{name:<10}{g['color']:>8.3f}{g['shape']:>8.3f}{g['size']:>8.3f}{g['position']:>10.3f}"
+            f"{g['exact']:>8.3f}{g['qa']:>8.3f}{g['n']:>6}"
+        )
     for e in result["examples"][:3]:
-        print(f"\n  caption  {e['caption']}\n  truth    {e['truth']}\n"
-              f"  Q: {e['question']}  A: {e['answer']}  (expected {e['expected']})")
+        print(
+            f"\n  caption  {e['caption']}\n  truth    {e['truth']}\n"
+            f"  Q: {e['question']}  A: {e['answer']}  (expected {e['expected']})"
+        )
 
 
 # ---------------------------------------------------------------- command line
 def add_generation_args(p):
-    p.add_argument("--max-new-tokens", type=cli.positive_int, default=GREEDY["max_new_tokens"],
-                   help=f"most tokens to generate (default {GREEDY['max_new_tokens']})")
+    p.add_argument(
+        "--max-new-tokens",
+        type=cli.positive_int,
+        default=GREEDY["max_new_tokens"],
+        help=f"most tokens to generate (default {GREEDY['max_new_tokens']})",
+    )
     p.add_argument("--num-beams", type=cli.positive_int, default=1, help="beam search width; 1 = greedy (default)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of taking the most likely token")
     p.add_argument("--temperature", type=cli.positive_float, help="with --do-sample: <1 sharper, >1 flatter (1.0)")
     p.add_argument("--top-p", type=cli.positive_float, help="with --do-sample: nucleus mass to keep, in (0, 1] (1.0)")
-    p.add_argument("--repetition-penalty", type=cli.positive_float, default=1.0,
-                   help="divide the score of tokens already generated; 1.0 = off (default)")
+    p.add_argument(
+        "--repetition-penalty",
+        type=cli.positive_float,
+        default=1.0,
+        help="divide the score of tokens already generated; 1.0 = off (default)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed for --do-sample (default 0)")
     add_backend_arg(p)
 
 
 def add_backend_arg(p):
-    p.add_argument("--backend", choices=["transformers", "lavis"], default="transformers",
-                   help="transformers (default) or Salesforce LAVIS's Blip2OPT on the same weights, in .venv-lavis "
-                        "(make lavis-venv)")
+    p.add_argument(
+        "--backend",
+        choices=["transformers", "lavis"],
+        default="transformers",
+        help="transformers (default) or Salesforce LAVIS's Blip2OPT on the same weights, in .venv-lavis "
+        "(make lavis-venv)",
+    )
 
 
 def generation_settings(args):
@@ -236,14 +307,19 @@ def generation_settings(args):
         raise cli.UserError("--temperature and --top-p only change anything with --do-sample")
     if args.top_p is not None and args.top_p > 1:
         raise cli.UserError(f"--top-p is a probability mass in (0, 1], got {args.top_p}")
-    return {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "do_sample": args.do_sample,
-            "temperature": args.temperature, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
-            "seed": args.seed}
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "num_beams": args.num_beams,
+        "do_sample": args.do_sample,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+        "seed": args.seed,
+    }
 
 
 def main(argv=None):
-    parser = cli.Parser(prog="python -m stage1_demos.blip2_caption", description=__doc__,
-                        formatter_class=cli.RawHelp)
+    parser = cli.Parser(prog="python -m stage1_demos.blip2_caption", description=__doc__, formatter_class=cli.RawHelp)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("caption", help="caption images, optionally continuing a prompt")
@@ -286,8 +362,16 @@ def main(argv=None):
 
     args = parser.parse_args(argv)
     if args.command == "caption":
-        result = caption_files(args.images, args.prompt, generation_settings(args), args.model, args.device,
-                               args.batch_size, args.backend, args.out)
+        result = caption_files(
+            args.images,
+            args.prompt,
+            generation_settings(args),
+            args.model,
+            args.device,
+            args.batch_size,
+            args.backend,
+            args.out,
+        )
         if args.json:
             cli.print_json(result)
             return
@@ -298,12 +382,19 @@ def main(argv=None):
     elif args.command == "ask":
         if not args.question.strip():
             raise cli.UserError("--question is empty: ask something, e.g. --question 'what colour is the shape?'")
-        result = caption_files([args.image], qa_prompt(args.question.strip()), generation_settings(args),
-                               args.model, args.device, backend=args.backend)
+        result = caption_files(
+            [args.image],
+            qa_prompt(args.question.strip()),
+            generation_settings(args),
+            args.model,
+            args.device,
+            backend=args.backend,
+        )
         answer = result["results"][0]["caption"]
         if args.json:
-            cli.print_json({"image": args.image, "question": args.question, "answer": answer,
-                            "settings": result["settings"]})
+            cli.print_json(
+                {"image": args.image, "question": args.question, "answer": answer, "settings": result["settings"]}
+            )
         else:
             print(answer)
     elif args.command == "prompts":

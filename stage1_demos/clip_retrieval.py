@@ -18,6 +18,7 @@ inner-product index computes.
 `index` and `eval` take --model tiny (bundled, default) or a hub id / folder, e.g.
 --model openai/clip-vit-base-patch32; `search` uses the model its index was built with.
 """
+
 import json
 import sys
 from pathlib import Path
@@ -44,7 +45,7 @@ def embed_images(model, processor, images, batch_size=64, progress=False):
     """PIL images -> (N, D) float32 unit vectors from the image tower."""
     chunks = []
     for i in tqdm(range(0, len(images), batch_size), desc="embed images", disable=not progress):
-        inputs = processor(images=images[i:i + batch_size], return_tensors="pt").to(model.device)
+        inputs = processor(images=images[i : i + batch_size], return_tensors="pt").to(model.device)
         features = model.get_image_features(pixel_values=inputs.pixel_values.to(model.dtype)).pooler_output
         chunks.append(l2_normalize(features.float()).cpu())
     return torch.cat(chunks).numpy()
@@ -55,8 +56,9 @@ def embed_texts(model, processor, texts, batch_size=256):
     """Strings -> (N, D) float32 unit vectors from the text tower."""
     chunks = []
     for i in range(0, len(texts), batch_size):
-        inputs = processor(text=texts[i:i + batch_size], padding=True, truncation=True,
-                           return_tensors="pt").to(model.device)
+        inputs = processor(text=texts[i : i + batch_size], padding=True, truncation=True, return_tensors="pt").to(
+            model.device
+        )
         chunks.append(l2_normalize(model.get_text_features(**inputs).pooler_output.float()).cpu())
     return torch.cat(chunks).numpy()
 
@@ -67,7 +69,7 @@ def embed_texts_zh(model, tokenizer, texts, batch_size=256):
     text tower (a CLIPTextModelWithProjection, trained by stage2_fundamentals.crosslingual)."""
     chunks = []
     for i in range(0, len(texts), batch_size):
-        inputs = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, return_tensors="pt")
+        inputs = tokenizer(texts[i : i + batch_size], padding=True, truncation=True, return_tensors="pt")
         chunks.append(l2_normalize(model(**inputs.to(model.device)).text_embeds.float()).cpu())
     return torch.cat(chunks).numpy()
 
@@ -84,8 +86,10 @@ def build_index(images_dir, out, model_name="tiny", device="auto", batch_size=64
     """Embed every image of a folder into a FAISS inner-product index plus meta.json."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
-        raise cli.UserError(f"no folder at {images_dir}: pass --images a folder of images "
-                            "(make one with `python -m curriculum.shapesworld export`)")
+        raise cli.UserError(
+            f"no folder at {images_dir}: pass --images a folder of images "
+            "(make one with `python -m curriculum.shapesworld export`)"
+        )
     files = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise cli.UserError(f"{images_dir} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -94,7 +98,7 @@ def build_index(images_dir, out, model_name="tiny", device="auto", batch_size=64
     kept, skipped, vectors = [], [], []
     for i in tqdm(range(0, len(files), batch_size), desc="index images"):
         batch = []
-        for path in files[i:i + batch_size]:
+        for path in files[i : i + batch_size]:
             image = open_image(path)
             if image is None:
                 print(f"warning: skipping {path}: not a readable image", file=sys.stderr)
@@ -112,10 +116,13 @@ def build_index(images_dir, out, model_name="tiny", device="auto", batch_size=64
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(out / INDEX_FILE))
-    meta = {"model": model_name if model_name == "tiny" else zoo.resolve(model_name, "clip"),
-            "dim": int(vectors.shape[1]), "paths": [str(p.resolve()) for p in kept],
-            "captions": [captions.get(str(p.relative_to(images_dir)), {}).get("caption_en", "") for p in kept],
-            "skipped": skipped}
+    meta = {
+        "model": model_name if model_name == "tiny" else zoo.resolve(model_name, "clip"),
+        "dim": int(vectors.shape[1]),
+        "paths": [str(p.resolve()) for p in kept],
+        "captions": [captions.get(str(p.relative_to(images_dir)), {}).get("caption_en", "") for p in kept],
+        "skipped": skipped,
+    }
     (out / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
     return meta
 
@@ -123,8 +130,10 @@ def build_index(images_dir, out, model_name="tiny", device="auto", batch_size=64
 def load_index(index_dir):
     index_dir = Path(index_dir)
     if not (index_dir / INDEX_FILE).exists() or not (index_dir / META_FILE).exists():
-        raise cli.UserError(f"no index at {index_dir}: build one with "
-                            "`python -m stage1_demos.clip_retrieval index --images DIR --out INDEX_DIR`")
+        raise cli.UserError(
+            f"no index at {index_dir}: build one with "
+            "`python -m stage1_demos.clip_retrieval index --images DIR --out INDEX_DIR`"
+        )
     meta = json.loads((index_dir / META_FILE).read_text(encoding="utf-8"))
     return faiss.read_index(str(index_dir / INDEX_FILE)), meta
 
@@ -143,17 +152,21 @@ def search(index_dir, text=None, image=None, k=5, device="auto", lang="auto"):
     language = query_language(text, lang) if text is not None else None
     if language == "zh":
         if meta["model"] != "tiny":
-            raise cli.UserError("Chinese queries need a Chinese text tower distilled into this index's CLIP space; "
-                                "the bundled tiny-clip-zh fits the tiny CLIP only: index with --model tiny, "
-                                "or query in English (--lang en)")
+            raise cli.UserError(
+                "Chinese queries need a Chinese text tower distilled into this index's CLIP space; "
+                "the bundled tiny-clip-zh fits the tiny CLIP only: index with --model tiny, "
+                "or query in English (--lang en)"
+            )
         query = embed_texts_zh(*zoo.load_clip_zh("tiny", device), [text])
     elif text is not None:
         query = embed_texts(model, processor, [text])
     else:
         query = embed_images(model, processor, [query_image])
     scores, ids = index.search(query, min(k, index.ntotal))
-    results = [{"path": meta["paths"][i], "score": round(float(s), 4), "caption": meta["captions"][i]}
-               for s, i in zip(scores[0], ids[0])]
+    results = [
+        {"path": meta["paths"][i], "score": round(float(s), 4), "caption": meta["captions"][i]}
+        for s, i in zip(scores[0], ids[0])
+    ]
     query = {"text": text, "lang": language} if text is not None else {"image": str(image)}
     return {"query": query, "results": results}
 
@@ -164,15 +177,16 @@ def save_hits_picture(result, out):
     first = viz.text_tile(f"query: {query['text']}") if "text" in query else open_image(query["image"])
     images = [first] + [open_image(r["path"]) for r in result["results"]]
     captions = ["query" if "text" in query else f"query: {Path(query['image']).name}"]
-    captions += [f"#{n} ({r['score']:.3f}) {r['caption'] or Path(r['path']).name}"
-                 for n, r in enumerate(result["results"], 1)]
+    captions += [
+        f"#{n} ({r['score']:.3f}) {r['caption'] or Path(r['path']).name}" for n, r in enumerate(result["results"], 1)
+    ]
     return viz.image_grid(images, captions, out)
 
 
 # ---------------------------------------------------------------- evaluation
 def recall_at_k(similarity, query_keys, gallery_keys, ks=(1, 5, 10)):
     """Share of queries with a correct item among the top k; correct = same ShapesWorld labels."""
-    top = np.argsort(-similarity, axis=1, kind="stable")[:, :max(ks)]
+    top = np.argsort(-similarity, axis=1, kind="stable")[:, : max(ks)]
     hits = np.array([[gallery_keys[j] == key for j in row] for key, row in zip(query_keys, top)])
     return {f"R@{k}": round(float(hits[:, :k].any(axis=1).mean()), 4) for k in ks}
 
@@ -204,14 +218,18 @@ def recall_table(samples, image_vectors, text_vectors):
     return {
         "text_to_image": recall_at_k(text_to_image[seen], seen_keys, keys),
         "image_to_text": recall_at_k(text_to_image.T[seen], seen_keys, keys),
-        "n": n, "n_seen": int(seen.sum()), "n_heldout": int(heldout.sum()),
+        "n": n,
+        "n_seen": int(seen.sum()),
+        "n_heldout": int(heldout.sum()),
         "heldout_combinations": recall_at_k(text_to_image[heldout], heldout_keys, keys, ks=(1,)),
     }
 
 
 def print_eval_table(result):
-    print(f"ShapesWorld {result['split']}: {result['n']} images "
-          f"({result['n_seen']} seen combinations, {result['n_heldout']} held out), model {result['model']}")
+    print(
+        f"ShapesWorld {result['split']}: {result['n']} images "
+        f"({result['n_seen']} seen combinations, {result['n_heldout']} held out), model {result['model']}"
+    )
     print(f"{'direction':<16}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
     for name in ("text_to_image", "image_to_text"):
         r = result[name]
@@ -221,8 +239,7 @@ def print_eval_table(result):
 
 # ---------------------------------------------------------------- command line
 def main(argv=None):
-    parser = cli.Parser(prog="python -m stage1_demos.clip_retrieval", description=__doc__,
-                        formatter_class=cli.RawHelp)
+    parser = cli.Parser(prog="python -m stage1_demos.clip_retrieval", description=__doc__, formatter_class=cli.RawHelp)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="embed a folder of images into a FAISS index")
@@ -236,8 +253,12 @@ def main(argv=None):
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help="find images matching this description")
     query.add_argument("--image", help="find images similar to this image file")
-    p.add_argument("--lang", choices=["auto", "en", "zh"], default="auto",
-                   help="language of --text (default auto: Chinese if it has Chinese characters)")
+    p.add_argument(
+        "--lang",
+        choices=["auto", "en", "zh"],
+        default="auto",
+        help="language of --text (default auto: Chinese if it has Chinese characters)",
+    )
     p.add_argument("-k", type=cli.positive_int, default=5, help="number of hits (default 5)")
     p.add_argument("--out", help="write a PNG of the query and its hits here")
     cli.add_device_arg(p)

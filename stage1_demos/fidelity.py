@@ -8,6 +8,7 @@ images whole-image zero-shot scoring picked the right colour for only ~75% of ob
 second shape in the image pulls the scores; isolated, it names the right colour for every object
 of 60 real test images and the right shape for 95 of 97 (a test holds colour 1.0, shape >= 0.95).
 """
+
 import itertools
 
 import numpy as np
@@ -26,8 +27,9 @@ def isolate(image, position):
     draw = ImageDraw.Draw(image)
     for qx, qy in itertools.product((0, 1), (0, 1)):
         if (qx, qy) != (keep_x, keep_y):
-            draw.rectangle([qx * w // 2, qy * h // 2, (qx + 1) * w // 2, (qy + 1) * h // 2],
-                           fill=shapesworld.BACKGROUND)
+            draw.rectangle(
+                [qx * w // 2, qy * h // 2, (qx + 1) * w // 2, (qy + 1) * h // 2], fill=shapesworld.BACKGROUND
+            )
     return image
 
 
@@ -38,9 +40,12 @@ class Judge:
 
     def __init__(self, device="cpu"):
         self.model, self.processor = zoo.load_clip("tiny", device=device)
-        self.phrases = {position: embed_texts(self.model, self.processor,
-                                              [f"a {c} {s} in the {position}" for c, s in self.CANDIDATES])
-                        for position in shapesworld.POSITIONS}
+        self.phrases = {
+            position: embed_texts(
+                self.model, self.processor, [f"a {c} {s} in the {position}" for c, s in self.CANDIDATES]
+            )
+            for position in shapesworld.POSITIONS
+        }
 
     def __call__(self, images, prompts):
         asked = [(i, o) for i, prompt in enumerate(prompts) for o in shapesworld.parse_caption(prompt)]
@@ -51,9 +56,17 @@ class Judge:
         records = []
         for (i, o), e in zip(asked, crop_embeddings):
             color, shape = self.CANDIDATES[int(np.argmax(self.phrases[o.position] @ e))]
-            records.append({"image": i, "position": o.position, "asked": f"{o.color} {o.shape}",
-                            "heldout": o.heldout, "seen": f"{color} {shape}",
-                            "color_ok": color == o.color, "shape_ok": shape == o.shape})
+            records.append(
+                {
+                    "image": i,
+                    "position": o.position,
+                    "asked": f"{o.color} {o.shape}",
+                    "heldout": o.heldout,
+                    "seen": f"{color} {shape}",
+                    "color_ok": color == o.color,
+                    "shape_ok": shape == o.shape,
+                }
+            )
         return records
 
 
@@ -63,5 +76,9 @@ def fidelity(records):
         return {"color": None, "shape": None, "both": None, "objects": 0}
     color = np.array([r["color_ok"] for r in records])
     shape = np.array([r["shape_ok"] for r in records])
-    return {"color": round(float(color.mean()), 3), "shape": round(float(shape.mean()), 3),
-            "both": round(float((color & shape).mean()), 3), "objects": len(records)}
+    return {
+        "color": round(float(color.mean()), 3),
+        "shape": round(float(shape.mean()), 3),
+        "both": round(float((color & shape).mean()), 3),
+        "objects": len(records),
+    }

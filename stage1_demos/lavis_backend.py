@@ -6,6 +6,7 @@ and stage1_demos/lavis_runner.py runs there: one JSON request on stdin, one JSON
 Nothing in this process imports lavis. A transformers checkpoint (`tiny`, or a folder) is first
 converted to LAVIS's names by stage1_demos/lavis_convert.py, once, into outputs/lavis/.
 """
+
 import json
 import os
 import subprocess
@@ -32,8 +33,10 @@ def run(model, jobs, device="cpu"):
     BLIP-2 folder (converted for LAVIS), or a LAVIS model_type such as pretrain_opt2.7b (LAVIS
     downloads it)."""
     if not available():
-        raise UserError(f"the LAVIS backend needs its own venv, {VENV}: run `make lavis-venv` "
-                        "(about 1.7 GB with CPU torch; a few minutes)")
+        raise UserError(
+            f"the LAVIS backend needs its own venv, {VENV}: run `make lavis-venv` "
+            "(about 1.7 GB with CPU torch; a few minutes)"
+        )
     python = VENV / "bin" / "python"
     if not python.exists():
         raise UserError(f"the LAVIS venv {VENV} is broken (no bin/python): {REBUILD}")
@@ -59,8 +62,14 @@ def run(model, jobs, device="cpu"):
 def caption_job(image_paths, prompts, settings, batch_size=16):
     """Captions from LAVIS's generate(): prompts[i] ("" for none) goes with image i; settings: the
     SETTINGS keys, and "seed" (default 0) for sampling."""
-    return {"task": "caption", "images": [str(p) for p in image_paths], "prompts": list(prompts),
-            "settings": {k: settings[k] for k in SETTINGS}, "seed": settings.get("seed", 0), "batch_size": batch_size}
+    return {
+        "task": "caption",
+        "images": [str(p) for p in image_paths],
+        "prompts": list(prompts),
+        "settings": {k: settings[k] for k in SETTINGS},
+        "seed": settings.get("seed", 0),
+        "batch_size": batch_size,
+    }
 
 
 def trace_job(image_path, prompt):

@@ -17,6 +17,7 @@ conversion is tensors and JSON only, and the output has the shape Salesforce shi
 
 RENAMES below is the lesson: one line per module family, the two codebases' names for one part.
 """
+
 import hashlib
 import json
 import os
@@ -72,8 +73,10 @@ def lavis_name(name):
     for pattern, replacement in RENAMES:
         if re.match(pattern, name):
             return re.sub(f"^{pattern}", replacement, name)
-    raise UserError(f"the checkpoint's weight {name} has no place in LAVIS's Blip2OPT: it does not fit the LAVIS "
-                    "build (a BLIP-2 with an OPT decoder and no Q-Former text input)")
+    raise UserError(
+        f"the checkpoint's weight {name} has no place in LAVIS's Blip2OPT: it does not fit the LAVIS "
+        "build (a BLIP-2 with an OPT decoder and no Q-Former text input)"
+    )
 
 
 def lavis_state_dict(weights, config):
@@ -120,8 +123,10 @@ def check_fits(config, image_processor):
         problems.append(f"the ViT's activation is {v.hidden_act} (gelu or quick_gelu fit)")
     size = image_processor.size
     if (size.height, size.width) != (v.image_size, v.image_size) or image_processor.resample != 3:
-        problems.append("the image processor does not resize to the ViT's square size with bicubic resampling, "
-                        "as LAVIS's blip_image_eval does")
+        problems.append(
+            "the image processor does not resize to the ViT's square size with bicubic resampling, "
+            "as LAVIS's blip_image_eval does"
+        )
     if problems:
         raise UserError(f"the checkpoint does not fit LAVIS's Blip2OPT: {'; '.join(problems)}")
 
@@ -130,62 +135,121 @@ def lavis_sizes(config, processor):
     """lavis.json: the sizes LAVIS's initialisers would otherwise hard-code (read by lavis_runner.py)."""
     v, q = config.vision_config, config.qformer_config
     ip = processor.image_processor
-    return {"image_size": v.image_size, "image_mean": list(ip.image_mean), "image_std": list(ip.image_std),
-            "vision": {"patch_size": v.patch_size, "width": v.hidden_size, "depth": v.num_hidden_layers,
-                       "heads": v.num_attention_heads, "mlp_hidden": v.intermediate_size, "act": v.hidden_act,
-                       "layer_norm_eps": v.layer_norm_eps},
-            "num_query_token": config.num_query_tokens,
-            "qformer": {"hidden_size": q.hidden_size, "num_hidden_layers": q.num_hidden_layers,
-                        "num_attention_heads": q.num_attention_heads, "intermediate_size": q.intermediate_size,
-                        "hidden_act": q.hidden_act, "layer_norm_eps": q.layer_norm_eps,
-                        "max_position_embeddings": q.max_position_embeddings, "vocab_size": q.vocab_size,
-                        "cross_attention_freq": q.cross_attention_frequency},
-            # LAVIS ends a caption at "\n", as its OPT captions were trained; this checkpoint ends them with EOS
-            "eos_token_id": config.text_config.eos_token_id}
+    return {
+        "image_size": v.image_size,
+        "image_mean": list(ip.image_mean),
+        "image_std": list(ip.image_std),
+        "vision": {
+            "patch_size": v.patch_size,
+            "width": v.hidden_size,
+            "depth": v.num_hidden_layers,
+            "heads": v.num_attention_heads,
+            "mlp_hidden": v.intermediate_size,
+            "act": v.hidden_act,
+            "layer_norm_eps": v.layer_norm_eps,
+        },
+        "num_query_token": config.num_query_tokens,
+        "qformer": {
+            "hidden_size": q.hidden_size,
+            "num_hidden_layers": q.num_hidden_layers,
+            "num_attention_heads": q.num_attention_heads,
+            "intermediate_size": q.intermediate_size,
+            "hidden_act": q.hidden_act,
+            "layer_norm_eps": q.layer_norm_eps,
+            "max_position_embeddings": q.max_position_embeddings,
+            "vocab_size": q.vocab_size,
+            "cross_attention_freq": q.cross_attention_frequency,
+        },
+        # LAVIS ends a caption at "\n", as its OPT captions were trained; this checkpoint ends them with EOS
+        "eos_token_id": config.text_config.eos_token_id,
+    }
 
 
 def write_opt_folder(folder, config, state, tokenizer):
     """opt/: the OPTForCausalLM folder LAVIS's Blip2OPT loads with from_pretrained (transformers 4.26)."""
     t = config.text_config
     folder.mkdir()
-    fields = ("vocab_size", "hidden_size", "num_hidden_layers", "ffn_dim", "num_attention_heads",
-              "max_position_embeddings", "word_embed_proj_dim", "do_layer_norm_before", "_remove_final_layer_norm",
-              "activation_function", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings")
-    opt_config = {"model_type": "opt", "architectures": ["OPTForCausalLM"], "torch_dtype": "float32",
-                  "dropout": 0.0, "attention_dropout": 0.0, **{k: getattr(t, k) for k in fields}}
+    fields = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "ffn_dim",
+        "num_attention_heads",
+        "max_position_embeddings",
+        "word_embed_proj_dim",
+        "do_layer_norm_before",
+        "_remove_final_layer_norm",
+        "activation_function",
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
+        "tie_word_embeddings",
+    )
+    opt_config = {
+        "model_type": "opt",
+        "architectures": ["OPTForCausalLM"],
+        "torch_dtype": "float32",
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        **{k: getattr(t, k) for k in fields},
+    }
     (folder / "config.json").write_text(json.dumps(opt_config, indent=2))
-    torch.save({k.removeprefix("opt_model."): v for k, v in state.items() if k.startswith("opt_model.")},
-               folder / "pytorch_model.bin")
+    torch.save(
+        {k.removeprefix("opt_model."): v for k, v in state.items() if k.startswith("opt_model.")},
+        folder / "pytorch_model.bin",
+    )
     # the same BPE as a slow GPT2Tokenizer: vocab.json (token -> id, special tokens included) and merges.txt
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
     if backend["model"]["type"] != "BPE" or backend["pre_tokenizer"]["type"] != "ByteLevel":
-        raise UserError("the checkpoint's tokenizer is not a byte-level BPE like OPT's: it does not fit LAVIS's "
-                        "Blip2OPT (GPT2Tokenizer)")
+        raise UserError(
+            "the checkpoint's tokenizer is not a byte-level BPE like OPT's: it does not fit LAVIS's "
+            "Blip2OPT (GPT2Tokenizer)"
+        )
     vocab = backend["model"]["vocab"] | {a["content"]: a["id"] for a in backend["added_tokens"]}
     merges = [" ".join(m) if isinstance(m, list) else m for m in backend["model"]["merges"]]
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    specials = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token,
-                "unk_token": tokenizer.unk_token, "pad_token": tokenizer.pad_token}
+    specials = {
+        "bos_token": tokenizer.bos_token,
+        "eos_token": tokenizer.eos_token,
+        "unk_token": tokenizer.unk_token,
+        "pad_token": tokenizer.pad_token,
+    }
     extra = [a["content"] for a in backend["added_tokens"] if a["special"] and a["content"] not in specials.values()]
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "GPT2Tokenizer", **specials, "additional_special_tokens": extra,
-         "add_bos_token": True, "add_prefix_space": False, "errors": "replace",
-         "model_max_length": tokenizer.model_max_length}, indent=2))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "GPT2Tokenizer",
+                **specials,
+                "additional_special_tokens": extra,
+                "add_bos_token": True,
+                "add_prefix_space": False,
+                "errors": "replace",
+                "model_max_length": tokenizer.model_max_length,
+            },
+            indent=2,
+        )
+    )
 
 
 def fingerprint(folder):
     """What the cached conversion was made from: each file's size and modification time."""
-    return {"format": FORMAT, "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns]
-                                        for p in sorted(Path(folder).iterdir()) if p.is_file()}}
+    return {
+        "format": FORMAT,
+        "files": {
+            p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(Path(folder).iterdir()) if p.is_file()
+        },
+    }
 
 
 def convert(model, out):
     """Write the LAVIS form of a transformers BLIP-2 (`model`: tiny or a folder) to `out`; returns `out`."""
     source = Path(zoo.resolve(model, "blip2"))
     if not source.is_dir():
-        raise UserError(f"--backend lavis converts a local transformers BLIP-2 folder, and {model!r} is none; "
-                        "for LAVIS's own checkpoints pass a model_type such as pretrain_opt2.7b")
+        raise UserError(
+            f"--backend lavis converts a local transformers BLIP-2 folder, and {model!r} is none; "
+            "for LAVIS's own checkpoints pass a model_type such as pretrain_opt2.7b"
+        )
     config = Blip2Config.from_pretrained(source)
     processor = zoo.load_processor(str(source), "blip2")
     check_fits(config, processor.image_processor)

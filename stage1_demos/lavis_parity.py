@@ -12,6 +12,7 @@ runs in both libraries (LAVIS in .venv-lavis, `make lavis-venv`), and three thin
 
     python -m stage1_demos.lavis_parity --n 100 --out outputs/week2/backends.png
 """
+
 import tempfile
 from pathlib import Path
 
@@ -22,8 +23,13 @@ from curriculum.tiny_blip2 import qa_prompt
 from stage1_demos import lavis_backend
 from stage1_demos.blip2_caption import GREEDY, QA, caption_images, qa_set, trace
 
-STAGES = {"pixel_values": "pixel values", "image_embeds": "ViT output (after ln_vision)",
-          "query_output": "Q-Former output", "projected": "projected queries", "logits": "decoder logits"}
+STAGES = {
+    "pixel_values": "pixel values",
+    "image_embeds": "ViT output (after ln_vision)",
+    "query_output": "Q-Former output",
+    "projected": "projected queries",
+    "logits": "decoder logits",
+}
 TOLERANCE = 1e-4
 SHOWN = 16  # rows in the picture
 
@@ -46,42 +52,71 @@ def compare(n=100, split="test", seed=0, model_name="tiny", batch_size=16, out=N
         paths = [Path(tmp) / f"{split}_{i:05d}.png" for i in range(n)]
         for image, path in zip(images, paths):
             image.save(path)
-        lavis_captions, lavis_answers, lavis_trace = lavis_backend.run(model_name, [
-            lavis_backend.caption_job(paths, [""] * n, GREEDY, batch_size),
-            lavis_backend.caption_job(paths, prompts, QA, batch_size),
-            lavis_backend.trace_job(paths[0], prompts[0])])
+        lavis_captions, lavis_answers, lavis_trace = lavis_backend.run(
+            model_name,
+            [
+                lavis_backend.caption_job(paths, [""] * n, GREEDY, batch_size),
+                lavis_backend.caption_job(paths, prompts, QA, batch_size),
+                lavis_backend.trace_job(paths[0], prompts[0]),
+            ],
+        )
     lavis_captions, lavis_answers = lavis_captions["captions"], lavis_answers["captions"]
-    checks = [{"name": label, "max_abs_diff": (d := max_abs_diff(stages[key][0], lavis_trace[key])),
-               "ok": d <= TOLERANCE} for key, label in STAGES.items()]
-    rows = [{"index": i, "question": questions[i], "transformers": [captions[i], answers[i]],
-             "lavis": [lavis_captions[i], lavis_answers[i]]} for i in range(n)]
+    checks = [
+        {"name": label, "max_abs_diff": (d := max_abs_diff(stages[key][0], lavis_trace[key])), "ok": d <= TOLERANCE}
+        for key, label in STAGES.items()
+    ]
+    rows = [
+        {
+            "index": i,
+            "question": questions[i],
+            "transformers": [captions[i], answers[i]],
+            "lavis": [lavis_captions[i], lavis_answers[i]],
+        }
+        for i in range(n)
+    ]
     if out:
         cell = "{}\nQ: {}  A: {}".format
-        viz.compare_rows(images[:SHOWN], {
-            "transformers: Blip2ForConditionalGeneration": list(map(cell, captions, questions, answers)),
-            "LAVIS: Blip2OPT": list(map(cell, lavis_captions, questions, lavis_answers))}, out)
-    return {"model": model_name, "split": split, "n": n, "checks": checks, "prompt": prompts[0],
-            "prompt_ids": {"transformers": prompt_ids.tolist(), "lavis": lavis_trace["input_ids"]},
-            "captions_equal": sum(a == b for a, b in zip(captions, lavis_captions)),
-            "answers_equal": sum(a == b for a, b in zip(answers, lavis_answers)),
-            "differences": [r for r in rows if r["transformers"] != r["lavis"]]}
+        viz.compare_rows(
+            images[:SHOWN],
+            {
+                "transformers: Blip2ForConditionalGeneration": list(map(cell, captions, questions, answers)),
+                "LAVIS: Blip2OPT": list(map(cell, lavis_captions, questions, lavis_answers)),
+            },
+            out,
+        )
+    return {
+        "model": model_name,
+        "split": split,
+        "n": n,
+        "checks": checks,
+        "prompt": prompts[0],
+        "prompt_ids": {"transformers": prompt_ids.tolist(), "lavis": lavis_trace["input_ids"]},
+        "captions_equal": sum(a == b for a, b in zip(captions, lavis_captions)),
+        "answers_equal": sum(a == b for a, b in zip(answers, lavis_answers)),
+        "differences": [r for r in rows if r["transformers"] != r["lavis"]],
+    }
 
 
 def print_result(result, out=None):
     n = result["n"]
     same_ids = result["prompt_ids"]["transformers"] == result["prompt_ids"]["lavis"]
-    print(f"transformers vs LAVIS on the same weights ({result['model']}), ShapesWorld {result['split']}, "
-          f"n={n}, greedy\n")
-    print(f"one image, prompt {result['prompt']!r}: token ids {'the same' if same_ids else 'DIFFER'} "
-          f"({len(result['prompt_ids']['transformers'])} tokens)")
+    print(
+        f"transformers vs LAVIS on the same weights ({result['model']}), ShapesWorld {result['split']}, n={n}, greedy\n"
+    )
+    print(
+        f"one image, prompt {result['prompt']!r}: token ids {'the same' if same_ids else 'DIFFER'} "
+        f"({len(result['prompt_ids']['transformers'])} tokens)"
+    )
     print(f"{'stage':<30} {'max |diff|':>11}")
     for c in result["checks"]:
         print(f"{c['name']:<30} {c['max_abs_diff']:>11.2e}  {'ok' if c['ok'] else f'ABOVE {TOLERANCE:g}'}")
     print(f"\ngreedy captions equal:  {result['captions_equal']} of {n}")
     print(f"week-2 answers equal:   {result['answers_equal']} of {n}")
     for r in result["differences"][:5]:
-        print(f"\n  image {r['index']:<4} transformers: {' | '.join(r['transformers'])}\n"
-              f"  {'':<10} LAVIS:        {' | '.join(r['lavis'])}")
+        print(
+            f"\n  image {r['index']:<4} transformers: {' | '.join(r['transformers'])}\n"
+            f"  {'':<10} LAVIS:        {' | '.join(r['lavis'])}"
+        )
     if out:
         print(f"\npicture: {out}")
 

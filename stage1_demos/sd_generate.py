@@ -13,13 +13,20 @@ Any SD 1.x / 2.x hub id or pipeline folder works the same way, e.g.
 --model stable-diffusion-v1-5/stable-diffusion-v1-5 (512 px; download it first, on a GPU ideally).
 Prompt fidelity is judged by the bundled tiny CLIP, so it is only meaningful for ShapesWorld prompts.
 """
+
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, PNDMScheduler)
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+)
 from diffusers.models.attention_processor import AttnProcessor
 from tqdm import tqdm
 
@@ -49,8 +56,9 @@ def use_scheduler(pipe, name):
 
 def check_prompt(prompt):
     if not prompt or not prompt.strip():
-        raise cli.UserError("the prompt is empty: describe the image, e.g. --prompt \"a large red circle in the top "
-                            "left\"")
+        raise cli.UserError(
+            'the prompt is empty: describe the image, e.g. --prompt "a large red circle in the top left"'
+        )
     return prompt
 
 
@@ -61,8 +69,13 @@ def generate(pipe, prompts, steps=25, scheduler="dpmsolver", guidance=5.0, seeds
     use_scheduler(pipe, scheduler)
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     negative = None if negative_prompt is None else [negative_prompt] * len(prompts)
-    return pipe(list(prompts), num_inference_steps=steps, guidance_scale=guidance, negative_prompt=negative,
-                generator=generators).images
+    return pipe(
+        list(prompts),
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        negative_prompt=negative,
+        generator=generators,
+    ).images
 
 
 def generate_command(pipe, prompt, negative_prompt, steps, scheduler, guidance, seed, n, out):
@@ -75,9 +88,17 @@ def generate_command(pipe, prompt, negative_prompt, steps, scheduler, guidance, 
     for image, path in zip(images, paths):
         image.save(path)
     viz.image_grid(images, [f"seed {seed + i}" for i in range(n)], out)
-    return {"prompt": prompt, "negative_prompt": negative_prompt, "scheduler": scheduler, "steps": steps,
-            "guidance": guidance, "seed": seed, "seconds": round(seconds, 3), "grid": str(out),
-            "images": [str(p) for p in paths]}
+    return {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "scheduler": scheduler,
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+        "seconds": round(seconds, 3),
+        "grid": str(out),
+        "images": [str(p) for p in paths],
+    }
 
 
 # ---------------------------------------------------------------- compare
@@ -98,11 +119,12 @@ def compare(samplers, prompt, seed, steps_list, n, judge):
             images = sample([prompt] * n, steps, range(seed, seed + n))
             seconds = (time.perf_counter() - start) / n
             score = fidelity(judge(images, [prompt] * n))
-            cells.append({"scheduler": name, "steps": steps, "seconds_per_image": round(seconds, 4),
-                          "fidelity": score})
+            cells.append({"scheduler": name, "steps": steps, "seconds_per_image": round(seconds, 4), "fidelity": score})
             tiles.append(images[0])
-            labels.append(f"{name} {steps} steps, {seconds:.2f} s/img, colour {share(score['color'])} "
-                          f"shape {share(score['shape'])}")
+            labels.append(
+                f"{name} {steps} steps, {seconds:.2f} s/img, colour {share(score['color'])} "
+                f"shape {share(score['shape'])}"
+            )
     return cells, tiles, labels
 
 
@@ -112,15 +134,22 @@ def share(value):
 
 
 def print_compare(result):
-    print(f"prompt {result['prompt']!r}, seeds {result['seed']}..{result['seed'] + result['n'] - 1}; "
-          "each cell: colour / shape right (tiny CLIP), seconds per image")
+    print(
+        f"prompt {result['prompt']!r}, seeds {result['seed']}..{result['seed'] + result['n'] - 1}; "
+        "each cell: colour / shape right (tiny CLIP), seconds per image"
+    )
     width = max(10, *(len(name) + 1 for name in result["schedulers"]))
     print(f"{'scheduler':<{width}}" + "".join(f"{f'{s} steps':>22}" for s in result["steps"]))
     for name in result["schedulers"]:
         row = [c for c in result["cells"] if c["scheduler"] == name]
-        print(f"{name:<{width}}" + "".join(
-            f"{share(c['fidelity']['color']):>6} / {share(c['fidelity']['shape']):<4}{c['seconds_per_image']:>9.3f}s"
-            for c in row))
+        print(
+            f"{name:<{width}}"
+            + "".join(
+                f"{share(c['fidelity']['color']):>6} / {share(c['fidelity']['shape']):<4}"
+                f"{c['seconds_per_image']:>9.3f}s"
+                for c in row
+            )
+        )
     if result.get("grid"):
         print(f"grid (rows: schedulers, columns: steps): {result['grid']}")
 
@@ -131,22 +160,28 @@ SD15 = {"max_tokens": 77, "text_hidden": 768, "latent_channels": 4, "latent_size
 
 
 def model_sizes(pipe):
-    return {"max_tokens": pipe.tokenizer.model_max_length, "text_hidden": pipe.text_encoder.config.hidden_size,
-            "latent_channels": pipe.unet.config.in_channels, "latent_size": pipe.unet.config.sample_size,
-            "vae_factor": pipe.vae_scale_factor}
+    return {
+        "max_tokens": pipe.tokenizer.model_max_length,
+        "text_hidden": pipe.text_encoder.config.hidden_size,
+        "latent_channels": pipe.unet.config.in_channels,
+        "latent_size": pipe.unet.config.sample_size,
+        "vae_factor": pipe.vae_scale_factor,
+    }
 
 
 def journey_shapes(m):
     """(stage, shape) for one prompt and one image with classifier-free guidance, from sizes alone."""
     latent = (m["latent_channels"], m["latent_size"], m["latent_size"])
     side = m["latent_size"] * m["vae_factor"]
-    return [("token ids (padded)", cli.shape_text(1, m["max_tokens"])),
-            ("text embeddings (cond + uncond)", cli.shape_text(2, m["max_tokens"], m["text_hidden"])),
-            ("initial latent noise", cli.shape_text(1, *latent)),
-            ("UNet input (latent twice)", cli.shape_text(2, *latent)),
-            ("UNet output: predicted noise", cli.shape_text(2, *latent)),
-            ("latent after the last step", cli.shape_text(1, *latent)),
-            ("VAE decode: image", cli.shape_text(1, 3, side, side))]
+    return [
+        ("token ids (padded)", cli.shape_text(1, m["max_tokens"])),
+        ("text embeddings (cond + uncond)", cli.shape_text(2, m["max_tokens"], m["text_hidden"])),
+        ("initial latent noise", cli.shape_text(1, *latent)),
+        ("UNet input (latent twice)", cli.shape_text(2, *latent)),
+        ("UNet output: predicted noise", cli.shape_text(2, *latent)),
+        ("latent after the last step", cli.shape_text(1, *latent)),
+        ("VAE decode: image", cli.shape_text(1, 3, side, side)),
+    ]
 
 
 @torch.no_grad()
@@ -155,12 +190,14 @@ def explain(pipe, prompt, steps, guidance, seed):
     the model's current guess of the clean image x0 at every step."""
     device = pipe.device
     tokenizer, scheduler = pipe.tokenizer, DDIMScheduler.from_config(pipe.scheduler.config)
-    ids = tokenizer([prompt, ""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(device)
+    ids = tokenizer(
+        [prompt, ""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
     text = pipe.text_encoder(ids).last_hidden_state  # [cond, uncond]
     size = pipe.unet.config.sample_size
-    latents = torch.randn((1, pipe.unet.config.in_channels, size, size),
-                          generator=torch.Generator("cpu").manual_seed(seed)).to(device, text.dtype)
+    latents = torch.randn(
+        (1, pipe.unet.config.in_channels, size, size), generator=torch.Generator("cpu").manual_seed(seed)
+    ).to(device, text.dtype)
     initial = latents * scheduler.init_noise_sigma
     latents = initial
     scheduler.set_timesteps(steps, device=device)
@@ -175,13 +212,22 @@ def explain(pipe, prompt, steps, guidance, seed):
         guesses.append((int(t), out.pred_original_sample))
     image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
     real = [ids[:1], text, initial, unet_in, torch.cat([noise_cond, noise_uncond]), latents, image]
-    stages = [{"stage": name, "shape": cli.shape_text(*t.shape), "from_config": cfg, "sd15": ref}
-              for t, (name, cfg), (_, ref) in zip(real, journey_shapes(model_sizes(pipe)), journey_shapes(SD15))]
-    decode = [pipe.image_processor.postprocess(pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample)[0]
-              for _, x0 in guesses]
+    stages = [
+        {"stage": name, "shape": cli.shape_text(*t.shape), "from_config": cfg, "sd15": ref}
+        for t, (name, cfg), (_, ref) in zip(real, journey_shapes(model_sizes(pipe)), journey_shapes(SD15))
+    ]
+    decode = [
+        pipe.image_processor.postprocess(pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample)[0]
+        for _, x0 in guesses
+    ]
     tokens = tokenizer.convert_ids_to_tokens(ids[0][ids[0] != tokenizer.pad_token_id])
-    return {"prompt": prompt, "tokens": tokens, "steps": steps, "timesteps": [t for t, _ in guesses],
-            "stages": stages}, decode
+    return {
+        "prompt": prompt,
+        "tokens": tokens,
+        "steps": steps,
+        "timesteps": [t for t, _ in guesses],
+        "stages": stages,
+    }, decode
 
 
 def print_explain(result, model_name):
@@ -235,7 +281,7 @@ def token_positions(tokenizer, prompt, word):
     prompt_ids = tokenizer(prompt, truncation=True).input_ids
     word_ids = tokenizer(word, add_special_tokens=False).input_ids
     for i in range(len(prompt_ids) - len(word_ids) + 1):
-        if word_ids and prompt_ids[i:i + len(word_ids)] == word_ids:
+        if word_ids and prompt_ids[i : i + len(word_ids)] == word_ids:
             return list(range(i, i + len(word_ids)))
     words = [t.replace("</w>", "") for t in tokenizer.convert_ids_to_tokens(prompt_ids[1:-1])]
     raise cli.UserError(f"the token {word!r} is not in the prompt; its tokens are: {', '.join(words)}")
@@ -258,16 +304,21 @@ def attention_maps(pipe, prompt, word, steps, guidance, seed, scheduler="dpmsolv
         by_resolution.setdefault(side, []).append(heat.view(side, side))
     by_resolution = {side: torch.stack(h).mean(0) for side, h in sorted(by_resolution.items(), reverse=True)}
     top = max(by_resolution)
-    overall = torch.stack([F.interpolate(h[None, None], size=(top, top), mode="bilinear")[0, 0]
-                           for h in by_resolution.values()]).mean(0)
+    overall = torch.stack(
+        [F.interpolate(h[None, None], size=(top, top), mode="bilinear")[0, 0] for h in by_resolution.values()]
+    ).mean(0)
     return image, by_resolution, overall
 
 
 def quadrant_shares(heat):
     """Share of the map's mass in each ShapesWorld position."""
     side = heat.shape[0] // 2
-    mass = {p: heat[int(fy > 0.5) * side:(int(fy > 0.5) + 1) * side, int(fx > 0.5) * side:(int(fx > 0.5) + 1) * side]
-            .sum().item() for p, ((fx, fy), _) in shapesworld.POSITIONS.items()}
+    mass = {
+        p: heat[int(fy > 0.5) * side : (int(fy > 0.5) + 1) * side, int(fx > 0.5) * side : (int(fx > 0.5) + 1) * side]
+        .sum()
+        .item()
+        for p, ((fx, fy), _) in shapesworld.POSITIONS.items()
+    }
     total = sum(mass.values())
     return {p: round(m / total, 3) for p, m in mass.items()}
 
@@ -280,8 +331,9 @@ def print_attention(result):
 
 
 # ---------------------------------------------------------------- eval
-def evaluate(pipe, split="test", n=200, steps=25, scheduler="dpmsolver", guidance=5.0, seed=0, batch_size=50,
-             judge=None):
+def evaluate(
+    pipe, split="test", n=200, steps=25, scheduler="dpmsolver", guidance=5.0, seed=0, batch_size=50, judge=None
+):
     """Generate one image per caption of the split (seed + i for caption i) and judge every asked
     object; fidelity overall and split by whether the object's colour-shape pair was seen in training."""
     judge = judge or Judge()
@@ -290,31 +342,42 @@ def evaluate(pipe, split="test", n=200, steps=25, scheduler="dpmsolver", guidanc
     pipe.set_progress_bar_config(disable=True)
     images, records = [], []
     for i in tqdm(range(0, n, batch_size), desc=f"generate {split} prompts"):
-        batch_prompts = prompts[i:i + batch_size]
+        batch_prompts = prompts[i : i + batch_size]
         seeds = range(seed + i, seed + i + len(batch_prompts))
         batch = generate(pipe, batch_prompts, steps, scheduler, guidance, seeds)
         records += [{**r, "image": r["image"] + i} for r in judge(batch, batch_prompts)]
         images += batch
     pipe.set_progress_bar_config(disable=False)
     objects_in_prompt = [len(samples[r["image"]].objects) for r in records]
-    result = {"split": split, "prompts": n, "scheduler": scheduler, "steps": steps, "guidance": guidance, "seed": seed,
-              "fidelity": fidelity(records),
-              "seen_pairs": fidelity([r for r in records if not r["heldout"]]),
-              "heldout_pairs": fidelity([r for r in records if r["heldout"]]),
-              "one_object_prompts": fidelity([r for r, k in zip(records, objects_in_prompt) if k == 1]),
-              "two_object_prompts": fidelity([r for r, k in zip(records, objects_in_prompt) if k == 2])}
+    result = {
+        "split": split,
+        "prompts": n,
+        "scheduler": scheduler,
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+        "fidelity": fidelity(records),
+        "seen_pairs": fidelity([r for r in records if not r["heldout"]]),
+        "heldout_pairs": fidelity([r for r in records if r["heldout"]]),
+        "one_object_prompts": fidelity([r for r, k in zip(records, objects_in_prompt) if k == 1]),
+        "two_object_prompts": fidelity([r for r, k in zip(records, objects_in_prompt) if k == 2]),
+    }
     return result, images, prompts
 
 
 def print_eval(result):
-    print(f"{result['prompts']} {result['split']} prompts, {result['scheduler']} {result['steps']} steps, "
-          f"guidance {result['guidance']}; share of asked objects the tiny CLIP sees right:")
+    print(
+        f"{result['prompts']} {result['split']} prompts, {result['scheduler']} {result['steps']} steps, "
+        f"guidance {result['guidance']}; share of asked objects the tiny CLIP sees right:"
+    )
     print(f"{'objects':<22}{'n':>6}{'colour':>9}{'shape':>8}{'both':>8}")
     for key in ("fidelity", "seen_pairs", "heldout_pairs", "one_object_prompts", "two_object_prompts"):
         f = result[key]
         if f["objects"]:
-            print(f"{key.replace('fidelity', 'all'):<22}{f['objects']:>6}{f['color']:>9.3f}{f['shape']:>8.3f}"
-                  f"{f['both']:>8.3f}")
+            print(
+                f"{key.replace('fidelity', 'all'):<22}{f['objects']:>6}{f['color']:>9.3f}{f['shape']:>8.3f}"
+                f"{f['both']:>8.3f}"
+            )
 
 
 # ---------------------------------------------------------------- command line
@@ -341,10 +404,20 @@ def main(argv=None):
 
     p = sub.add_parser("compare", help="schedulers x step counts from one seed, judged by the tiny CLIP")
     add_sampling_args(p)
-    p.add_argument("--schedulers", nargs="+", choices=schedulers, default=["dpmsolver", "ddim", "euler", "pndm"],
-                   help="samplers to compare (default dpmsolver ddim euler pndm)")
-    p.add_argument("--step-counts", nargs="+", type=cli.positive_int, default=[5, 10, 25, 50],
-                   help="step counts to compare (default 5 10 25 50)")
+    p.add_argument(
+        "--schedulers",
+        nargs="+",
+        choices=schedulers,
+        default=["dpmsolver", "ddim", "euler", "pndm"],
+        help="samplers to compare (default dpmsolver ddim euler pndm)",
+    )
+    p.add_argument(
+        "--step-counts",
+        nargs="+",
+        type=cli.positive_int,
+        default=[5, 10, 25, 50],
+        help="step counts to compare (default 5 10 25 50)",
+    )
     p.add_argument("--n", type=cli.positive_int, default=4, help="images per cell for the fidelity score (default 4)")
     p.add_argument("--out", default=str(OUT / "compare.png"), help="grid PNG")
 
@@ -373,39 +446,72 @@ def main(argv=None):
         check_prompt(args.prompt)
     pipe = zoo.load_sd(args.model, args.device)
     if args.command == "generate":
-        result = generate_command(pipe, args.prompt, args.negative_prompt, args.steps, args.scheduler, args.guidance,
-                                  args.seed, args.n, args.out)
-        cli.emit(result, args.json, lambda r: print(
-            f"{len(r['images'])} images in {r['seconds']:.1f} s ({r['scheduler']}, {r['steps']} steps): {r['grid']}"))
+        result = generate_command(
+            pipe,
+            args.prompt,
+            args.negative_prompt,
+            args.steps,
+            args.scheduler,
+            args.guidance,
+            args.seed,
+            args.n,
+            args.out,
+        )
+        cli.emit(
+            result,
+            args.json,
+            lambda r: print(
+                f"{len(r['images'])} images in {r['seconds']:.1f} s ({r['scheduler']}, {r['steps']} steps): {r['grid']}"
+            ),
+        )
     elif args.command == "compare":
         pipe.set_progress_bar_config(disable=True)
         samplers = {name: scheduler_sampler(pipe, name, args.guidance) for name in args.schedulers}
         cells, tiles, labels = compare(samplers, args.prompt, args.seed, args.step_counts, args.n, Judge())
         grid = viz.image_grid(tiles, labels, args.out, cols=len(args.step_counts))
-        result = {"prompt": args.prompt, "seed": args.seed, "n": args.n, "guidance": args.guidance,
-                  "schedulers": args.schedulers, "steps": args.step_counts, "cells": cells, "grid": str(grid)}
+        result = {
+            "prompt": args.prompt,
+            "seed": args.seed,
+            "n": args.n,
+            "guidance": args.guidance,
+            "schedulers": args.schedulers,
+            "steps": args.step_counts,
+            "cells": cells,
+            "grid": str(grid),
+        }
         cli.emit(result, args.json, print_compare)
     elif args.command == "explain":
         result, guesses = explain(pipe, args.prompt, args.steps, args.guidance, args.seed)
-        result["picture"] = str(viz.image_grid(guesses, [f"step {i + 1}: t={t}" for i, t in
-                                                         enumerate(result["timesteps"])], args.out))
+        result["picture"] = str(
+            viz.image_grid(guesses, [f"step {i + 1}: t={t}" for i, t in enumerate(result["timesteps"])], args.out)
+        )
         cli.emit(result, args.json, lambda r: print_explain(r, args.model))
     elif args.command == "attention":
-        image, by_resolution, overall = attention_maps(pipe, args.prompt, args.token, args.steps, args.guidance,
-                                                       args.seed)
+        image, by_resolution, overall = attention_maps(
+            pipe, args.prompt, args.token, args.steps, args.guidance, args.seed
+        )
         maps = {f"{side}x{side} layers": heat for side, heat in by_resolution.items()}
         maps["all layers, upsampled"] = overall
-        picture = viz.heatmap_overlays(image, [(label, heat.numpy()) for label, heat in maps.items()], args.out,
-                                       f"cross-attention to {args.token!r}: {args.prompt}")
-        result = {"prompt": args.prompt, "token": args.token, "seed": args.seed, "steps": args.steps,
-                  "resolutions": list(by_resolution),
-                  "quadrant_shares": {label: quadrant_shares(heat) for label, heat in maps.items()
-                                      if heat.shape[0] >= 2},
-                  "picture": str(picture)}
+        picture = viz.heatmap_overlays(
+            image,
+            [(label, heat.numpy()) for label, heat in maps.items()],
+            args.out,
+            f"cross-attention to {args.token!r}: {args.prompt}",
+        )
+        result = {
+            "prompt": args.prompt,
+            "token": args.token,
+            "seed": args.seed,
+            "steps": args.steps,
+            "resolutions": list(by_resolution),
+            "quadrant_shares": {label: quadrant_shares(heat) for label, heat in maps.items() if heat.shape[0] >= 2},
+            "picture": str(picture),
+        }
         cli.emit(result, args.json, print_attention)
     else:
-        result, images, prompts = evaluate(pipe, args.split, args.n, args.steps, args.scheduler, args.guidance,
-                                           args.seed)
+        result, images, prompts = evaluate(
+            pipe, args.split, args.n, args.steps, args.scheduler, args.guidance, args.seed
+        )
         if args.out:
             cli.write_json(result, args.out)
             viz.image_grid(images[:16], prompts[:16], Path(args.out).with_suffix(".png"))

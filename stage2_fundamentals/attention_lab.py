@@ -11,6 +11,7 @@ BLIP-2 language model's logits. `show` draws what attends where: the ViT's [CLS]
 image patches, layer by layer, and the BLIP-2 decoder's tokens over the image queries and the
 words before them.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,13 +33,20 @@ def check_sdpa(gen):
     q, k, v = (torch.randn(2, 4, 7, 16, generator=gen) for _ in range(3))
     pad = padding_mask([7, 4], 7)
     additive_mask = torch.randn(2, 4, 7, 7, generator=gen)
-    cases = [("no mask", {}, {}),
-             ("causal", {"causal": True}, {"is_causal": True}),
-             ("padding (boolean)", {"mask": pad}, {"attn_mask": pad}),
-             ("additive float mask", {"mask": additive_mask}, {"attn_mask": additive_mask})]
-    return [checks.record(f"scaled_dot_product_attention, {label} vs torch SDPA",
-                    scaled_dot_product_attention(q, k, v, **ours)[0], F.scaled_dot_product_attention(q, k, v, **theirs))
-            for label, ours, theirs in cases]
+    cases = [
+        ("no mask", {}, {}),
+        ("causal", {"causal": True}, {"is_causal": True}),
+        ("padding (boolean)", {"mask": pad}, {"attn_mask": pad}),
+        ("additive float mask", {"mask": additive_mask}, {"attn_mask": additive_mask}),
+    ]
+    return [
+        checks.record(
+            f"scaled_dot_product_attention, {label} vs torch SDPA",
+            scaled_dot_product_attention(q, k, v, **ours)[0],
+            F.scaled_dot_product_attention(q, k, v, **theirs),
+        )
+        for label, ours, theirs in cases
+    ]
 
 
 @torch.no_grad()
@@ -49,12 +57,15 @@ def check_torch_mha(gen, bias=True):
     x = torch.randn(2, 6, 32, generator=gen)
     lengths = [6, 3]
     key_padding = ~padding_mask(lengths, 6)[:, 0, 0]  # torch: True = ignore
-    theirs, their_weights = mha(x, x, x, key_padding_mask=key_padding, attn_mask=~causal_mask(6, 6),
-                                average_attn_weights=False)
+    theirs, their_weights = mha(
+        x, x, x, key_padding_mask=key_padding, attn_mask=~causal_mask(6, 6), average_attn_weights=False
+    )
     out, weights = ours(x, mask=padding_mask(lengths, 6), causal=True)
     label = "torch.nn.MultiheadAttention" + ("" if bias else " (bias=False)")
-    return [checks.record(f"MultiHeadAttention vs {label} (causal + padding), output", out, theirs),
-            checks.record(f"MultiHeadAttention vs {label}, attention weights", weights, their_weights)]
+    return [
+        checks.record(f"MultiHeadAttention vs {label} (causal + padding), output", out, theirs),
+        checks.record(f"MultiHeadAttention vs {label}, attention weights", weights, their_weights),
+    ]
 
 
 def sample_images(n=2, split="test"):
@@ -69,19 +80,28 @@ def check_clip(clip, processor):
     pixel_values = processor(images=sample_images(), return_tensors="pt").pixel_values
     x = vision.encoder.layers[0].layer_norm1(vision.pre_layrnorm(vision.embeddings(pixel_values)))
     layer = vision.encoder.layers[0].self_attn
-    vision_check = checks.record("MultiHeadAttention vs tiny CLIP vision CLIPAttention (layer 0)",
-                                 MultiHeadAttention.from_hf(layer)(x)[0], layer(x)[0])
-    tokens = processor(text=["a red circle", "a small blue square in the bottom right"], padding=True,
-                       return_tensors="pt")
+    vision_check = checks.record(
+        "MultiHeadAttention vs tiny CLIP vision CLIPAttention (layer 0)",
+        MultiHeadAttention.from_hf(layer)(x)[0],
+        layer(x)[0],
+    )
+    tokens = processor(
+        text=["a red circle", "a small blue square in the bottom right"], padding=True, return_tensors="pt"
+    )
     t = tokens.input_ids.shape[1]
     allowed = causal_mask(t, t) & tokens.attention_mask.bool()[:, None, None, :]
     x = text.encoder.layers[0].layer_norm1(text.embeddings(tokens.input_ids))
     layer = text.encoder.layers[0].self_attn
     real = tokens.attention_mask.bool()  # padded query rows are never read, so compare real tokens
-    return [vision_check,
-            checks.record("MultiHeadAttention vs tiny CLIP text CLIPAttention (layer 0, causal + padding)",
-                          MultiHeadAttention.from_hf(layer)(x, mask=allowed)[0], layer(x, additive(allowed))[0],
-                          where=real)]
+    return [
+        vision_check,
+        checks.record(
+            "MultiHeadAttention vs tiny CLIP text CLIPAttention (layer 0, causal + padding)",
+            MultiHeadAttention.from_hf(layer)(x, mask=allowed)[0],
+            layer(x, additive(allowed))[0],
+            where=real,
+        ),
+    ]
 
 
 @torch.no_grad()
@@ -98,19 +118,33 @@ def check_blip2(model, processor):
     layer = hf_decoder.layers[0].self_attn
     ours = Decoder.from_opt(lm)
     logits = ours(embeds, attention_mask).logits
-    return [checks.record("MultiHeadAttention vs tiny BLIP-2 OPTAttention (layer 0, causal + left padding)",
-                    MultiHeadAttention.from_hf(layer)(x, mask=allowed)[0],
-                    layer(x, attention_mask=additive(allowed))[0], where=real),
-            checks.record("from-scratch Decoder vs tiny BLIP-2 OPTForCausalLM, logits on image + prompt",
-                    logits, lm(inputs_embeds=embeds, attention_mask=attention_mask).logits, where=real)]
+    return [
+        checks.record(
+            "MultiHeadAttention vs tiny BLIP-2 OPTAttention (layer 0, causal + left padding)",
+            MultiHeadAttention.from_hf(layer)(x, mask=allowed)[0],
+            layer(x, attention_mask=additive(allowed))[0],
+            where=real,
+        ),
+        checks.record(
+            "from-scratch Decoder vs tiny BLIP-2 OPTForCausalLM, logits on image + prompt",
+            logits,
+            lm(inputs_embeds=embeds, attention_mask=attention_mask).logits,
+            where=real,
+        ),
+    ]
 
 
 def run_checks(clip_name="tiny", blip2_name="tiny"):
     gen = torch.Generator().manual_seed(0)
     clip, clip_processor = zoo.load_clip(clip_name, "cpu")
     blip2, blip2_processor = zoo.load_blip2(blip2_name, "cpu")
-    return {"checks": check_sdpa(gen) + check_torch_mha(gen) + check_torch_mha(gen, bias=False)
-            + check_clip(clip.float(), clip_processor) + check_blip2(blip2.float(), blip2_processor)}
+    return {
+        "checks": check_sdpa(gen)
+        + check_torch_mha(gen)
+        + check_torch_mha(gen, bias=False)
+        + check_clip(clip.float(), clip_processor)
+        + check_blip2(blip2.float(), blip2_processor)
+    }
 
 
 # ---------------------------------------------------------------- show
@@ -143,7 +177,7 @@ def vision_cls_maps(clip, processor, image):
     side = vision.config.image_size // vision.config.patch_size
     maps = []
     for i, (layer, x) in enumerate(zip(layers, recorder.inputs)):
-        weights = MultiHeadAttention.from_hf(layer)(x)[1]               # (1, h, 1 + P, 1 + P)
+        weights = MultiHeadAttention.from_hf(layer)(x)[1]  # (1, h, 1 + P, 1 + P)
         maps.append((f"layer {i + 1}", weights[0, :, 0, 1:].mean(0).view(side, side).numpy()))
     return maps
 
@@ -154,7 +188,7 @@ def decoder_attention(model, processor, image, prompt="", max_new_tokens=20):
     of every caption token over the image queries and the text before it."""
     inputs = processor(images=[image], text=[prompt], return_tensors="pt")
     generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
-    new = generated[0, inputs.input_ids.shape[1]:]
+    new = generated[0, inputs.input_ids.shape[1] :]
     new = new[new != processor.tokenizer.pad_token_id]
     embeds, attention_mask, input_ids = blip2_decoder_inputs(model, processor, [image], [prompt])
     full = torch.cat([embeds, model.get_input_embeddings()(new)[None]], dim=1)
@@ -166,7 +200,7 @@ def decoder_attention(model, processor, image, prompt="", max_new_tokens=20):
     # row i is the position that predicted new token i; the last token is never read, so no column
     rows = slice(len(ids) - len(new) - 1, len(ids) - 1)
     caption = processor.tokenizer.decode(new, skip_special_tokens=True).strip()
-    return weights[rows, :rows.stop].numpy(), labels[rows.start + 1:], labels[:rows.stop], caption
+    return weights[rows, : rows.stop].numpy(), labels[rows.start + 1 :], labels[: rows.stop], caption
 
 
 def show(image_path, out, clip_name="tiny", blip2_name="tiny", prompt=""):
@@ -175,18 +209,30 @@ def show(image_path, out, clip_name="tiny", blip2_name="tiny", prompt=""):
     blip2, blip2_processor = zoo.load_blip2(blip2_name, "cpu")
     maps = vision_cls_maps(clip.float(), clip_processor, image)
     matrix, row_labels, col_labels, caption = decoder_attention(blip2.float(), blip2_processor, image, prompt)
-    viz.attention_figure(image, maps, matrix, row_labels, col_labels, out,
-                         top_title="tiny CLIP ViT: where the [CLS] token looks, layer by layer (mean over heads)",
-                         bottom_title=f"tiny BLIP-2 decoder, last layer (mean over heads): writing {caption!r},\n"
-                                      "each word (row) looks at the image queries and the words before it")
-    return {"image": str(image_path), "caption": caption, "out": str(out),
-            "cls_peak_patch": [int(m.argmax()) for _, m in maps]}
+    viz.attention_figure(
+        image,
+        maps,
+        matrix,
+        row_labels,
+        col_labels,
+        out,
+        top_title="tiny CLIP ViT: where the [CLS] token looks, layer by layer (mean over heads)",
+        bottom_title=f"tiny BLIP-2 decoder, last layer (mean over heads): writing {caption!r},\n"
+        "each word (row) looks at the image queries and the words before it",
+    )
+    return {
+        "image": str(image_path),
+        "caption": caption,
+        "out": str(out),
+        "cls_peak_patch": [int(m.argmax()) for _, m in maps],
+    }
 
 
 # ---------------------------------------------------------------- command line
 def main(argv=None):
-    parser = cli.Parser(prog="python -m stage2_fundamentals.attention_lab", description=__doc__,
-                        formatter_class=cli.RawHelp)
+    parser = cli.Parser(
+        prog="python -m stage2_fundamentals.attention_lab", description=__doc__, formatter_class=cli.RawHelp
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="prove the from-scratch attention equal to torch and transformers")
     p = sub.add_parser("show", help="attention heatmaps for one image")

@@ -18,6 +18,7 @@ CLIPTextModelWithProjection with a character-level tokenizer (a Chinese characte
     python -m stage2_fundamentals.crosslingual eval [--json]
     python -m stage1_demos.clip_retrieval search --index IDX --text "左边的红色圆形"
 """
+
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,8 +37,12 @@ PARTIAL = 0.3  # share of pairs that leave size and/or position unsaid, as tiny_
 SIDE = 0.1  # share of pairs that name a side of the image, e.g. 左边的红色圆形 (the red circle on the left)
 # side -> the quadrants it covers; English captions have no sides, so the teacher's target for a
 # side is the mean of its embeddings for the two quadrants
-SIDES = {"左边": ("top left", "bottom left"), "右边": ("top right", "bottom right"),
-         "上边": ("top left", "top right"), "下边": ("bottom left", "bottom right")}
+SIDES = {
+    "左边": ("top left", "bottom left"),
+    "右边": ("top right", "bottom right"),
+    "上边": ("top left", "top right"),
+    "下边": ("bottom left", "bottom right"),
+}
 
 
 def parallel_pair(objects, rng):
@@ -52,12 +57,18 @@ def parallel_pair(objects, rng):
         return zh, [shapesworld.describe_en(replace(o, position=q)) for q in SIDES[side]]
     if r < SIDE + PARTIAL:
         named = objects if rng.random() < 0.5 else [objects[int(rng.integers(len(objects)))]]
-        named = [replace(o, size=o.size if rng.random() < 0.5 else None,
-                         position=o.position if rng.random() < 0.5 else None) for o in named]
-        return ("，".join(shapesworld.describe_zh(o) for o in named),
-                [" and ".join(shapesworld.describe_en(o) for o in named)])
-    return (shapesworld.caption_zh(objects, int(rng.integers(len(shapesworld.ZH_TEMPLATES)))),
-            [shapesworld.caption_en(objects, int(rng.integers(len(shapesworld.EN_TEMPLATES))))])
+        named = [
+            replace(o, size=o.size if rng.random() < 0.5 else None, position=o.position if rng.random() < 0.5 else None)
+            for o in named
+        ]
+        return (
+            "，".join(shapesworld.describe_zh(o) for o in named),
+            [" and ".join(shapesworld.describe_en(o) for o in named)],
+        )
+    return (
+        shapesworld.caption_zh(objects, int(rng.integers(len(shapesworld.ZH_TEMPLATES)))),
+        [shapesworld.caption_en(objects, int(rng.integers(len(shapesworld.EN_TEMPLATES))))],
+    )
 
 
 def build_tokenizer(texts):
@@ -71,16 +82,25 @@ def build_tokenizer(texts):
 
 
 def build_student(tokenizer, teacher_config, hidden=64, layers=2, heads=2):
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
-                            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=MAX_TOKENS,
-                            projection_dim=teacher_config.projection_dim, pad_token_id=tokenizer.pad_token_id,
-                            bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=MAX_TOKENS,
+        projection_dim=teacher_config.projection_dim,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
     return CLIPTextModelWithProjection(config)
 
 
 @dataclass(frozen=True)
 class Config:
     """What is learnt (a resumed checkpoint must match it)."""
+
     steps: int = 2000
     batch_size: int = 256
     pool: int = 30_000
@@ -98,8 +118,9 @@ def train(out, config=Config(), options=training.Options()):
     tokenizer = build_tokenizer(zh + [s.caption_zh for s in shapesworld.generate("val", 200)])
     # the teacher is frozen: its targets are computed once, for each distinct English caption
     english = sorted({text for _, texts in pairs for text in texts})
-    embedded = np.concatenate([teacher_embeddings(teacher, processor, english[i:i + 1024])
-                               for i in range(0, len(english), 1024)])
+    embedded = np.concatenate(
+        [teacher_embeddings(teacher, processor, english[i : i + 1024]) for i in range(0, len(english), 1024)]
+    )
     row = {text: i for i, text in enumerate(english)}
     targets = torch.from_numpy(np.stack([embedded[[row[t] for t in texts]].mean(0) for _, texts in pairs]))
     student = build_student(tokenizer, teacher.config)
@@ -128,11 +149,15 @@ def evaluate(n=1000, seed=0):
     samples = shapesworld.generate("test", n, seed=seed)
     images = embed_images(clip, processor, [s.image for s in samples])
     en = recall_table(samples, images, embed_texts(clip, processor, [s.caption_en for s in samples]))
-    zh = recall_table(samples, images, embed_texts_zh(*zoo.load_clip_zh("tiny", "cpu"),
-                                                        [s.caption_zh for s in samples]))
-    return {"n": n, "en": {**en["text_to_image"], "heldout_R@1": en["heldout_combinations"]["R@1"]},
-            "zh": {**zh["text_to_image"], "heldout_R@1": zh["heldout_combinations"]["R@1"]},
-            "gap_R@1": round(en["text_to_image"]["R@1"] - zh["text_to_image"]["R@1"], 4)}
+    zh = recall_table(
+        samples, images, embed_texts_zh(*zoo.load_clip_zh("tiny", "cpu"), [s.caption_zh for s in samples])
+    )
+    return {
+        "n": n,
+        "en": {**en["text_to_image"], "heldout_R@1": en["heldout_combinations"]["R@1"]},
+        "zh": {**zh["text_to_image"], "heldout_R@1": zh["heldout_combinations"]["R@1"]},
+        "gap_R@1": round(en["text_to_image"]["R@1"] - zh["text_to_image"]["R@1"], 4),
+    }
 
 
 def print_eval(result):
@@ -145,8 +170,9 @@ def print_eval(result):
 
 
 def main(argv=None):
-    parser = cli.Parser(prog="python -m stage2_fundamentals.crosslingual", description=__doc__,
-                        formatter_class=cli.RawHelp)
+    parser = cli.Parser(
+        prog="python -m stage2_fundamentals.crosslingual", description=__doc__, formatter_class=cli.RawHelp
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("train", help="distil a Chinese text tower into the tiny CLIP's space")
     fit.add_argument("--out", default=str(MODELS_DIR / "tiny-clip-zh"))
@@ -160,8 +186,11 @@ def main(argv=None):
     score.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "train":
-        train(args.out, Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),
-              training.Options.from_args(args, __spec__.name, argv))
+        train(
+            args.out,
+            Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),
+            training.Options.from_args(args, __spec__.name, argv),
+        )
     else:
         result = evaluate()
         if args.out:

@@ -6,20 +6,34 @@ the tiny BLIP-2, and what the settings do to a caption.
     python -m stage2_fundamentals.decoding_lab repetition [--image IMG] [--json]
     python -m stage2_fundamentals.decoding_lab bench [--json]        (tokens/s with and without the KV cache)
 """
+
 import time
 from dataclasses import asdict, replace
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import (LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
-                          TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+from transformers import (
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from curriculum import checks, cli, shapesworld, zoo
 from curriculum.images import load_image
 from stage2_fundamentals.decoder import Decoder, blip2_decoder_inputs
-from stage2_fundamentals.decoding import (Settings, apply_no_repeat_ngram, apply_repetition_penalty, apply_temperature,
-                                          apply_top_k, apply_top_p, decode)
+from stage2_fundamentals.decoding import (
+    Settings,
+    apply_no_repeat_ngram,
+    apply_repetition_penalty,
+    apply_temperature,
+    apply_top_k,
+    apply_top_p,
+    decode,
+)
 
 
 # ---------------------------------------------------------------- the tiny BLIP-2, split in two
@@ -45,8 +59,8 @@ class Captioner:
     def library_generate(self, image, prompt, s):
         """transformers' generate() with the same settings: the new tokens, padding dropped."""
         inputs = self.processor(images=[image], text=[prompt], return_tensors="pt")
-        out = self.model.generate(**inputs, **s.generate_kwargs())[0, inputs.input_ids.shape[1]:].tolist()
-        return out[:out.index(self.eos) + 1] if self.eos in out else out
+        out = self.model.generate(**inputs, **s.generate_kwargs())[0, inputs.input_ids.shape[1] :].tolist()
+        return out[: out.index(self.eos) + 1] if self.eos in out else out
 
     def text(self, tokens):
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
@@ -63,14 +77,20 @@ SEARCH_CHECKS = [
     ("greedy, no KV cache", Settings(use_cache=False)),
     ("beam search, 3 beams", Settings(num_beams=3)),
     ("beam search, 3 beams, no KV cache", Settings(num_beams=3, use_cache=False)),
-    ("beam search, 4 beams, length_penalty 0.5, early_stopping", Settings(num_beams=4, length_penalty=0.5,
-                                                                          early_stopping=True)),
+    (
+        "beam search, 4 beams, length_penalty 0.5, early_stopping",
+        Settings(num_beams=4, length_penalty=0.5, early_stopping=True),
+    ),
     ("beam search, 4 beams, length_penalty 2", Settings(num_beams=4, length_penalty=2.0)),
     ("beam search, 3 beams, min_new_tokens 20", Settings(num_beams=3, min_new_tokens=20)),
-    ("greedy, repetition_penalty 1.5, no_repeat_ngram 3, min_new_tokens 20",
-     Settings(repetition_penalty=1.5, no_repeat_ngram_size=3, min_new_tokens=20)),
-    ("sampling (T 1.3, top-k 20, top-p 0.9), same seed", Settings(do_sample=True, temperature=1.3, top_k=20,
-                                                                  top_p=0.9)),
+    (
+        "greedy, repetition_penalty 1.5, no_repeat_ngram 3, min_new_tokens 20",
+        Settings(repetition_penalty=1.5, no_repeat_ngram_size=3, min_new_tokens=20),
+    ),
+    (
+        "sampling (T 1.3, top-k 20, top-p 0.9), same seed",
+        Settings(do_sample=True, temperature=1.3, top_k=20, top_p=0.9),
+    ),
 ]
 
 
@@ -98,9 +118,14 @@ def check_search(captioner, cases, greedy, name, s, seed=0):
             differ += captioner.generate(image, prompt, replace(s, use_cache=False)) != ours
         differ += ours != theirs
         changed += ours != greedy_tokens
-    return {"name": f"{name} vs generate(): token-identical outputs", "max_abs_diff": differ, "ok": differ == 0,
-            "cases": len(cases), "differs_from_greedy": changed,
-            "detail": f"{len(cases) - differ}/{len(cases)} identical ({changed} differ from greedy)"}
+    return {
+        "name": f"{name} vs generate(): token-identical outputs",
+        "max_abs_diff": differ,
+        "ok": differ == 0,
+        "cases": len(cases),
+        "differs_from_greedy": changed,
+        "detail": f"{len(cases) - differ}/{len(cases)} identical ({changed} differ from greedy)",
+    }
 
 
 def score_diff(ours, theirs):
@@ -118,17 +143,23 @@ def check_processors(captioner, images):
         rows.append(captioner.decoder(embeds).logits[:, -1].float())
         contexts.append(input_ids[:, -8:])  # the same width for every row
     scores, context = torch.cat(rows), torch.cat(contexts)
-    cases = [("temperature 0.7", apply_temperature(scores, 0.7), TemperatureLogitsWarper(0.7)),
-             ("top-k 5", apply_top_k(scores, 5), TopKLogitsWarper(5)),
-             ("top-p 0.8", apply_top_p(scores, 0.8), TopPLogitsWarper(0.8)),
-             ("repetition penalty 1.3", apply_repetition_penalty(scores, context, 1.3),
-              RepetitionPenaltyLogitsProcessor(1.3)),
-             ("no-repeat-ngram 2", apply_no_repeat_ngram(scores, context, 2), NoRepeatNGramLogitsProcessor(2))]
+    cases = [
+        ("temperature 0.7", apply_temperature(scores, 0.7), TemperatureLogitsWarper(0.7)),
+        ("top-k 5", apply_top_k(scores, 5), TopKLogitsWarper(5)),
+        ("top-p 0.8", apply_top_p(scores, 0.8), TopPLogitsWarper(0.8)),
+        (
+            "repetition penalty 1.3",
+            apply_repetition_penalty(scores, context, 1.3),
+            RepetitionPenaltyLogitsProcessor(1.3),
+        ),
+        ("no-repeat-ngram 2", apply_no_repeat_ngram(scores, context, 2), NoRepeatNGramLogitsProcessor(2)),
+    ]
     results = []
     for name, ours, processor in cases:
         worst = score_diff(ours, LogitsProcessorList([processor])(context, scores.clone()))
-        results.append({"name": f"{name} vs transformers {type(processor).__name__}", "max_abs_diff": worst,
-                        "ok": worst <= 1e-6})
+        results.append(
+            {"name": f"{name} vs transformers {type(processor).__name__}", "max_abs_diff": worst, "ok": worst <= 1e-6}
+        )
     return results
 
 
@@ -136,8 +167,10 @@ def run_checks(model="tiny"):
     captioner, images = load_captioner(model), check_images()
     cases = [(image, prompt) for image in images for prompt in CHECK_PROMPTS]
     greedy = [captioner.generate(image, prompt, Settings()) for image, prompt in cases]
-    return {"checks": check_processors(captioner, images)
-            + [check_search(captioner, cases, greedy, name, s) for name, s in SEARCH_CHECKS]}
+    return {
+        "checks": check_processors(captioner, images)
+        + [check_search(captioner, cases, greedy, name, s) for name, s in SEARCH_CHECKS]
+    }
 
 
 # ---------------------------------------------------------------- sweep and repetition
@@ -169,8 +202,15 @@ def sweep(image_path, prompt="", seed=0, model="tiny"):
     rows = []
     for name, s in SWEEP:
         tokens, seconds = timed_decode(captioner, image, prompt, s, seed)
-        rows.append({"setting": name, "settings": asdict(s), "text": captioner.text(tokens),
-                     "tokens": len(tokens), "seconds": round(seconds, 4)})
+        rows.append(
+            {
+                "setting": name,
+                "settings": asdict(s),
+                "text": captioner.text(tokens),
+                "tokens": len(tokens),
+                "seconds": round(seconds, 4),
+            }
+        )
     return {"image": str(image_path), "prompt": prompt, "seed": seed, "rows": rows}
 
 
@@ -182,7 +222,7 @@ def print_sweep(result):
 
 def repeated_ngram_rate(tokens, n=3):
     """The share of the text's n-grams that already appeared earlier in it (0: no repetition)."""
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     seen, repeats = set(), 0
     for gram in grams:
         repeats += gram in seen
@@ -193,14 +233,16 @@ def repeated_ngram_rate(tokens, n=3):
 # The loop: a caption is ~15 tokens, but </s> is forbidden for 48 (as when a length is forced, or a
 # model never learned to stop). With nothing left to say, greedy decoding repeats itself.
 LOOPING = Settings(max_new_tokens=48, min_new_tokens=48)
-FIXES = [("greedy, free to stop (for reference)", Settings(max_new_tokens=48)),
-         ("greedy, </s> forbidden for 48 tokens (the problem)", LOOPING),
-         ("+ repetition_penalty 1.3", replace(LOOPING, repetition_penalty=1.3)),
-         ("+ repetition_penalty 2", replace(LOOPING, repetition_penalty=2.0)),
-         ("+ no_repeat_ngram_size 3", replace(LOOPING, no_repeat_ngram_size=3)),
-         ("+ sampling, temperature 1, top-p 0.9", replace(LOOPING, do_sample=True, top_p=0.9)),
-         ("beam search, 3 beams", replace(LOOPING, num_beams=3)),
-         ("beam search, 3 beams + no_repeat_ngram_size 3", replace(LOOPING, num_beams=3, no_repeat_ngram_size=3))]
+FIXES = [
+    ("greedy, free to stop (for reference)", Settings(max_new_tokens=48)),
+    ("greedy, </s> forbidden for 48 tokens (the problem)", LOOPING),
+    ("+ repetition_penalty 1.3", replace(LOOPING, repetition_penalty=1.3)),
+    ("+ repetition_penalty 2", replace(LOOPING, repetition_penalty=2.0)),
+    ("+ no_repeat_ngram_size 3", replace(LOOPING, no_repeat_ngram_size=3)),
+    ("+ sampling, temperature 1, top-p 0.9", replace(LOOPING, do_sample=True, top_p=0.9)),
+    ("beam search, 3 beams", replace(LOOPING, num_beams=3)),
+    ("beam search, 3 beams + no_repeat_ngram_size 3", replace(LOOPING, num_beams=3, no_repeat_ngram_size=3)),
+]
 
 
 def repetition(image=None, prompt="", seed=0, model="tiny", n=3):
@@ -209,14 +251,22 @@ def repetition(image=None, prompt="", seed=0, model="tiny", n=3):
     rows = []
     for name, s in FIXES:
         tokens, _ = timed_decode(captioner, image, prompt, s, seed)
-        rows.append({"setting": name, "settings": asdict(s), "text": captioner.text(tokens),
-                     "repeated_ngram_rate": round(repeated_ngram_rate(tokens, n), 3)})
+        rows.append(
+            {
+                "setting": name,
+                "settings": asdict(s),
+                "text": captioner.text(tokens),
+                "repeated_ngram_rate": round(repeated_ngram_rate(tokens, n), 3),
+            }
+        )
     return {"ngram": n, "rows": rows}
 
 
 def print_repetition(result):
-    print(f"repeated {result['ngram']}-gram rate: the share of the output's token {result['ngram']}-grams "
-          "seen earlier in it\n")
+    print(
+        f"repeated {result['ngram']}-gram rate: the share of the output's token {result['ngram']}-grams "
+        "seen earlier in it\n"
+    )
     for r in result["rows"]:
         print(f"{r['repeated_ngram_rate']:>5.2f}  {r['setting']}\n       {r['text']}")
 
@@ -241,31 +291,47 @@ def bench(repeats=3):
     captioner = load_captioner()
     prefix, _ = captioner.inputs(shapesworld.sample("test", 0).image, "")
     big = opt_125m_shaped()
-    cases = [("tiny BLIP-2 decoder (3 layers, 128-d), 48 new tokens", captioner.decoder, prefix, 48, captioner.eos),
-             ("OPT-125m-shaped decoder (12 layers, 768-d), 32-token prefix, 128 new tokens", big,
-              torch.randn(1, 32, 768) * 0.02, 128, 2)]
+    cases = [
+        ("tiny BLIP-2 decoder (3 layers, 128-d), 48 new tokens", captioner.decoder, prefix, 48, captioner.eos),
+        (
+            "OPT-125m-shaped decoder (12 layers, 768-d), 32-token prefix, 128 new tokens",
+            big,
+            torch.randn(1, 32, 768) * 0.02,
+            128,
+            2,
+        ),
+    ]
     rows = []
     for name, decoder, start, new, eos in cases:
         tokens_per_second(decoder, start, 4, True, eos)  # warm-up
         cached = max(tokens_per_second(decoder, start, new, True, eos) for _ in range(repeats))
         uncached = max(tokens_per_second(decoder, start, new, False, eos) for _ in range(repeats))
-        rows.append({"case": name, "new_tokens": new, "tokens_per_s_cache": round(cached, 1),
-                     "tokens_per_s_no_cache": round(uncached, 1), "speedup": round(cached / uncached, 2)})
-    return {"benchmark": "KV cache, greedy decoding, batch 1, CPU", "threads": torch.get_num_threads(),
-            "rows": rows}
+        rows.append(
+            {
+                "case": name,
+                "new_tokens": new,
+                "tokens_per_s_cache": round(cached, 1),
+                "tokens_per_s_no_cache": round(uncached, 1),
+                "speedup": round(cached / uncached, 2),
+            }
+        )
+    return {"benchmark": "KV cache, greedy decoding, batch 1, CPU", "threads": torch.get_num_threads(), "rows": rows}
 
 
 def print_bench(result):
     print(f"{result['benchmark']} ({result['threads']} threads), best of runs\n")
     for r in result["rows"]:
-        print(f"{r['case']}\n   {r['tokens_per_s_cache']:>8.1f} tok/s with cache, {r['tokens_per_s_no_cache']:>8.1f} "
-              f"without: {r['speedup']:.2f}x")
+        print(
+            f"{r['case']}\n   {r['tokens_per_s_cache']:>8.1f} tok/s with cache, {r['tokens_per_s_no_cache']:>8.1f} "
+            f"without: {r['speedup']:.2f}x"
+        )
 
 
 # ---------------------------------------------------------------- command line
 def main(argv=None):
-    parser = cli.Parser(prog="python -m stage2_fundamentals.decoding_lab", description=__doc__,
-                        formatter_class=cli.RawHelp)
+    parser = cli.Parser(
+        prog="python -m stage2_fundamentals.decoding_lab", description=__doc__, formatter_class=cli.RawHelp
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="prove every loop and processor equal to transformers' generate()")
     sweep_parser = sub.add_parser("sweep", help="one image, many generation settings, a table of outputs")
@@ -300,13 +366,28 @@ def main(argv=None):
         checks.emit(run_checks(args.model), args.json)
         return
     if args.command == "generate":
-        s = Settings(args.max_new_tokens, args.num_beams, args.sample, args.temperature, args.top_k, args.top_p,
-                     args.repetition_penalty, args.no_repeat_ngram_size, length_penalty=args.length_penalty,
-                     use_cache=not args.no_cache).validate()
+        s = Settings(
+            args.max_new_tokens,
+            args.num_beams,
+            args.sample,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.repetition_penalty,
+            args.no_repeat_ngram_size,
+            length_penalty=args.length_penalty,
+            use_cache=not args.no_cache,
+        ).validate()
         image, captioner = load_image(args.image), load_captioner(args.model)
         tokens, seconds = timed_decode(captioner, image, args.prompt, s, args.seed)
-        result = {"image": args.image, "prompt": args.prompt, "settings": asdict(s), "text": captioner.text(tokens),
-                  "tokens": len(tokens), "seconds": round(seconds, 4)}
+        result = {
+            "image": args.image,
+            "prompt": args.prompt,
+            "settings": asdict(s),
+            "text": captioner.text(tokens),
+            "tokens": len(tokens),
+            "seconds": round(seconds, 4),
+        }
         cli.emit(result, args.json, lambda r: print(r["text"]))
         return
     if args.command == "sweep":

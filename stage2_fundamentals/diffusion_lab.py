@@ -7,6 +7,7 @@ forward process in pictures.
     python -m stage2_fundamentals.diffusion_lab compare --prompt "a large green triangle in the bottom right" --seed 0
     python -m stage2_fundamentals.diffusion_lab forward --image outputs/week8/gallery/test_00001.png
 """
+
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,8 +20,19 @@ from curriculum import checks, cli, viz, zoo
 from curriculum.images import load_image
 from stage1_demos import sd_generate
 from stage1_demos.fidelity import Judge
-from stage2_fundamentals.diffusion import (SCHEDULE_CONFIGS, SCHEDULES, SPACINGS, Config, add_noise, alphas_cumprod,
-                                           betas, draw_noise, reverse, snr, timesteps)
+from stage2_fundamentals.diffusion import (
+    SCHEDULE_CONFIGS,
+    SCHEDULES,
+    SPACINGS,
+    Config,
+    add_noise,
+    alphas_cumprod,
+    betas,
+    draw_noise,
+    reverse,
+    snr,
+    timesteps,
+)
 
 ATOL = 1e-5
 OUT = Path("outputs/week8")
@@ -48,6 +60,7 @@ def pipeline_model(pipe, prompts, guidance):
     def model(x, t):
         uncond, cond = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=text).sample.chunk(2)
         return uncond + guidance * (cond - uncond)
+
     return model
 
 
@@ -80,12 +93,25 @@ def sample_command(pipe, prompt, seed, steps, sampler, eta, guidance, out):
     """The from-scratch loop vs the pipeline with the matching diffusers scheduler."""
     ours = generate(pipe, [prompt], steps, [seed], sampler, eta, guidance)
     pipe.scheduler = (DDIMScheduler if sampler == "ddim" else DDPMScheduler).from_config(pipe.scheduler.config)
-    theirs = pipe([prompt], num_inference_steps=steps, guidance_scale=guidance, eta=eta,
-                  generator=[torch.Generator("cpu").manual_seed(seed)]).images
+    theirs = pipe(
+        [prompt],
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        eta=eta,
+        generator=[torch.Generator("cpu").manual_seed(seed)],
+    ).images
     diff = pixel_diff(ours, theirs)
     viz.image_grid(ours + theirs, [f"from scratch ({sampler})", f"pipeline + {sampler.upper()}Scheduler"], out)
-    return {"prompt": prompt, "seed": seed, "steps": steps, "sampler": sampler, "eta": eta, "guidance": guidance,
-            "max_pixel_diff": diff, "picture": str(out)}
+    return {
+        "prompt": prompt,
+        "seed": seed,
+        "steps": steps,
+        "sampler": sampler,
+        "eta": eta,
+        "guidance": guidance,
+        "max_pixel_diff": diff,
+        "picture": str(out),
+    }
 
 
 # ---------------------------------------------------------------- check
@@ -95,17 +121,34 @@ def check_name(label, sampler, steps, eta):
 
 CHECK_CONFIGS = [
     # (label, config or None for the tiny SD's own, [(sampler, steps, eta)])
-    ("tiny SD's config (scaled_linear, leading, offset 1, ᾱ_final = ᾱ_0)", None,
-     [("ddpm", 25, 0.0), ("ddim", 25, 0.0), ("ddim", 25, 1.0)]),
+    (
+        "tiny SD's config (scaled_linear, leading, offset 1, ᾱ_final = ᾱ_0)",
+        None,
+        [("ddpm", 25, 0.0), ("ddim", 25, 0.0), ("ddim", 25, 1.0)],
+    ),
     ("same with set_alpha_to_one", "set_alpha_to_one", [("ddim", 25, 0.0)]),
-    ("linear, trailing, clip_sample, fixed_large", Config(timestep_spacing="trailing", variance_type="fixed_large"),
-     [("ddpm", 20, 0.0), ("ddim", 20, 0.5)]),
-    ("squaredcos_cap_v2, linspace, v_prediction",
-     Config(beta_schedule="squaredcos_cap_v2", timestep_spacing="linspace", prediction_type="v_prediction"),
-     [("ddpm", 20, 0.0), ("ddim", 20, 0.0)]),
-    ("scaled_linear, trailing, sample prediction, no clipping",
-     Config(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing",
-            prediction_type="sample", clip_sample=False), [("ddpm", 10, 0.0), ("ddim", 10, 1.0)]),
+    (
+        "linear, trailing, clip_sample, fixed_large",
+        Config(timestep_spacing="trailing", variance_type="fixed_large"),
+        [("ddpm", 20, 0.0), ("ddim", 20, 0.5)],
+    ),
+    (
+        "squaredcos_cap_v2, linspace, v_prediction",
+        Config(beta_schedule="squaredcos_cap_v2", timestep_spacing="linspace", prediction_type="v_prediction"),
+        [("ddpm", 20, 0.0), ("ddim", 20, 0.0)],
+    ),
+    (
+        "scaled_linear, trailing, sample prediction, no clipping",
+        Config(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            timestep_spacing="trailing",
+            prediction_type="sample",
+            clip_sample=False,
+        ),
+        [("ddpm", 10, 0.0), ("ddim", 10, 1.0)],
+    ),
     ("linear, leading, 100 steps", Config(), [("ddpm", 100, 0.0), ("ddim", 100, 0.0)]),
 ]
 
@@ -126,19 +169,29 @@ def run_checks(model_name="tiny"):
     results = []
     for schedule, c in SCHEDULE_CONFIGS.items():
         ours, theirs = betas(c), c.library(DDPMScheduler).betas
-        results.append(steps_record(f"betas and ᾱ, {schedule}", [ours, alphas_cumprod(c)],
-                                     [theirs, c.library(DDPMScheduler).alphas_cumprod]))
+        results.append(
+            steps_record(
+                f"betas and ᾱ, {schedule}", [ours, alphas_cumprod(c)], [theirs, c.library(DDPMScheduler).alphas_cumprod]
+            )
+        )
     t = torch.tensor([0, 10, 500, 999])
     x0, noise = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.randn(4, 3, 8, 8)
-    results.append(steps_record("forward q(x_t | x_0) vs DDPMScheduler.add_noise, 4 timesteps",
-                                 [add_noise(x0, noise, t, alphas_cumprod(sd))],
-                                 [sd.library(DDPMScheduler).add_noise(x0, noise, t)]))
+    results.append(
+        steps_record(
+            "forward q(x_t | x_0) vs DDPMScheduler.add_noise, 4 timesteps",
+            [add_noise(x0, noise, t, alphas_cumprod(sd))],
+            [sd.library(DDPMScheduler).add_noise(x0, noise, t)],
+        )
+    )
     for spacing in SPACINGS:
         c = replace(sd, timestep_spacing=spacing)
         scheduler = c.library(DDIMScheduler)
         scheduler.set_timesteps(30)
-        results.append(steps_record(f"timesteps, {spacing} spacing, 30 steps", [timesteps(c, 30).float()],
-                                     [scheduler.timesteps.float()]))
+        results.append(
+            steps_record(
+                f"timesteps, {spacing} spacing, 30 steps", [timesteps(c, 30).float()], [scheduler.timesteps.float()]
+            )
+        )
     for label, c, runs in CHECK_CONFIGS:
         c = sd if c is None else replace(sd, set_alpha_to_one=True) if c == "set_alpha_to_one" else c
         for sampler, steps, eta in runs:
@@ -151,8 +204,7 @@ def run_checks(model_name="tiny"):
 
 # ---------------------------------------------------------------- compare and determinism
 # the from-scratch samplers in `compare`: name -> (sampler, η)
-OURS = {"ddpm": ("ddpm", 0.0), "ddim eta=0": ("ddim", 0.0), "ddim eta=0.5": ("ddim", 0.5),
-        "ddim eta=1": ("ddim", 1.0)}
+OURS = {"ddpm": ("ddpm", 0.0), "ddim eta=0": ("ddim", 0.0), "ddim eta=0.5": ("ddim", 0.5), "ddim eta=1": ("ddim", 1.0)}
 
 
 def our_sampler(pipe, sampler, eta, guidance):
@@ -181,9 +233,17 @@ def compare(pipe, prompt, seed, steps_list, n, guidance, schedulers, out):
     pair_out = Path(out).with_name(Path(out).stem + "_determinism.png")
     labels = [f"{name}, noise draw {k}" for name in ("DDIM eta=0", "DDPM") for k in (1, 2)]
     viz.image_grid(images, labels, pair_out)
-    result = {"prompt": prompt, "seed": seed, "n": n, "guidance": guidance, "schedulers": list(samplers),
-              "steps": steps_list, "cells": cells, "grid": str(grid),
-              "determinism": {"steps": steps, "max_pixel_diff": diffs, "picture": str(pair_out)}}
+    result = {
+        "prompt": prompt,
+        "seed": seed,
+        "n": n,
+        "guidance": guidance,
+        "schedulers": list(samplers),
+        "steps": steps_list,
+        "cells": cells,
+        "grid": str(grid),
+        "determinism": {"steps": steps, "max_pixel_diff": diffs, "picture": str(pair_out)},
+    }
     cli.write_json(result, Path(out).with_suffix(".json"))
     return result
 
@@ -191,9 +251,11 @@ def compare(pipe, prompt, seed, steps_list, n, guidance, schedulers, out):
 def print_compare(result):
     sd_generate.print_compare(result)
     d = result["determinism"]
-    print(f"\nsame seed, two draws of the step noise ({d['steps']} steps): max pixel difference "
-          + ", ".join(f"{name} {diff}" for name, diff in d["max_pixel_diff"].items())
-          + f"\n(DDIM eta=0 adds no noise: one path from x_T; DDPM adds fresh noise every step) {d['picture']}")
+    print(
+        f"\nsame seed, two draws of the step noise ({d['steps']} steps): max pixel difference "
+        + ", ".join(f"{name} {diff}" for name, diff in d["max_pixel_diff"].items())
+        + f"\n(DDIM eta=0 adds no noise: one path from x_T; DDPM adds fresh noise every step) {d['picture']}"
+    )
 
 
 # ---------------------------------------------------------------- forward
@@ -225,12 +287,24 @@ def forward(image_path, out, schedules=SCHEDULES, model_name="tiny", seed=0):
     labels += [f"SD latent x_t, decoded, t={s}" for s in FORWARD_T]
     grid = viz.image_grid(tiles, labels, out, cols=len(FORWARD_T))
     curves = {name: snr(alphas_cumprod(c)).log10().tolist() for name, c in configs.items()}
-    snr_plot = viz.lines(curves, Path(out).with_name(Path(out).stem + "_snr.png"),
-                         "signal-to-noise ratio ᾱ/(1-ᾱ) of each schedule", "timestep t", "log10 SNR")
-    table = {name: {str(s): float(f"{float(snr(alphas_cumprod(c))[s]):.4g}") for s in FORWARD_T}
-             for name, c in configs.items()}
-    return {"image": str(image_path), "timesteps": list(FORWARD_T), "snr": table, "grid": str(grid),
-            "snr_plot": str(snr_plot)}
+    snr_plot = viz.lines(
+        curves,
+        Path(out).with_name(Path(out).stem + "_snr.png"),
+        "signal-to-noise ratio ᾱ/(1-ᾱ) of each schedule",
+        "timestep t",
+        "log10 SNR",
+    )
+    table = {
+        name: {str(s): float(f"{float(snr(alphas_cumprod(c))[s]):.4g}") for s in FORWARD_T}
+        for name, c in configs.items()
+    }
+    return {
+        "image": str(image_path),
+        "timesteps": list(FORWARD_T),
+        "snr": table,
+        "grid": str(grid),
+        "snr_plot": str(snr_plot),
+    }
 
 
 def print_forward(result):
@@ -243,20 +317,27 @@ def print_forward(result):
 
 # ---------------------------------------------------------------- command line
 def main(argv=None):
-    parser = cli.Parser(prog="python -m stage2_fundamentals.diffusion_lab", description=__doc__,
-                        formatter_class=cli.RawHelp)
+    parser = cli.Parser(
+        prog="python -m stage2_fundamentals.diffusion_lab", description=__doc__, formatter_class=cli.RawHelp
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="prove the schedules and the DDPM / DDIM loops equal to diffusers")
     one = sub.add_parser("sample", help="the from-scratch loop on the tiny SD vs the pipeline's image")
     one.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    one.add_argument("--eta", type=cli.non_negative_float, default=0.0,
-                     help="DDIM's noise: 0 (default) none, 1 as much as DDPM")
+    one.add_argument(
+        "--eta", type=cli.non_negative_float, default=0.0, help="DDIM's noise: 0 (default) none, 1 as much as DDPM"
+    )
     one.add_argument("--steps", type=cli.positive_int, default=25)
     one.add_argument("--out", default=str(OUT / "sample.png"))
     grid = sub.add_parser("compare", help="DDPM vs DDIM (η 0, 0.5, 1) vs week-3 schedulers x step counts")
     grid.add_argument("--step-counts", nargs="+", type=cli.positive_int, default=[10, 25, 50, 100])
-    grid.add_argument("--schedulers", nargs="+", choices=list(sd_generate.SCHEDULERS),
-                      default=["dpmsolver", "euler", "euler_a", "pndm"], help="week-3 schedulers beside ours")
+    grid.add_argument(
+        "--schedulers",
+        nargs="+",
+        choices=list(sd_generate.SCHEDULERS),
+        default=["dpmsolver", "euler", "euler_a", "pndm"],
+        help="week-3 schedulers beside ours",
+    )
     grid.add_argument("--n", type=cli.positive_int, default=4, help="images per cell for the fidelity score")
     grid.add_argument("--out", default=str(OUT / "compare.png"), help="grid PNG; the JSON result is written beside it")
     for p in (one, grid):
@@ -278,15 +359,36 @@ def main(argv=None):
         checks.emit(run_checks(args.model), args.json)
     elif args.command == "sample":
         start = time.perf_counter()
-        result = sample_command(zoo.load_sd(args.model, "cpu"), args.prompt, args.seed, args.steps, args.sampler,
-                                args.eta, args.guidance, args.out)
+        result = sample_command(
+            zoo.load_sd(args.model, "cpu"),
+            args.prompt,
+            args.seed,
+            args.steps,
+            args.sampler,
+            args.eta,
+            args.guidance,
+            args.out,
+        )
         result["seconds"] = round(time.perf_counter() - start, 2)
-        cli.emit(result, args.json, lambda r: print(
-            f"from-scratch {r['sampler']} vs the pipeline: max pixel difference {r['max_pixel_diff']} "
-            f"(0-255); picture: {r['picture']}"))
+        cli.emit(
+            result,
+            args.json,
+            lambda r: print(
+                f"from-scratch {r['sampler']} vs the pipeline: max pixel difference {r['max_pixel_diff']} "
+                f"(0-255); picture: {r['picture']}"
+            ),
+        )
     elif args.command == "compare":
-        result = compare(zoo.load_sd(args.model, "cpu"), args.prompt, args.seed, args.step_counts, args.n,
-                         args.guidance, args.schedulers, args.out)
+        result = compare(
+            zoo.load_sd(args.model, "cpu"),
+            args.prompt,
+            args.seed,
+            args.step_counts,
+            args.n,
+            args.guidance,
+            args.schedulers,
+            args.out,
+        )
         cli.emit(result, args.json, print_compare)
     else:
         cli.emit(forward(args.image, args.out, args.schedules, args.model, args.seed), args.json, print_forward)

@@ -5,6 +5,7 @@ LoRA at a few ranks and prefix tuning, on the same data and step budget (new_con
     python -m stage2_fundamentals.finetuning_lab check [--json]
     python -m stage2_fundamentals.finetuning_lab experiment [--steps 300] [--json]   (or: make lora)
 """
+
 from collections import OrderedDict
 
 import torch
@@ -13,8 +14,7 @@ from torch import nn
 from curriculum import checks, cli, shapesworld, training, zoo
 from stage2_fundamentals import new_concept
 from stage2_fundamentals.decoder import Decoder, decoder_embeds
-from stage2_fundamentals.lora import (BLIP2_TARGETS, CLIP_TARGETS, add_lora, lora_layers, merge_all,
-                                      trainable_parameters)
+from stage2_fundamentals.lora import BLIP2_TARGETS, CLIP_TARGETS, add_lora, lora_layers, merge_all, trainable_parameters
 from stage2_fundamentals.prefix_tuning import Prefix, PrefixedDecoder
 
 ATOL = 1e-5
@@ -55,19 +55,25 @@ def check_pair(label, make_model, targets, r, alpha, run):
         merge_all(ours)
         merged = run(ours)
         their_merged = theirs.merge_and_unload()
-        weights = max(float((layer.base.weight - their_merged.get_submodule(name).weight).abs().max())
-                      for name, layer in lora_layers(ours).items())
+        weights = max(
+            float((layer.base.weight - their_merged.get_submodule(name).weight).abs().max())
+            for name, layer in lora_layers(ours).items()
+        )
         their_merged_out = run(their_merged)
     output = checks.record(f"{label}: output vs PEFT LoRA", out, their_out)
     output["update"] = float((out - base).abs().max())  # how far the adapter moved the output
-    return [output,
-            {"name": f"{label}: trainable parameters, {counts[0]:,} vs PEFT's {counts[1]:,}",
-             "max_abs_diff": abs(counts[0] - counts[1]), "ok": counts[0] == counts[1]},
-            {"name": f"{label}: merged weights vs PEFT merge_and_unload", "max_abs_diff": weights,
-             "ok": weights <= ATOL},
-            checks.record(f"{label}: merged output vs PEFT's merged model", merged, their_merged_out),
-            # W x + B A x and (W + B A) x round differently in float32: equal to 1e-4, not 1e-5
-            checks.record(f"{label}: merged vs unmerged output (float32 rounding, 1e-4)", merged, out, atol=1e-4)]
+    return [
+        output,
+        {
+            "name": f"{label}: trainable parameters, {counts[0]:,} vs PEFT's {counts[1]:,}",
+            "max_abs_diff": abs(counts[0] - counts[1]),
+            "ok": counts[0] == counts[1],
+        },
+        {"name": f"{label}: merged weights vs PEFT merge_and_unload", "max_abs_diff": weights, "ok": weights <= ATOL},
+        checks.record(f"{label}: merged output vs PEFT's merged model", merged, their_merged_out),
+        # W x + B A x and (W + B A) x round differently in float32: equal to 1e-4, not 1e-5
+        checks.record(f"{label}: merged vs unmerged output (float32 rounding, 1e-4)", merged, out, atol=1e-4),
+    ]
 
 
 def one_linear():
@@ -79,9 +85,12 @@ def one_linear():
 def peft_prefix(lm, virtual_tokens, projection_dim=None):
     from peft import PrefixTuningConfig, get_peft_model
 
-    config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=virtual_tokens,
-                                prefix_projection=projection_dim is not None,
-                                encoder_hidden_size=projection_dim or lm.config.hidden_size)
+    config = PrefixTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=virtual_tokens,
+        prefix_projection=projection_dim is not None,
+        encoder_hidden_size=projection_dim or lm.config.hidden_size,
+    )
     return get_peft_model(lm, config).eval()
 
 
@@ -93,8 +102,10 @@ def check_prefix(label, virtual_tokens, projection_dim):
     samples = shapesworld.generate("test", 2)
     inputs = processor(images=[s.image for s in samples], text=["", "a photo of"], padding=True, return_tensors="pt")
     embeds = decoder_embeds(model, inputs.pixel_values, inputs.input_ids)
-    ours = PrefixedDecoder(Decoder.from_opt(model.language_model),
-                           Prefix.for_decoder(Decoder.from_opt(model.language_model), virtual_tokens, projection_dim))
+    ours = PrefixedDecoder(
+        Decoder.from_opt(model.language_model),
+        Prefix.for_decoder(Decoder.from_opt(model.language_model), virtual_tokens, projection_dim),
+    )
     theirs = peft_prefix(zoo.load_blip2("tiny", "cpu")[0].language_model, virtual_tokens, projection_dim)
     ours.prefix.load_state_dict(theirs.prompt_encoder["default"].state_dict())
     counts = trainable_parameters(ours), trainable_parameters(theirs)
@@ -102,11 +113,21 @@ def check_prefix(label, virtual_tokens, projection_dim):
     real = mask.bool()
     logits = ours(embeds, mask).logits
     plain = model.language_model(inputs_embeds=embeds, attention_mask=mask).logits
-    output = checks.record(f"prefix tuning, {label}: logits vs PEFT", logits,
-                           theirs(inputs_embeds=embeds, attention_mask=mask).logits, where=real)
+    output = checks.record(
+        f"prefix tuning, {label}: logits vs PEFT",
+        logits,
+        theirs(inputs_embeds=embeds, attention_mask=mask).logits,
+        where=real,
+    )
     output["update"] = float((logits - plain)[real].abs().max())  # the prefix does change the output
-    return [output, {"name": f"prefix tuning, {label}: trainable parameters, {counts[0]:,} vs PEFT's {counts[1]:,}",
-                     "max_abs_diff": abs(counts[0] - counts[1]), "ok": counts[0] == counts[1]}]
+    return [
+        output,
+        {
+            "name": f"prefix tuning, {label}: trainable parameters, {counts[0]:,} vs PEFT's {counts[1]:,}",
+            "max_abs_diff": abs(counts[0] - counts[1]),
+            "ok": counts[0] == counts[1],
+        },
+    ]
 
 
 def run_checks():
@@ -116,25 +137,39 @@ def run_checks():
     clip_inputs = zoo.load_clip("tiny", "cpu")[1](text=captions, images=images, padding=True, return_tensors="pt")
     blip2_inputs = zoo.load_blip2("tiny", "cpu")[1](images=images, text=captions, padding=True, return_tensors="pt")
     results = check_pair("one nn.Linear(32, 16), r=4", one_linear, ["proj"], 4, 8, lambda m: m(x))
-    results += check_pair("tiny CLIP, q_proj + v_proj, r=4", lambda: zoo.load_clip("tiny", "cpu")[0],
-                          CLIP_TARGETS, 4, 8, lambda m: m(**clip_inputs).logits_per_image)
-    results += check_pair("tiny BLIP-2, q_proj v_proj query value, r=8", lambda: zoo.load_blip2("tiny", "cpu")[0],
-                          BLIP2_TARGETS, 8, 16, lambda m: m(**blip2_inputs).logits)
+    results += check_pair(
+        "tiny CLIP, q_proj + v_proj, r=4",
+        lambda: zoo.load_clip("tiny", "cpu")[0],
+        CLIP_TARGETS,
+        4,
+        8,
+        lambda m: m(**clip_inputs).logits_per_image,
+    )
+    results += check_pair(
+        "tiny BLIP-2, q_proj v_proj query value, r=8",
+        lambda: zoo.load_blip2("tiny", "cpu")[0],
+        BLIP2_TARGETS,
+        8,
+        16,
+        lambda m: m(**blip2_inputs).logits,
+    )
     results += check_prefix("8 virtual tokens", 8, None) + check_prefix("8 virtual tokens through a 64-d MLP", 8, 64)
     return {"checks": results}
 
 
 # ---------------------------------------------------------------- command line
 def main(argv=None):
-    parser = cli.Parser(prog="python -m stage2_fundamentals.finetuning_lab", description=__doc__,
-                        formatter_class=cli.RawHelp)
+    parser = cli.Parser(
+        prog="python -m stage2_fundamentals.finetuning_lab", description=__doc__, formatter_class=cli.RawHelp
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="prove LoRA and prefix tuning equal to PEFT's on the tiny models")
     run = sub.add_parser("experiment", help="teach the tiny BLIP-2 a new colour: full fine-tuning vs LoRA vs prefix")
     run.add_argument("--steps", type=cli.positive_int, default=300, help="training steps per method (default 300)")
     run.add_argument("--ranks", nargs="+", type=int, default=[1, 4, 16], help="LoRA ranks to try (default 1 4 16)")
-    run.add_argument("--targets", nargs="+", default=BLIP2_TARGETS,
-                     help=f"LoRA target modules (default {' '.join(BLIP2_TARGETS)})")
+    run.add_argument(
+        "--targets", nargs="+", default=BLIP2_TARGETS, help=f"LoRA target modules (default {' '.join(BLIP2_TARGETS)})"
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", default="outputs/week7", help="folder for the table, plot and adapter")
     training.add_run_args(run, checkpoints=False)
@@ -144,8 +179,14 @@ def main(argv=None):
     if args.command == "check":
         checks.emit(run_checks(), args.json)
     else:
-        result = new_concept.experiment(args.steps, args.ranks, args.targets, args.seed, args.out,
-                                        options=training.Options.from_args(args, __spec__.name, argv))
+        result = new_concept.experiment(
+            args.steps,
+            args.ranks,
+            args.targets,
+            args.seed,
+            args.out,
+            options=training.Options.from_args(args, __spec__.name, argv),
+        )
         if result is not None:  # the main process's
             cli.emit(result, args.json, new_concept.print_table)
 

@@ -5,6 +5,7 @@ loop of its own, and what the negatives (the batch) and the temperature do.
     python -m stage2_fundamentals.infonce_lab train [--steps 1200] [--batch-size 256] [--nproc 2]
     python -m stage2_fundamentals.infonce_lab negatives [--steps 300]
 """
+
 import functools
 import math
 from dataclasses import asdict, dataclass
@@ -29,31 +30,44 @@ OUT = "outputs/week6"
 def run_checks():
     model, processor = zoo.load_clip("tiny", "cpu")
     samples = shapesworld.generate("train", 64)
-    inputs = processor(text=[s.caption_en for s in samples], images=[s.image for s in samples], padding=True,
-                       return_tensors="pt")
+    inputs = processor(
+        text=[s.caption_en for s in samples], images=[s.image for s in samples], padding=True, return_tensors="pt"
+    )
     out = model(**inputs, return_loss=True)
     ours = info_nce(out.image_embeds, out.text_embeds, model.logit_scale)
     gen = torch.Generator().manual_seed(0)
     image, text, scale = torch.randn(32, 16, generator=gen), torch.randn(32, 16, generator=gen), torch.tensor(2.3)
     theirs = image_text_contrastive_loss(scale.exp() * F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T)
     week1 = contrastive_loss(out.logits_per_text, torch.eye(len(samples)))
-    return {"checks": [
-        checks.record("info_nce vs CLIPModel(return_loss=True).loss, tiny CLIP, 64 real ShapesWorld pairs",
-                      ours, out.loss, atol=1e-6),
-        checks.record("info_nce vs transformers image_text_contrastive_loss, random 32 x 16 embeddings, log(1/τ) = 2.3",
-                      info_nce(image, text, scale), theirs, atol=1e-6),
-        checks.record("week 1's multi-positive loss with one positive each vs info_nce", week1, ours, atol=1e-6)]}
+    return {
+        "checks": [
+            checks.record(
+                "info_nce vs CLIPModel(return_loss=True).loss, tiny CLIP, 64 real ShapesWorld pairs",
+                ours,
+                out.loss,
+                atol=1e-6,
+            ),
+            checks.record(
+                "info_nce vs transformers image_text_contrastive_loss, random 32 x 16 embeddings, log(1/τ) = 2.3",
+                info_nce(image, text, scale),
+                theirs,
+                atol=1e-6,
+            ),
+            checks.record("week 1's multi-positive loss with one positive each vs info_nce", week1, ours, atol=1e-6),
+        ]
+    }
 
 
 # ---------------------------------------------------------------- training
 @dataclass(frozen=True)
 class Run:
     """One training of a tiny CLIP from scratch (the bundled one's architecture and tokenizer)."""
+
     steps: int = 1200
     batch_size: int = 256
-    temperature: float = None   # None: learned, as in CLIP; a number: fixed τ
-    negatives: bool = True      # False: positives_only, no denominator
-    projection: bool = True     # False: compare the towers' features directly (both are 64-d here)
+    temperature: float = None  # None: learned, as in CLIP; a number: fixed τ
+    negatives: bool = True  # False: positives_only, no denominator
+    projection: bool = True  # False: compare the towers' features directly (both are 64-d here)
     lr: float = 1e-3
     seed: int = 0
 
@@ -94,14 +108,17 @@ def train(run, pool=30_000, options=training.Options()):
     model, optimizer = trainer.prepare(model, optimizer, training.warmup_cosine(optimizer, run.steps))
     for _ in trainer.steps(run.steps):
         idx = trainer.rng.choice(pool, run.batch_size, replace=False)
-        captions = [shapesworld.caption_en(data[i].objects, int(trainer.rng.integers(len(shapesworld.EN_TEMPLATES))))
-                    for i in idx]
+        captions = [
+            shapesworld.caption_en(data[i].objects, int(trainer.rng.integers(len(shapesworld.EN_TEMPLATES))))
+            for i in idx
+        ]
         for rows in trainer.micro_batches(run.batch_size):
             text = processor.tokenizer(captions[rows], padding=True, return_tensors="pt").to(trainer.device)
             out = model(**text, pixel_values=pixels(images[idx[rows]], processor.image_processor).to(trainer.device))
             if run.negatives:  # the negatives are the whole global batch: every process's rows
-                loss = info_nce(trainer.gather(out.image_embeds), trainer.gather(out.text_embeds),
-                                trainer.unwrap().logit_scale)
+                loss = info_nce(
+                    trainer.gather(out.image_embeds), trainer.gather(out.text_embeds), trainer.unwrap().logit_scale
+                )
             else:
                 loss = positives_only(out.image_embeds, out.text_embeds)
             trainer.backward(loss)
@@ -118,8 +135,11 @@ def evaluate(model, processor, n=1000, samples=None):
     cos = image_vectors @ image_vectors.T
     off_diagonal = (cos.sum() - np.trace(cos)) / (n * (n - 1))
     table = recall_table(samples, image_vectors, text_vectors)
-    return {"text_to_image_R@1": table["text_to_image"]["R@1"], "image_to_text_R@1": table["image_to_text"]["R@1"],
-            "mean_cos_between_images": round(float(off_diagonal), 4)}
+    return {
+        "text_to_image_R@1": table["text_to_image"]["R@1"],
+        "image_to_text_R@1": table["image_to_text"]["R@1"],
+        "mean_cos_between_images": round(float(off_diagonal), 4),
+    }
 
 
 def train_command(run, out, options):
@@ -128,16 +148,24 @@ def train_command(run, out, options):
         return None
     curve = viz.curve(losses, f"{out}/infonce_loss.png", f"tiny CLIP with info_nce: {run.label()}")
     ours, bundled = evaluate(model, processor), evaluate(*zoo.load_clip("tiny", "cpu"))
-    result = {"run": asdict(run), "seconds": round(seconds, 1), "final_loss": round(float(np.mean(losses[-50:])), 4),
-              "ours": ours, "bundled": bundled,
-              "gap_R@1": round(bundled["text_to_image_R@1"] - ours["text_to_image_R@1"], 4), "loss_curve": str(curve)}
+    result = {
+        "run": asdict(run),
+        "seconds": round(seconds, 1),
+        "final_loss": round(float(np.mean(losses[-50:])), 4),
+        "ours": ours,
+        "bundled": bundled,
+        "gap_R@1": round(bundled["text_to_image_R@1"] - ours["text_to_image_R@1"], 4),
+        "loss_curve": str(curve),
+    }
     cli.write_json(result, f"{out}/train.json")
     return result
 
 
 def print_train(result):
-    print(f"trained {result['run']['steps']} steps x {result['run']['batch_size']} in {result['seconds']:.0f} s, "
-          f"final loss {result['final_loss']:.3f}; loss curve {result['loss_curve']}")
+    print(
+        f"trained {result['run']['steps']} steps x {result['run']['batch_size']} in {result['seconds']:.0f} s, "
+        f"final loss {result['final_loss']:.3f}; loss curve {result['loss_curve']}"
+    )
     print(f"{'':<10}{'text->image R@1':>17}{'image->text R@1':>17}")
     for name in ("ours", "bundled"):
         r = result[name]
@@ -146,29 +174,57 @@ def print_train(result):
 
 
 # ---------------------------------------------------------------- the role of the denominator
-def negatives(steps=300, out=OUT, batch_sizes=(16, 64, 256), temperatures=(0.01, 0.07, 0.5, 2.0),
-              options=training.Options()):
+def negatives(
+    steps=300, out=OUT, batch_sizes=(16, 64, 256), temperatures=(0.01, 0.07, 0.5, 2.0), options=training.Options()
+):
     """Same step budget each: R@1 and final loss against batch size (the number of negatives,
     N - 1), against fixed temperatures, and with no negatives at all."""
-    runs = ([Run(steps, b) for b in batch_sizes] + [Run(steps, 64, temperature=t) for t in temperatures]
-            + [Run(steps, 64, negatives=False)])
+    runs = (
+        [Run(steps, b) for b in batch_sizes]
+        + [Run(steps, 64, temperature=t) for t in temperatures]
+        + [Run(steps, 64, negatives=False)]
+    )
     training.start(options, "infonce negatives", [run.batch_size for run in runs], contrastive=True)
     rows = []
     for run in runs:
         model, processor, losses, seconds = train(run, options=options)
         if training.is_main_process():
-            rows.append({"label": run.label(), "batch_size": run.batch_size, "temperature": run.temperature,
-                         "negatives": run.negatives, "final_loss": round(float(np.mean(losses[-20:])), 4),
-                         "seconds": round(seconds, 1)} | evaluate(model, processor))
+            rows.append(
+                {
+                    "label": run.label(),
+                    "batch_size": run.batch_size,
+                    "temperature": run.temperature,
+                    "negatives": run.negatives,
+                    "final_loss": round(float(np.mean(losses[-20:])), 4),
+                    "seconds": round(seconds, 1),
+                }
+                | evaluate(model, processor)
+            )
     if not training.is_main_process():
         return None
     by_batch = [r for r in rows if r["negatives"] and r["temperature"] is None]
     by_tau = [r for r in rows if r["temperature"] is not None]
-    plot = viz.panels([("R@1 against batch size (N - 1 negatives), learned τ", [r["batch_size"] for r in by_batch],
-                        [r["text_to_image_R@1"] for r in by_batch], "batch size", "text->image R@1"),
-                       ("R@1 against a fixed temperature τ, batch 64", [r["temperature"] for r in by_tau],
-                        [r["text_to_image_R@1"] for r in by_tau], "τ", "text->image R@1")],
-                      f"{out}/negatives.png", f"tiny CLIP, {steps} steps each", logx=True)
+    plot = viz.panels(
+        [
+            (
+                "R@1 against batch size (N - 1 negatives), learned τ",
+                [r["batch_size"] for r in by_batch],
+                [r["text_to_image_R@1"] for r in by_batch],
+                "batch size",
+                "text->image R@1",
+            ),
+            (
+                "R@1 against a fixed temperature τ, batch 64",
+                [r["temperature"] for r in by_tau],
+                [r["text_to_image_R@1"] for r in by_tau],
+                "τ",
+                "text->image R@1",
+            ),
+        ],
+        f"{out}/negatives.png",
+        f"tiny CLIP, {steps} steps each",
+        logx=True,
+    )
     result = {"steps": steps, "rows": rows, "plot": str(plot)}
     cli.write_json(result, f"{out}/negatives.json")
     return result
@@ -178,15 +234,18 @@ def print_negatives(result):
     print(f"{result['steps']} training steps each; R@1 on 1000 test images; mean cos between images: 1 = collapsed\n")
     print(f"{'run':<32}{'loss':>8}{'t->i R@1':>10}{'i->t R@1':>10}{'mean cos':>10}{'seconds':>9}")
     for r in result["rows"]:
-        print(f"{r['label']:<32}{r['final_loss']:>8.3f}{r['text_to_image_R@1']:>10.3f}{r['image_to_text_R@1']:>10.3f}"
-              f"{r['mean_cos_between_images']:>10.3f}{r['seconds']:>9.1f}")
+        print(
+            f"{r['label']:<32}{r['final_loss']:>8.3f}{r['text_to_image_R@1']:>10.3f}{r['image_to_text_R@1']:>10.3f}"
+            f"{r['mean_cos_between_images']:>10.3f}{r['seconds']:>9.1f}"
+        )
     print(f"\nplot: {result['plot']}")
 
 
 # ---------------------------------------------------------------- command line
 def main(argv=None):
-    parser = cli.Parser(prog="python -m stage2_fundamentals.infonce_lab", description=__doc__,
-                        formatter_class=cli.RawHelp)
+    parser = cli.Parser(
+        prog="python -m stage2_fundamentals.infonce_lab", description=__doc__, formatter_class=cli.RawHelp
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="prove info_nce equal to CLIPModel's loss")
     fit = sub.add_parser("train", help="train a tiny CLIP with info_nce; R@1 against the bundled model")

@@ -12,6 +12,7 @@ same order and the same number of steps:
 and is scored on new pink images (does the caption name every colour right?) and on the old test
 split (did it forget the rest?). Run by `python -m stage2_fundamentals.finetuning_lab experiment`.
 """
+
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,8 +56,9 @@ class Method:
         self.trainable = trainable if trainable is not None else sum(p.numel() for p in params)
 
     def loss(self, pixel_values, input_ids, attention_mask, labels):
-        return self.module(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
-                           labels=labels).loss
+        return self.module(
+            pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, labels=labels
+        ).loss
 
     def captions(self, images):
         self.model.eval()
@@ -67,11 +69,18 @@ class PrefixMethod(Method):
     """Prefix tuning runs the from-scratch decoder (week 4) and decoding loop (week 5)."""
 
     def __init__(self, model, processor, virtual_tokens):
-        self.decoder = PrefixedDecoder(Decoder.from_opt(model.language_model),
-                                       Prefix.for_decoder(Decoder.from_opt(model.language_model), virtual_tokens))
+        self.decoder = PrefixedDecoder(
+            Decoder.from_opt(model.language_model),
+            Prefix.for_decoder(Decoder.from_opt(model.language_model), virtual_tokens),
+        )
         model.requires_grad_(False)
-        super().__init__(f"prefix tuning, {virtual_tokens} tokens", model, processor,
-                         list(self.decoder.prefix.parameters()), LEARNING_RATES["prefix"])
+        super().__init__(
+            f"prefix tuning, {virtual_tokens} tokens",
+            model,
+            processor,
+            list(self.decoder.prefix.parameters()),
+            LEARNING_RATES["prefix"],
+        )
         self.module = self.decoder  # only the prefix trains
 
     def loss(self, pixel_values, input_ids, attention_mask, labels):
@@ -95,15 +104,17 @@ class PrefixMethod(Method):
 def full_finetuning():
     model, processor = zoo.load_blip2("tiny", "cpu")
     model.vision_model.requires_grad_(False)  # as in BLIP-2's own training
-    return Method("full fine-tuning", model, processor, [p for p in model.parameters() if p.requires_grad],
-                  LEARNING_RATES["full"])
+    return Method(
+        "full fine-tuning", model, processor, [p for p in model.parameters() if p.requires_grad], LEARNING_RATES["full"]
+    )
 
 
 def lora_method(r, targets):
     model, processor = zoo.load_blip2("tiny", "cpu")
     lora.add_lora(model, targets, r, alpha=2 * r)
-    return Method(f"LoRA r={r}", model, processor, [p for p in model.parameters() if p.requires_grad],
-                  LEARNING_RATES["lora"])
+    return Method(
+        f"LoRA r={r}", model, processor, [p for p in model.parameters() if p.requires_grad], LEARNING_RATES["lora"]
+    )
 
 
 def lora_with_new_word(r, targets):
@@ -134,15 +145,19 @@ def train(method, data, steps, seed, options=training.Options()):
     config = {"method": method.name, "steps": steps, "batch_size": BATCH, "lr": method.lr, "seed": seed}
     trainer = training.Trainer(method.name, None, config, options)
     optimizer = torch.optim.AdamW(method.params, lr=method.lr, weight_decay=0.0)
-    method.module, optimizer = trainer.prepare(method.module.train(), optimizer,
-                                               training.warmup_cosine(optimizer, steps))
+    method.module, optimizer = trainer.prepare(
+        method.module.train(), optimizer, training.warmup_cosine(optimizer, steps)
+    )
     for _ in trainer.steps(steps):
         idx = trainer.rng.choice(len(targets), BATCH, replace=False)
         input_ids, attention_mask, labels = batch_tokens(method.processor, [""] * BATCH, [targets[i] for i in idx])
         for rows in trainer.micro_batches(BATCH):
-            loss = method.loss(pixels(images[idx[rows]], method.processor.image_processor).to(trainer.device),
-                               input_ids[rows].to(trainer.device), attention_mask[rows].to(trainer.device),
-                               labels[rows].to(trainer.device))
+            loss = method.loss(
+                pixels(images[idx[rows]], method.processor.image_processor).to(trainer.device),
+                input_ids[rows].to(trainer.device),
+                attention_mask[rows].to(trainer.device),
+                labels[rows].to(trainer.device),
+            )
             # a mean over target tokens: rows hold different numbers of them
             trainer.backward(trainer.share_of_mean(loss, target_tokens(labels[rows]), target_tokens(labels)))
     method.module = trainer.unwrap()
@@ -152,8 +167,10 @@ def train(method, data, steps, seed, options=training.Options()):
 def scores(captions, truths):
     """Share of images whose caption names every object's colour right, and all four attributes."""
     parsed = [shapesworld.parse_caption(c, COLORS) for c in captions]
-    return {"color": float(np.mean([attribute_correct(t, p, "color") for t, p in zip(truths, parsed)])),
-            "exact": float(np.mean([reading_order(t) == reading_order(p) for t, p in zip(truths, parsed)]))}
+    return {
+        "color": float(np.mean([attribute_correct(t, p, "color") for t, p in zip(truths, parsed)])),
+        "exact": float(np.mean([reading_order(t) == reading_order(p) for t, p in zip(truths, parsed)])),
+    }
 
 
 def evaluate(method, new_test, old_test):
@@ -176,12 +193,24 @@ def adapter_round_trip(method, r, targets, folder, images):
     lora.merge_all(fresh)
     reloaded = Method("reloaded", fresh, processor, [], 0).captions(images)
     size = (folder / "adapter.safetensors").stat().st_size
-    return {"folder": str(folder), "kilobytes": round(size / 1024, 1),
-            "same_captions_after_reload_and_merge": reloaded == method.captions(images)}
+    return {
+        "folder": str(folder),
+        "kilobytes": round(size / 1024, 1),
+        "same_captions_after_reload_and_merge": reloaded == method.captions(images),
+    }
 
 
-def experiment(steps=300, ranks=(1, 4, 16), targets=lora.BLIP2_TARGETS, seed=0, out="outputs/week7", n_train=3000,
-               n_new=100, n_old=200, options=training.Options()):
+def experiment(
+    steps=300,
+    ranks=(1, 4, 16),
+    targets=lora.BLIP2_TARGETS,
+    seed=0,
+    out="outputs/week7",
+    n_train=3000,
+    n_new=100,
+    n_old=200,
+    options=training.Options(),
+):
     """Every method trained in turn (on all processes), scored and written by the main process."""
     if any(r <= 0 for r in ranks):
         raise cli.UserError(f"LoRA ranks must be positive integers, got {' '.join(map(str, ranks))}")
@@ -194,10 +223,16 @@ def experiment(steps=300, ranks=(1, 4, 16), targets=lora.BLIP2_TARGETS, seed=0, 
     pool = [sample("train", i, seed) for i in tqdm(range(n_train), desc="pink ShapesWorld", disable=not main)]
     data = (np.stack([np.asarray(image) for image, _ in pool]), [caption(objects) for _, objects in pool])
     new_test, old_test = test_sets(n_new, n_old)
-    rows = [{"method": "bundled model, untrained", "trainable": 0, "seconds": 0.0} | evaluate(base, new_test, old_test)
-            ] if main else []
-    makers = ([full_finetuning] + [lambda r=r: lora_method(r, targets) for r in ranks]
-              + [lambda: lora_with_new_word(max(ranks), targets), prefix_method])
+    rows = (
+        [{"method": "bundled model, untrained", "trainable": 0, "seconds": 0.0} | evaluate(base, new_test, old_test)]
+        if main
+        else []
+    )
+    makers = (
+        [full_finetuning]
+        + [lambda r=r: lora_method(r, targets) for r in ranks]
+        + [lambda: lora_with_new_word(max(ranks), targets), prefix_method]
+    )
     curves, adapter = {}, None
     for make in makers:
         runtime.seed_everything(seed)
@@ -206,37 +241,65 @@ def experiment(steps=300, ranks=(1, 4, 16), targets=lora.BLIP2_TARGETS, seed=0, 
         if not main:
             continue
         curves[method.name] = losses
-        rows.append({"method": method.name, "trainable": method.trainable,
-                     "seconds": round(seconds, 1)} | evaluate(method, new_test, old_test))
+        rows.append(
+            {"method": method.name, "trainable": method.trainable, "seconds": round(seconds, 1)}
+            | evaluate(method, new_test, old_test)
+        )
         if adapter is None and method.name.startswith("LoRA"):
             r = int(method.name.split("=")[1].split()[0])
             adapter = adapter_round_trip(method, r, targets, out / f"adapter-r{r}", new_test[0][:20])
     if not main:
         return None
-    result = {"steps": steps, "batch_size": BATCH, "learning_rates": LEARNING_RATES, "targets": list(targets),
-              "new_color": NEW_COLOR, "n_new_test": len(new_test[0]), "n_old_test": len(old_test[0]), "rows": rows,
-              "adapter": adapter}
-    result["plot"] = str(viz.grouped_bars({r["method"]: {"pink images: colours right": r["new_color"],
-                                                          "old test split: colours right": r["old_color"]}
-                                           for r in rows}, out / "new_concept.png",
-                                          f"teaching the tiny BLIP-2 '{NEW_COLOR}': {steps} steps of {BATCH}"))
-    result["loss_plot"] = str(viz.lines(curves, out / "new_concept_loss.png", "training loss (same batches)",
-                                        "step", "caption loss"))
+    result = {
+        "steps": steps,
+        "batch_size": BATCH,
+        "learning_rates": LEARNING_RATES,
+        "targets": list(targets),
+        "new_color": NEW_COLOR,
+        "n_new_test": len(new_test[0]),
+        "n_old_test": len(old_test[0]),
+        "rows": rows,
+        "adapter": adapter,
+    }
+    result["plot"] = str(
+        viz.grouped_bars(
+            {
+                r["method"]: {
+                    "pink images: colours right": r["new_color"],
+                    "old test split: colours right": r["old_color"],
+                }
+                for r in rows
+            },
+            out / "new_concept.png",
+            f"teaching the tiny BLIP-2 '{NEW_COLOR}': {steps} steps of {BATCH}",
+        )
+    )
+    result["loss_plot"] = str(
+        viz.lines(curves, out / "new_concept_loss.png", "training loss (same batches)", "step", "caption loss")
+    )
     cli.write_json(result, out / "new_concept.json")
     return result
 
 
 def print_table(result):
-    print(f"teaching '{result['new_color']}': {result['steps']} steps x {result['batch_size']} images, same batches; "
-          f"scored on {result['n_new_test']} new pink images and {result['n_old_test']} old test images\n")
-    print(f"{'method':<36}{'trainable':>11}{'seconds':>9}{'pink: colours':>15}{'pink: exact':>13}"
-          f"{'old: colours':>14}{'old: exact':>12}")
+    print(
+        f"teaching '{result['new_color']}': {result['steps']} steps x {result['batch_size']} images, same batches; "
+        f"scored on {result['n_new_test']} new pink images and {result['n_old_test']} old test images\n"
+    )
+    print(
+        f"{'method':<36}{'trainable':>11}{'seconds':>9}{'pink: colours':>15}{'pink: exact':>13}"
+        f"{'old: colours':>14}{'old: exact':>12}"
+    )
     for r in result["rows"]:
-        print(f"{r['method']:<36}{r['trainable']:>11,}{r['seconds']:>9.1f}{r['new_color']:>15.3f}"
-              f"{r['new_exact']:>13.3f}"
-              f"{r['old_color']:>14.3f}{r['old_exact']:>12.3f}")
+        print(
+            f"{r['method']:<36}{r['trainable']:>11,}{r['seconds']:>9.1f}{r['new_color']:>15.3f}"
+            f"{r['new_exact']:>13.3f}"
+            f"{r['old_color']:>14.3f}{r['old_exact']:>12.3f}"
+        )
     if result["adapter"]:
         a = result["adapter"]
-        print(f"\nLoRA adapter saved alone: {a['folder']} ({a['kilobytes']} kB); reloaded into a fresh base model and "
-              f"merged, same captions: {a['same_captions_after_reload_and_merge']}")
+        print(
+            f"\nLoRA adapter saved alone: {a['folder']} ({a['kilobytes']} kB); reloaded into a fresh base model and "
+            f"merged, same captions: {a['same_captions_after_reload_and_merge']}"
+        )
     print(f"plots: {result['plot']}, {result['loss_plot']}")

@@ -17,6 +17,7 @@ a dot product between them is not even defined.
 
     python -m stage2_fundamentals.projection [--steps 400] [--json]
 """
+
 import torch
 from torch import nn
 from transformers import CLIPConfig
@@ -36,7 +37,7 @@ def with_heads(model, visual, text):
 
 def random_head(layer, seed):
     head = nn.Linear(layer.in_features, layer.out_features, bias=False)
-    nn.init.normal_(head.weight, std=layer.in_features ** -0.5, generator=torch.Generator().manual_seed(seed))
+    nn.init.normal_(head.weight, std=layer.in_features**-0.5, generator=torch.Generator().manual_seed(seed))
     return head
 
 
@@ -64,16 +65,27 @@ def training_ablation(steps, batch_size=BATCH, options=training.Options()):
         if training.is_main_process():
             variant = "trained with projection heads" if projection else "trained without projection heads"
             final_loss = round(sum(losses[-20:]) / len(losses[-20:]), 4)
-            rows.append({"variant": variant, "steps": steps, "batch_size": batch_size, "seconds": round(seconds, 1),
-                         "final_loss": final_loss} | infonce_lab.evaluate(model, processor))
+            rows.append(
+                {
+                    "variant": variant,
+                    "steps": steps,
+                    "batch_size": batch_size,
+                    "seconds": round(seconds, 1),
+                    "final_loss": final_loss,
+                }
+                | infonce_lab.evaluate(model, processor)
+            )
     return rows
 
 
 def vit_b32_shapes():
     """The real checkpoint's widths, from its config alone (CLIPConfig's defaults are ViT-B/32's)."""
     c = CLIPConfig()
-    return {"vision_hidden": c.vision_config.hidden_size, "text_hidden": c.text_config.hidden_size,
-            "projection_dim": c.projection_dim}
+    return {
+        "vision_hidden": c.vision_config.hidden_size,
+        "text_hidden": c.text_config.hidden_size,
+        "projection_dim": c.projection_dim,
+    }
 
 
 def run(steps=400, out=OUT, options=training.Options()):
@@ -94,17 +106,22 @@ def print_result(result):
         print(f"{r['variant']:<54}{r['text_to_image_R@1']:>10.3f}{r['image_to_text_R@1']:>10.3f}")
     print("\nTrained from scratch, same steps, batch and seed:")
     for r in result["training"]:
-        print(f"{r['variant']:<54}{r['text_to_image_R@1']:>10.3f}{r['image_to_text_R@1']:>10.3f}"
-              f"   loss {r['final_loss']:.3f}, {r['seconds']:.0f} s")
+        print(
+            f"{r['variant']:<54}{r['text_to_image_R@1']:>10.3f}{r['image_to_text_R@1']:>10.3f}"
+            f"   loss {r['final_loss']:.3f}, {r['seconds']:.0f} s"
+        )
     v = result["vit_b32"]
-    print(f"\nopenai/clip-vit-base-patch32: vision features {v['vision_hidden']}-d, text features {v['text_hidden']}-d, "
-          f"both projected to {v['projection_dim']}-d. Without the heads a {v['vision_hidden']}-d image vector and a "
-          f"{v['text_hidden']}-d text vector cannot be compared at all; the heads are what makes one shared space.")
+    print(
+        f"\nopenai/clip-vit-base-patch32: vision features {v['vision_hidden']}-d, text features {v['text_hidden']}-d, "
+        f"both projected to {v['projection_dim']}-d. Without the heads a {v['vision_hidden']}-d image vector and a "
+        f"{v['text_hidden']}-d text vector cannot be compared at all; the heads are what makes one shared space."
+    )
 
 
 def main(argv=None):
-    parser = cli.Parser(prog="python -m stage2_fundamentals.projection", description=__doc__,
-                        formatter_class=cli.RawHelp)
+    parser = cli.Parser(
+        prog="python -m stage2_fundamentals.projection", description=__doc__, formatter_class=cli.RawHelp
+    )
     parser.add_argument("--steps", type=cli.positive_int, default=400, help="training steps per run (default 400)")
     parser.add_argument("--out", default=OUT, help="folder for projection.json")
     parser.add_argument("--json", action="store_true")

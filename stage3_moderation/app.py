@@ -18,6 +18,7 @@ This file is what belongs to HTTP: routes, authentication, readiness, the watch 
 go away, error responses (middleware.py: body size, request ids, metrics, the catch-all 500).
 What each endpoint does is endpoints.py's, framework-free.
 """
+
 import asyncio
 import hmac
 import logging
@@ -36,12 +37,19 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from curriculum.cli import UserError
-from stage3_moderation import engines, errors, export_onnx, openapi, policy as policies
+from stage3_moderation import engines, errors, export_onnx, openapi
+from stage3_moderation import policy as policies
 from stage3_moderation.batching import Overloaded, PixelBudget
 from stage3_moderation.endpoints import Api, CaptionResponse, EmbeddingResponse, ModerationResponse
 from stage3_moderation.errors import ApiError, BadInput
-from stage3_moderation.inputs import (CaptionForm, CaptionRequest, EmbeddingForm, EmbeddingRequest, ModerationForm,
-                                      ModerationRequest)
+from stage3_moderation.inputs import (
+    CaptionForm,
+    CaptionRequest,
+    EmbeddingForm,
+    EmbeddingRequest,
+    ModerationForm,
+    ModerationRequest,
+)
 from stage3_moderation.middleware import BodyLimit, Observe
 from stage3_moderation.service import Metrics, Moderator
 from stage3_moderation.settings import Settings, one_line
@@ -57,6 +65,7 @@ if not log.handlers:  # uvicorn configures only its own loggers: give ours the s
 @dataclass
 class State:
     """What the app holds (app.state.moderation), reached through the `state` dependency."""
+
     settings: Settings
     metrics: Metrics
     policy: policies.Policy
@@ -73,8 +82,11 @@ def state(request: Request) -> State:
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <one of MODERATION_API_KEYS>")
 
 
-async def authorize(request: Request, service: State = Depends(state),
-                    credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer)) -> None:
+async def authorize(
+    request: Request,
+    service: State = Depends(state),
+    credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer),
+) -> None:
     """401 unless this path needs no key, or one of the keys came (Bearer scheme)."""
     if not service.settings.requires_key(request.url.path):
         return
@@ -83,8 +95,12 @@ async def authorize(request: Request, service: State = Depends(state),
     for key in service.settings.api_keys:  # timing-safe, and every key compared: the time does not say which matched
         matched |= hmac.compare_digest(token, key.encode())
     if not matched:
-        raise BadInput("missing or wrong API key: send Authorization: Bearer <key>", status=401,
-                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        raise BadInput(
+            "missing or wrong API key: send Authorization: Bearer <key>",
+            status=401,
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 async def ready_api(service: State = Depends(state)) -> Api:
@@ -120,27 +136,40 @@ async def answer(request: Request, endpoint):
 
 
 # ---------------------------------------------------------------- routes
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)],
-               responses=openapi.errors(400, 401, 404, 413, 415, 500, 503, 504))
+v1 = APIRouter(
+    prefix="/v1", dependencies=[Depends(authorize)], responses=openapi.errors(400, 401, 404, 413, 415, 500, 503, 504)
+)
 
 
-@v1.post("/moderations", tags=["moderation"], openapi_extra=openapi.request_body(ModerationRequest, ModerationForm),
-         responses={200: {"model": ModerationResponse}})
+@v1.post(
+    "/moderations",
+    tags=["moderation"],
+    openapi_extra=openapi.request_body(ModerationRequest, ModerationForm),
+    responses={200: {"model": ModerationResponse}},
+)
 async def moderations(request: Request, api: Api = Depends(ready_api)):
     """Judge texts and images against the policy, one result per input (typed parts form one input).
     An image is judged as displayed: composited onto white, every frame of an animation, the worst deciding."""
     return await answer(request, api.moderations)
 
 
-@v1.post("/embeddings", tags=["models"], openapi_extra=openapi.request_body(EmbeddingRequest, EmbeddingForm),
-         responses={200: {"model": EmbeddingResponse}})
+@v1.post(
+    "/embeddings",
+    tags=["models"],
+    openapi_extra=openapi.request_body(EmbeddingRequest, EmbeddingForm),
+    responses={200: {"model": EmbeddingResponse}},
+)
 async def embeddings(request: Request, api: Api = Depends(ready_api)):
     """CLIP unit vectors, one per text or image, in one shared space (cosine = dot product)."""
     return await answer(request, api.embeddings)
 
 
-@v1.post("/captions", tags=["models"], openapi_extra=openapi.request_body(CaptionRequest, CaptionForm),
-         responses={200: {"model": CaptionResponse}})
+@v1.post(
+    "/captions",
+    tags=["models"],
+    openapi_extra=openapi.request_body(CaptionRequest, CaptionForm),
+    responses={200: {"model": CaptionResponse}},
+)
 async def captions(request: Request, api: Api = Depends(ready_api)):
     """Greedy BLIP-2 captions, one per image."""
     return await answer(request, api.captions)
@@ -174,14 +203,24 @@ async def readyz(service: State = Depends(state)):
         error = errors.retry_later(service.load_error or "loading and warming up the models", "not_ready", 5)
         return JSONResponse(errors.body(error), error.status, headers=error.headers)
     moderator = service.api.moderator
-    return {"status": "ready", "engine": moderator.engine.name, "policy": moderator.policy.name,
-            "queue_depth": {s: b.depth for s, b in moderator.batchers.items()},
-            "pixels_in_flight": service.budget.used}
+    return {
+        "status": "ready",
+        "engine": moderator.engine.name,
+        "policy": moderator.policy.name,
+        "queue_depth": {s: b.depth for s, b in moderator.batchers.items()},
+        "pixels_in_flight": service.budget.used,
+    }
 
 
-@operations.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(authorize)],
-                responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                                 "description": "Prometheus text format"}, **openapi.errors(401)})
+@operations.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    dependencies=[Depends(authorize)],
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
+        **openapi.errors(401),
+    },
+)
 async def metrics(service: State = Depends(state)):
     """Prometheus series: requests, latency, batch sizes, queue depths, dropped items, cache, pixels in flight."""
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -206,8 +245,10 @@ async def api_error(request, exc):
 
 async def http_error(request, exc):
     """Starlette's 404 (no such path) and 405 (wrong method, with Allow) in the API's own shape."""
-    known = {404: (f"no endpoint at {request.url.path}: see /docs", "not_found"),
-             405: (f"{request.method} is not allowed on {request.url.path}", "method_not_allowed")}
+    known = {
+        404: (f"no endpoint at {request.url.path}: see /docs", "not_found"),
+        405: (f"{request.method} is not allowed on {request.url.path}", "method_not_allowed"),
+    }
     message, code = known.get(exc.status_code, (str(exc.detail), "http_error"))
     error = ApiError(message, exc.status_code, code, headers=exc.headers)
     return JSONResponse(errors.body(error), error.status, headers=error.headers)
@@ -227,16 +268,23 @@ def load_moderator(service):
     options = s.options()
     engine.warm_up(max(o.max_batch_size for o in options.batching.values()))
     if service.policy.model != s.clip:
-        log.warning("policy %s was calibrated for CLIP %s, but the service runs %s: its thresholds may not fit",
-                    service.policy.name, service.policy.model, s.clip)
+        log.warning(
+            "policy %s was calibrated for CLIP %s, but the service runs %s: its thresholds may not fit",
+            service.policy.name,
+            service.policy.model,
+            s.clip,
+        )
     return Moderator(engine, service.policy, options, service.metrics)
 
 
 async def load_in_background(service, decoder):
     try:
         moderator = await asyncio.to_thread(load_moderator, service)
-        names = {"moderations": f"{service.policy.name}/{service.settings.clip}", "embeddings": service.settings.clip,
-                 "captions": service.settings.blip2}
+        names = {
+            "moderations": f"{service.policy.name}/{service.settings.clip}",
+            "embeddings": service.settings.clip,
+            "captions": service.settings.blip2,
+        }
         service.api = Api(moderator, service.settings.limits(), service.budget, decoder, names)
         log.info("ready: engine %s, policy %s", moderator.engine.name, service.settings.policy)
     except Exception as e:  # kept for /readyz: the process stays up to say what went wrong
@@ -263,10 +311,16 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         policy = policies.load(settings.policy)  # a bad policy file stops the start at once, with its reason
     except (ValidationError, UserError) as e:
         raise SystemExit(f"moderation service: {one_line(e) if isinstance(e, ValidationError) else e}") from None
-    app = FastAPI(title="Multimodal moderation (stage 3)", version="1.1", lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None,
-                  description="CLIP concept scores + BLIP-2 captions judged by a YAML policy, in OpenAI's "
-                              "moderation shape. Bodies: application/json or multipart/form-data.")
+    app = FastAPI(
+        title="Multimodal moderation (stage 3)",
+        version="1.1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        description="CLIP concept scores + BLIP-2 captions judged by a YAML policy, in OpenAI's "
+        "moderation shape. Bodies: application/json or multipart/form-data.",
+    )
     metrics, budget = Metrics(), PixelBudget(settings.max_pixels_in_flight)
     metrics.pixels_in_flight.set_function(lambda: budget.used)
     app.state.moderation = State(settings, metrics, policy, budget)

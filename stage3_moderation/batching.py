@@ -24,6 +24,7 @@ siblings are cancelled, and so dropped, too.
 
 `PixelBudget` bounds the other thing a request holds while it waits: decoded image pixels.
 """
+
 import asyncio
 import time
 from collections import deque
@@ -184,8 +185,9 @@ class PixelBudget:
     @contextmanager
     def hold(self, pixels):
         if self.used + pixels > self.limit:
-            raise Overloaded(f"{self.used:,} decoded pixels are in flight; {pixels:,} more would pass the limit "
-                             f"of {self.limit:,}")
+            raise Overloaded(
+                f"{self.used:,} decoded pixels are in flight; {pixels:,} more would pass the limit of {self.limit:,}"
+            )
         self.used += pixels
         try:
             yield

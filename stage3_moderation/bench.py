@@ -16,6 +16,7 @@ Three measurements, each as ratios within one run (these machines are noisy):
     python -m stage3_moderation.bench                   # all four -> outputs/bench/
     python -m stage3_moderation.bench engines --quick   # fewer seconds per measurement
 """
+
 import asyncio
 import copy
 import tempfile
@@ -54,7 +55,7 @@ def matmul_limits(seconds=2.0, n=2048):
         if dtype == torch.bfloat16 and not runtime.cpu_has_fast_bf16():
             continue
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        limits[name] = round(throughput(lambda: a @ b, 2 * n ** 3, seconds) / 1e9, 1)
+        limits[name] = round(throughput(lambda: a @ b, 2 * n**3, seconds) / 1e9, 1)
     return limits
 
 
@@ -108,12 +109,19 @@ def bench_tower(name, model, pixels, limits, seconds):
             images_per_s = throughput(lambda: run(pixels), len(pixels), seconds)
             precision = {"torch-bf16": "bf16", "compile": fast, "onnx-int8": "int8"}.get(engine, "fp32")
             limit = limits.get(precision)
-            rows.append({"model": name, "engine": engine, "precision": precision, "batch": len(pixels),
-                         "images_per_s": round(images_per_s, 1),
-                         "min_cosine_to_fp32": round(export_onnx.min_cosine(vectors, reference), 6),
-                         "gflop_per_image": round(gflop, 3),
-                         "share_of_limit": round(images_per_s * gflop / limit, 3) if limit else None,
-                         "first_call_s": round(first_call, 2)})
+            rows.append(
+                {
+                    "model": name,
+                    "engine": engine,
+                    "precision": precision,
+                    "batch": len(pixels),
+                    "images_per_s": round(images_per_s, 1),
+                    "min_cosine_to_fp32": round(export_onnx.min_cosine(vectors, reference), 6),
+                    "gflop_per_image": round(gflop, 3),
+                    "share_of_limit": round(images_per_s * gflop / limit, 3) if limit else None,
+                    "first_call_s": round(first_call, 2),
+                }
+            )
     return rows
 
 
@@ -132,12 +140,18 @@ def bench_tiny_engines(seconds, n=1000, n_captions=100):
         captions = engine.caption_images(images[:n_captions])
         reference = reference or (image_vectors, captions)
         recall = recall_table(samples, image_vectors, text_vectors)
-        rows.append({"engine": engine.name, "requested": name, "warm_up_s": round(warm_up, 1),
-                     "embed_images_per_s": round(throughput(lambda: engine.embed_images(images[:16]), 16, seconds), 1),
-                     "captions_per_s": round(throughput(lambda: engine.caption_images(images[:16]), 16, seconds), 1),
-                     "min_cosine_to_fp32": round(export_onnx.min_cosine(image_vectors, reference[0]), 6),
-                     "text_to_image_r1": recall["text_to_image"]["R@1"],
-                     "captions_same_as_fp32": f"{sum(a == b for a, b in zip(captions, reference[1]))}/{n_captions}"})
+        rows.append(
+            {
+                "engine": engine.name,
+                "requested": name,
+                "warm_up_s": round(warm_up, 1),
+                "embed_images_per_s": round(throughput(lambda: engine.embed_images(images[:16]), 16, seconds), 1),
+                "captions_per_s": round(throughput(lambda: engine.caption_images(images[:16]), 16, seconds), 1),
+                "min_cosine_to_fp32": round(export_onnx.min_cosine(image_vectors, reference[0]), 6),
+                "text_to_image_r1": recall["text_to_image"]["R@1"],
+                "captions_same_as_fp32": f"{sum(a == b for a, b in zip(captions, reference[1]))}/{n_captions}",
+            }
+        )
     return rows
 
 
@@ -147,19 +161,30 @@ def bench_engines(seconds=3.0):
     images = [s.image for s in shapesworld.generate("test", 64)]
     tiny_pixels = processor(images=images, return_tensors="np").pixel_values
     vit_pixels = np.random.default_rng(0).standard_normal((VIT_B_32_BATCH, 3, 224, 224)).astype(np.float32)
-    towers = (bench_tower("tiny CLIP image tower", clip, tiny_pixels, limits, seconds)
-              + bench_tower("CLIP ViT-B/32 image tower", vit_b_32_model(), vit_pixels, limits, seconds))
-    return {"threads": torch.get_num_threads(), "fast_bf16": runtime.cpu_has_fast_bf16(),
-            "fast_int8": engines.cpu_has_fast_int8(), "matmul_gflops": limits, "towers": towers,
-            "tiny_engines": bench_tiny_engines(seconds)}
+    towers = bench_tower("tiny CLIP image tower", clip, tiny_pixels, limits, seconds) + bench_tower(
+        "CLIP ViT-B/32 image tower", vit_b_32_model(), vit_pixels, limits, seconds
+    )
+    return {
+        "threads": torch.get_num_threads(),
+        "fast_bf16": runtime.cpu_has_fast_bf16(),
+        "fast_int8": engines.cpu_has_fast_int8(),
+        "matmul_gflops": limits,
+        "towers": towers,
+        "tiny_engines": bench_tiny_engines(seconds),
+    }
 
 
 # ---------------------------------------------------------------- the service under load
-SERVICE_CONFIGS = {"batching on, cache off": {"MODERATION_CACHE_ENTRIES": "0"},
-                   "batching off, cache off": {"MODERATION_CACHE_ENTRIES": "0", "MODERATION_MAX_BATCH_SIZE": "1",
-                                               "MODERATION_MAX_WAIT_MS": "0"},
-                   "batching on, cache on": {},
-                   "batching off, cache on": {"MODERATION_MAX_BATCH_SIZE": "1", "MODERATION_MAX_WAIT_MS": "0"}}
+SERVICE_CONFIGS = {
+    "batching on, cache off": {"MODERATION_CACHE_ENTRIES": "0"},
+    "batching off, cache off": {
+        "MODERATION_CACHE_ENTRIES": "0",
+        "MODERATION_MAX_BATCH_SIZE": "1",
+        "MODERATION_MAX_WAIT_MS": "0",
+    },
+    "batching on, cache on": {},
+    "batching off, cache on": {"MODERATION_MAX_BATCH_SIZE": "1", "MODERATION_MAX_WAIT_MS": "0"},
+}
 
 
 def bench_service(n=960, pool=64):
@@ -171,16 +196,27 @@ def bench_service(n=960, pool=64):
             asyncio.run(loadgen.drive(url, bodies[:64], max(CONCURRENCY)))  # warm up code paths and allocators
             for concurrency in CONCURRENCY:
                 result = asyncio.run(loadgen.drive(url, bodies, concurrency))
-                rows.append({"config": name, **{k: result[k] for k in ("concurrency", "n", "errors", "requests_per_s",
-                                                                      "p50_ms", "p99_ms")}})
-    return {"workload": f"{n} image+text moderation requests, {pool} distinct images", "engine": engines.DEFAULT_ENGINE,
-            "rows": rows}
+                rows.append(
+                    {
+                        "config": name,
+                        **{k: result[k] for k in ("concurrency", "n", "errors", "requests_per_s", "p50_ms", "p99_ms")},
+                    }
+                )
+    return {
+        "workload": f"{n} image+text moderation requests, {pool} distinct images",
+        "engine": engines.DEFAULT_ENGINE,
+        "rows": rows,
+    }
 
 
 # ---------------------------------------------------------------- liveness under heavy images
 def percentiles(ms):
-    return {"p50": round(float(np.percentile(ms, 50)), 1), "p99": round(float(np.percentile(ms, 99)), 1),
-            "max": round(float(np.max(ms)), 1), "n": len(ms)}
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 1),
+        "p99": round(float(np.percentile(ms, 99)), 1),
+        "max": round(float(np.max(ms)), 1),
+        "n": len(ms),
+    }
 
 
 def bench_liveness(requests=200, concurrency=12, idle_seconds=3.0, env=None):
@@ -198,11 +234,17 @@ def bench_liveness(requests=200, concurrency=12, idle_seconds=3.0, env=None):
             admitted = asyncio.run(loadgen.drive(url, [heavy] * requests, concurrency, path="/v1/embeddings"))
         after = loadgen.memory_mb(process.pid)
     idle_ms, loaded_ms = percentiles(idle), percentiles(loaded)
-    return {"workload": f"{requests} requests of 4 × 4096² PNGs at concurrency {concurrency}, after 3 of 16",
-            "attack_statuses": refused["statuses"], "load_statuses": admitted["statuses"],
-            "load_seconds": admitted["seconds"], "healthz_idle_ms": idle_ms, "healthz_loaded_ms": loaded_ms,
-            "healthz_p50_ratio": round(loaded_ms["p50"] / idle_ms["p50"], 2),
-            "rss_before_mb": round(before["rss"]), "rss_peak_mb": round(after["peak"])}
+    return {
+        "workload": f"{requests} requests of 4 × 4096² PNGs at concurrency {concurrency}, after 3 of 16",
+        "attack_statuses": refused["statuses"],
+        "load_statuses": admitted["statuses"],
+        "load_seconds": admitted["seconds"],
+        "healthz_idle_ms": idle_ms,
+        "healthz_loaded_ms": loaded_ms,
+        "healthz_p50_ratio": round(loaded_ms["p50"] / idle_ms["p50"], 2),
+        "rss_before_mb": round(before["rss"]),
+        "rss_peak_mb": round(after["peak"]),
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -210,30 +252,58 @@ def markdown(engines_result, service_result, liveness_result=None):
     lines = []
     if engines_result:
         limits = engines_result["matmul_gflops"]
-        lines += [f"Matrix-multiply limit ({engines_result['threads']} threads): "
-                  + ", ".join(f"{k} {v:,} GFLOP/s" for k, v in limits.items()), "",
-                  "| image tower | engine | precision | batch | images/s | min cosine to fp32 | share of limit |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['engine']} | {r['precision']} | {r['batch']} | {r['images_per_s']:,} | "
-                  f"{r['min_cosine_to_fp32']:.4f} | " + (f"{r['share_of_limit']:.0%}" if r["share_of_limit"] else "n/a")
-                  + " |" for r in engines_result["towers"]]
-        lines += ["", "| tiny engine | embed images/s (16) | captions/s (16) | min cosine | text→image R@1 "
-                  "| captions same as fp32 | warm-up s |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['engine']} | {r['embed_images_per_s']:,} | {r['captions_per_s']} | {r['min_cosine_to_fp32']:.4f} | "
-                  f"{r['text_to_image_r1']:.3f} | {r['captions_same_as_fp32']} | {r['warm_up_s']} |"
-                  for r in engines_result["tiny_engines"]]
+        lines += [
+            f"Matrix-multiply limit ({engines_result['threads']} threads): "
+            + ", ".join(f"{k} {v:,} GFLOP/s" for k, v in limits.items()),
+            "",
+            "| image tower | engine | precision | batch | images/s | min cosine to fp32 | share of limit |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['model']} | {r['engine']} | {r['precision']} | {r['batch']} | {r['images_per_s']:,} | "
+            f"{r['min_cosine_to_fp32']:.4f} | "
+            + (f"{r['share_of_limit']:.0%}" if r["share_of_limit"] else "n/a")
+            + " |"
+            for r in engines_result["towers"]
+        ]
+        lines += [
+            "",
+            "| tiny engine | embed images/s (16) | captions/s (16) | min cosine | text→image R@1 "
+            "| captions same as fp32 | warm-up s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['engine']} | {r['embed_images_per_s']:,} | {r['captions_per_s']} | {r['min_cosine_to_fp32']:.4f} | "
+            f"{r['text_to_image_r1']:.3f} | {r['captions_same_as_fp32']} | {r['warm_up_s']} |"
+            for r in engines_result["tiny_engines"]
+        ]
     if service_result:
-        lines += ["", f"Service ({service_result['workload']}, engine {service_result['engine']}):", "",
-                  "| configuration | concurrency | requests/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['config']} | {r['concurrency']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} | "
-                  f"{r['errors']} |" for r in service_result["rows"]]
+        lines += [
+            "",
+            f"Service ({service_result['workload']}, engine {service_result['engine']}):",
+            "",
+            "| configuration | concurrency | requests/s | p50 ms | p99 ms | errors |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['config']} | {r['concurrency']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} | "
+            f"{r['errors']} |"
+            for r in service_result["rows"]
+        ]
     if liveness_result:
         r = liveness_result
-        lines += ["", f"Liveness ({r['workload']}): attack {r['attack_statuses']}, load {r['load_statuses']} in "
-                  f"{r['load_seconds']} s; server RSS {r['rss_before_mb']} MiB before, {r['rss_peak_mb']} MiB at peak.",
-                  "", "| /healthz | p50 ms | p99 ms | max ms | samples |", "|---|---|---|---|---|"]
-        lines += [f"| {name} | {m['p50']} | {m['p99']} | {m['max']} | {m['n']} |"
-                  for name, m in (("idle", r["healthz_idle_ms"]), ("under load", r["healthz_loaded_ms"]))]
+        lines += [
+            "",
+            f"Liveness ({r['workload']}): attack {r['attack_statuses']}, load {r['load_statuses']} in "
+            f"{r['load_seconds']} s; server RSS {r['rss_before_mb']} MiB before, {r['rss_peak_mb']} MiB at peak.",
+            "",
+            "| /healthz | p50 ms | p99 ms | max ms | samples |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {m['p50']} | {m['p99']} | {m['max']} | {m['n']} |"
+            for name, m in (("idle", r["healthz_idle_ms"]), ("under load", r["healthz_loaded_ms"]))
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -244,14 +314,24 @@ def plot(engines_result, service_result, out):
         rows = [r for r in engines_result["towers"] if "ViT" in r["model"]]
         axes[0].bar([r["engine"] for r in rows], [r["images_per_s"] for r in rows], color="tab:blue")
         for i, r in enumerate(rows):
-            axes[0].text(i, r["images_per_s"], f"cos {r['min_cosine_to_fp32']:.4f}", ha="center", va="bottom", fontsize=7)
+            axes[0].text(
+                i, r["images_per_s"], f"cos {r['min_cosine_to_fp32']:.4f}", ha="center", va="bottom", fontsize=7
+            )
         axes[0].set(title=f"CLIP ViT-B/32 image tower, batch {VIT_B_32_BATCH}", ylabel="images / s")
     if service_result:
         for config in SERVICE_CONFIGS:
             rows = [r for r in service_result["rows"] if r["config"] == config]
-            axes[1].plot([r["concurrency"] for r in rows], [r["requests_per_s"] for r in rows], marker="o", label=config)
-        axes[1].set(title="moderation service on loopback", xlabel="concurrent clients", ylabel="requests / s",
-                    xscale="log", xticks=CONCURRENCY, xticklabels=[str(c) for c in CONCURRENCY])
+            axes[1].plot(
+                [r["concurrency"] for r in rows], [r["requests_per_s"] for r in rows], marker="o", label=config
+            )
+        axes[1].set(
+            title="moderation service on loopback",
+            xlabel="concurrent clients",
+            ylabel="requests / s",
+            xscale="log",
+            xticks=CONCURRENCY,
+            xticklabels=[str(c) for c in CONCURRENCY],
+        )
         axes[1].minorticks_off()
         axes[1].legend(fontsize=8)
     for ax in axes:

@@ -4,6 +4,7 @@ The key is what was computed and the sha256 of the pixels it was computed from (
 so the same picture uploaded twice, under any file name or in another encoding, is embedded and
 captioned once. The cache is bounded by entries and by bytes; the least recently used entries go first.
 """
+
 import sys
 from collections import OrderedDict
 from threading import Lock

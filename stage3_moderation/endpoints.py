@@ -7,6 +7,7 @@ The FastAPI app (app.py) adds what belongs to HTTP: authentication, the watch fo
 go away, error responses. Another front end (a Ray Serve deployment) calls the same methods;
 a cancelled call leaves nothing behind (its queued items are dropped, its pixels released).
 """
+
 import asyncio
 import base64
 import uuid
@@ -25,8 +26,12 @@ PARSE_ON_LOOP_BYTES = 64 * 1024  # smaller bodies parse in well under a millisec
 def check_model(requested, served):
     """OpenAI's rule: a model that is not served is 404 model_not_found; leaving it out is fine."""
     if requested is not None and requested != served:
-        raise BadInput(f"the model {requested!r} does not exist here: this endpoint serves {served!r} "
-                       "(or leave model out)", status=404, param="model", code="model_not_found")
+        raise BadInput(
+            f"the model {requested!r} does not exist here: this endpoint serves {served!r} (or leave model out)",
+            status=404,
+            param="model",
+            code="model_not_found",
+        )
 
 
 def encode(vector, dimensions=None, encoding_format="float"):
@@ -58,8 +63,12 @@ class Api:
         """Each image's frames as displayed, decoded in the pool (a cancelled request drops the
         decodes that have not started)."""
         items = [item for item in parsed.items if item.image]
-        decoded = await all_or_none(*(self._in_pool(images.decode, item.image.data, self.limits, item.image.param,
-                                                    endpoint.all_frames) for item in items))
+        decoded = await all_or_none(
+            *(
+                self._in_pool(images.decode, item.image.data, self.limits, item.image.param, endpoint.all_frames)
+                for item in items
+            )
+        )
         for item, frames in zip(items, decoded):
             item.frames = frames
 
@@ -74,20 +83,38 @@ class Api:
         parsed = await self._parse(body, content_type, inputs.EMBEDDINGS, "embeddings")
         request = parsed.request
         if request.dimensions and request.dimensions > self.moderator.dimension:
-            raise BadInput(f"dimensions is {request.dimensions}; the model's vectors have {self.moderator.dimension}",
-                           param="dimensions", code="invalid_dimensions")
+            raise BadInput(
+                f"dimensions is {request.dimensions}; the model's vectors have {self.moderator.dimension}",
+                param="dimensions",
+                code="invalid_dimensions",
+            )
         # each text and each image gets a vector; an animation is embedded by its first frame
         parts = [(kind, item) for item in parsed.items for kind in ("image", "text") if getattr(item, kind) is not None]
         with self.budget.hold(parsed.pixels):
             await self._decode(parsed, inputs.EMBEDDINGS)
-            vectors = await all_or_none(*(self.moderator.embed_image(item.frames[0]) if kind == "image"
-                                          else self.moderator.embed_text(item.text) for kind, item in parts))
+            vectors = await all_or_none(
+                *(
+                    self.moderator.embed_image(item.frames[0])
+                    if kind == "image"
+                    else self.moderator.embed_text(item.text)
+                    for kind, item in parts
+                )
+            )
         tokens = sum(self.moderator.count_tokens([item.text for kind, item in parts if kind == "text"]))
-        return {"object": "list", "model": self.names["embeddings"],
-                "data": [{"object": "embedding", "index": i, "input_type": kind,
-                          "embedding": encode(v, request.dimensions, request.encoding_format)}
-                         for i, ((kind, _), v) in enumerate(zip(parts, vectors))],
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return {
+            "object": "list",
+            "model": self.names["embeddings"],
+            "data": [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "input_type": kind,
+                    "embedding": encode(v, request.dimensions, request.encoding_format),
+                }
+                for i, ((kind, _), v) in enumerate(zip(parts, vectors))
+            ],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
     async def captions(self, body, content_type):
         """Greedy BLIP-2 captions, one per image (an animation: its first frame)."""
@@ -95,8 +122,11 @@ class Api:
         with self.budget.hold(parsed.pixels):
             await self._decode(parsed, inputs.CAPTIONS)
             texts = await all_or_none(*(self.moderator.caption(item.frames[0]) for item in parsed.items))
-        return {"object": "list", "model": self.names["captions"],
-                "data": [{"index": i, "caption": c} for i, c in enumerate(texts)]}
+        return {
+            "object": "list",
+            "model": self.names["captions"],
+            "data": [{"index": i, "caption": c} for i, c in enumerate(texts)],
+        }
 
 
 # ---------------------------------------------------------------- the responses, for the OpenAPI document

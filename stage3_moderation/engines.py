@@ -18,6 +18,7 @@ Captions use one greedy loop for every engine (`greedy_captions`): embed the pro
 the image queries over the <image> placeholders, then ask the decoder for the next token until
 each row has said </s>. The torch-fp32 engine's captions equal `generate()`'s (tests check).
 """
+
 import json
 import logging
 from pathlib import Path
@@ -66,7 +67,7 @@ def compile_module(module):
 
 def chunks(items, size=BUCKETS[-1]):
     """Model calls of at most `size` rows: bounded memory, and only shapes the compile engine knows."""
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def pad_rows(x, rows):
@@ -102,6 +103,7 @@ def greedy_captions(queries, prefill, step, embed_tokens, tokenizer, image_token
 
 class Engine:
     """Preprocessing and the greedy loop; subclasses supply the four model functions."""
+
     name = "engine"
     text_padding = True  # to the longest text in the batch; "max_length" gives one fixed length
 
@@ -111,8 +113,12 @@ class Engine:
         self.embed_tokens, self.image_token_id = np.asarray(embed_tokens, np.float32), image_token_id
 
     def embed_images(self, images):
-        return np.concatenate([self.clip_image(self.clip_processor(images=chunk, return_tensors="np").pixel_values)
-                               for chunk in chunks(images)])
+        return np.concatenate(
+            [
+                self.clip_image(self.clip_processor(images=chunk, return_tensors="np").pixel_values)
+                for chunk in chunks(images)
+            ]
+        )
 
     def embed_texts(self, texts):
         vectors = []
@@ -125,9 +131,16 @@ class Engine:
         captions = []
         for chunk in chunks(images):
             inputs = self.blip2_processor(images=chunk, text=[prompt] * len(chunk), padding=True, return_tensors="np")
-            captions += greedy_captions(self.blip2_queries(inputs.pixel_values), self.prefill, self.step,
-                                        self.embed_tokens, self.blip2_processor.tokenizer, self.image_token_id,
-                                        inputs.input_ids, max_new_tokens)
+            captions += greedy_captions(
+                self.blip2_queries(inputs.pixel_values),
+                self.prefill,
+                self.step,
+                self.embed_tokens,
+                self.blip2_processor.tokenizer,
+                self.image_token_id,
+                inputs.input_ids,
+                max_new_tokens,
+            )
         return captions
 
     def warm_up(self, max_batch_size=1):
@@ -162,13 +175,16 @@ class OnnxEngine(Engine):
         suffix = ".int8.onnx" if precision == "int8" else ".onnx"
         missing = [g for g in graphs.GRAPHS if not (folder / f"{g}{suffix}").exists()]
         if missing:
-            raise UserError(f"{folder} has no {', '.join(missing)} ({precision}): run `make export` "
-                            "or python -m stage3_moderation.export_onnx")
+            raise UserError(
+                f"{folder} has no {', '.join(missing)} ({precision}): run `make export` "
+                "or python -m stage3_moderation.export_onnx"
+            )
         self.sessions = {g: onnx_session(folder / f"{g}{suffix}", threads) for g in graphs.GRAPHS}
         self.name, self.precision = f"onnx-{precision}", precision
         manifest = json.loads((folder / graphs.MANIFEST).read_text())
-        super().__init__(clip_processor, blip2_processor, np.load(folder / graphs.EMBED_TOKENS),
-                         manifest["image_token_id"])
+        super().__init__(
+            clip_processor, blip2_processor, np.load(folder / graphs.EMBED_TOKENS), manifest["image_token_id"]
+        )
 
     def clip_image(self, pixel_values):
         return self.sessions["clip_image"].run(None, {"pixel_values": pixel_values.astype(np.float32)})[0]
@@ -180,12 +196,20 @@ class OnnxEngine(Engine):
         return self.sessions["blip2_image"].run(None, {"pixel_values": pixel_values.astype(np.float32)})[0]
 
     def prefill(self, inputs_embeds, attention_mask):
-        return self.sessions["blip2_prefill"].run(None, {"inputs_embeds": inputs_embeds,
-                                                          "attention_mask": attention_mask})
+        return self.sessions["blip2_prefill"].run(
+            None, {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
+        )
 
     def step(self, inputs_embeds, attention_mask, keys, values):
-        return self.sessions["blip2_step"].run(None, {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
-                                                       "past_keys": keys, "past_values": values})
+        return self.sessions["blip2_step"].run(
+            None,
+            {
+                "inputs_embeds": inputs_embeds,
+                "attention_mask": attention_mask,
+                "past_keys": keys,
+                "past_values": values,
+            },
+        )
 
 
 class TorchEngine(Engine):
@@ -196,15 +220,24 @@ class TorchEngine(Engine):
         self.dtype, self.compiled = dtype, compiled
         clip, blip2 = clip.to(dtype).eval(), blip2.to(dtype).eval()
         prefill, step = graphs.decoder_modules(blip2)
-        self.modules = {"clip_image": graphs.ClipImage(clip), "clip_text": graphs.ClipText(clip),
-                        "blip2_image": graphs.Blip2Image(blip2), "blip2_prefill": prefill, "blip2_step": step}
+        self.modules = {
+            "clip_image": graphs.ClipImage(clip),
+            "clip_text": graphs.ClipText(clip),
+            "blip2_image": graphs.Blip2Image(blip2),
+            "blip2_prefill": prefill,
+            "blip2_step": step,
+        }
         if compiled:
             self.modules |= {k: compile_module(self.modules[k]) for k in COMPILED}
             self.text_padding = "max_length"
         precision = "bf16" if dtype == torch.bfloat16 else "fp32"
         self.name, self.precision = ("compile" if compiled else "torch") + f"-{precision}", precision
-        super().__init__(clip_processor, blip2_processor,
-                         blip2.get_input_embeddings().weight.detach().float().numpy(), blip2.config.image_token_id)
+        super().__init__(
+            clip_processor,
+            blip2_processor,
+            blip2.get_input_embeddings().weight.detach().float().numpy(),
+            blip2.config.image_token_id,
+        )
 
     def tensor(self, array):
         """NumPy -> torch without a copy; floating point in the engine's dtype."""
@@ -235,8 +268,9 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def step(self, inputs_embeds, attention_mask, keys, values):
-        logits, keys, values = self.modules["blip2_step"](self.tensor(inputs_embeds), self.tensor(attention_mask),
-                                                          keys, values)
+        logits, keys, values = self.modules["blip2_step"](
+            self.tensor(inputs_embeds), self.tensor(attention_mask), keys, values
+        )
         return logits.float().numpy(), keys, values
 
 
@@ -260,10 +294,17 @@ def load(name=DEFAULT_ENGINE, clip_name="tiny", blip2_name="tiny", onnx_dir=None
     if name.startswith("onnx"):
         folder = Path(onnx_dir or graphs.default_dir(clip_name, blip2_name))
         if not graphs.is_exported(folder):
-            raise UserError(f"no complete ONNX export of clip={clip_name} blip2={blip2_name} in {folder}: run "
-                            "`make export` or python -m stage3_moderation.export_onnx")
-        return OnnxEngine(folder, zoo.load_processor(clip_name, "clip"), zoo.load_processor(blip2_name, "blip2"),
-                          precision=name.split("-")[1], threads=threads)
+            raise UserError(
+                f"no complete ONNX export of clip={clip_name} blip2={blip2_name} in {folder}: run "
+                "`make export` or python -m stage3_moderation.export_onnx"
+            )
+        return OnnxEngine(
+            folder,
+            zoo.load_processor(clip_name, "clip"),
+            zoo.load_processor(blip2_name, "blip2"),
+            precision=name.split("-")[1],
+            threads=threads,
+        )
     if threads:
         torch.set_num_threads(threads)
     clip, clip_processor = zoo.load_clip(clip_name, "cpu")

@@ -4,6 +4,7 @@ Framework-free: the FastAPI app (app.py) and any other front end turn an `ApiErr
 the few other exceptions `as_api_error` knows) into a response with this body, so a client
 gets one error shape from every endpoint, for every status.
 """
+
 import asyncio
 from typing import Optional
 

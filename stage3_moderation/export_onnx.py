@@ -29,6 +29,7 @@ ShapesWorld test split.
     python -m stage3_moderation.export_onnx --clip openai/clip-vit-base-patch32 \\
         --blip2 Salesforce/blip2-opt-2.7b --out outputs/onnx/real
 """
+
 import contextlib
 import io
 import logging
@@ -43,8 +44,16 @@ from curriculum import cli, shapesworld, zoo
 from stage1_demos.blip2_caption import GREEDY, caption_images
 from stage1_demos.clip_retrieval import embed_images, embed_texts
 from stage3_moderation.engines import OnnxEngine
-from stage3_moderation.graphs import (EMBED_TOKENS, MANIFEST, Blip2Image, ClipImage, ClipText, decoder_modules, default_dir,
-                                      is_exported)
+from stage3_moderation.graphs import (
+    EMBED_TOKENS,
+    MANIFEST,
+    Blip2Image,
+    ClipImage,
+    ClipText,
+    decoder_modules,
+    default_dir,
+    is_exported,
+)
 
 OPSET = 18
 PARITY_COSINE = 0.9999
@@ -54,8 +63,9 @@ log = logging.getLogger("stage3_moderation")
 def example_inputs(clip_processor, blip2, blip2_processor, prefill):
     """Two-row inputs for tracing; dynamic axes make every batch size and length legal later."""
     images = [s.image for s in shapesworld.generate("test", 2)]
-    text = clip_processor(text=["a red circle", "a large blue square in the top left"], padding=True,
-                          return_tensors="pt")
+    text = clip_processor(
+        text=["a red circle", "a large blue square in the top left"], padding=True, return_tensors="pt"
+    )
     clip_pixels = clip_processor(images=images, return_tensors="pt").pixel_values
     blip2_pixels = blip2_processor(images=images, return_tensors="pt").pixel_values
     embed = blip2.get_input_embeddings()
@@ -70,15 +80,24 @@ def example_inputs(clip_processor, blip2, blip2_processor, prefill):
     batch, tokens, past = torch.export.Dim("batch"), torch.export.Dim("tokens"), torch.export.Dim("past")
     batch_tokens = {0: batch, 1: tokens}
     cache_axes = {1: batch, 3: past}
-    return {"clip_image": ((clip_pixels,), {"pixel_values": {0: batch}}),
-            "clip_text": ((text.input_ids, text.attention_mask),
-                          {"input_ids": batch_tokens, "attention_mask": batch_tokens}),
-            "blip2_image": ((blip2_pixels,), {"pixel_values": {0: batch}}),
-            "blip2_prefill": ((prompt, mask), {"inputs_embeds": batch_tokens, "attention_mask": batch_tokens}),
-            "blip2_step": ((embed(torch.tensor([[5], [6]])), torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
-                            keys, values),
-                           {"inputs_embeds": {0: batch}, "attention_mask": {0: batch, 1: past + 1},
-                            "past_keys": cache_axes, "past_values": cache_axes})}
+    return {
+        "clip_image": ((clip_pixels,), {"pixel_values": {0: batch}}),
+        "clip_text": (
+            (text.input_ids, text.attention_mask),
+            {"input_ids": batch_tokens, "attention_mask": batch_tokens},
+        ),
+        "blip2_image": ((blip2_pixels,), {"pixel_values": {0: batch}}),
+        "blip2_prefill": ((prompt, mask), {"inputs_embeds": batch_tokens, "attention_mask": batch_tokens}),
+        "blip2_step": (
+            (embed(torch.tensor([[5], [6]])), torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1), keys, values),
+            {
+                "inputs_embeds": {0: batch},
+                "attention_mask": {0: batch, 1: past + 1},
+                "past_keys": cache_axes,
+                "past_values": cache_axes,
+            },
+        ),
+    }
 
 
 def export_graph(module, args, axes, path, outputs=("output",)):
@@ -87,11 +106,23 @@ def export_graph(module, args, axes, path, outputs=("output",)):
     its chatter goes to the debug log."""
     chatter = io.StringIO()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
-    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), torch.no_grad(), \
-            warnings.catch_warnings():
+    with (
+        contextlib.redirect_stdout(chatter),
+        contextlib.redirect_stderr(chatter),
+        torch.no_grad(),
+        warnings.catch_warnings(),
+    ):
         warnings.filterwarnings("ignore", message="# The axis name")  # one Dim on two inputs: by design
-        torch.onnx.export(module.eval(), args, str(path), input_names=list(axes), output_names=outputs,
-                          dynamic_shapes=axes, opset_version=OPSET, dynamo=True)
+        torch.onnx.export(
+            module.eval(),
+            args,
+            str(path),
+            input_names=list(axes),
+            output_names=outputs,
+            dynamic_shapes=axes,
+            opset_version=OPSET,
+            dynamo=True,
+        )
     log.debug(chatter.getvalue())
 
 
@@ -126,13 +157,17 @@ def parity(folder, clip, clip_processor, blip2, blip2_processor, n, precision="f
     blip2_pixels = blip2_processor(images=images[:16], return_tensors="pt").pixel_values
     reference = caption_images(blip2, blip2_processor, images, [""] * n, GREEDY, batch_size=32)
     captions = engine.caption_images(images)
-    return {"precision": precision, "n": n,
-            "clip_image_cosine": min_cosine(engine.embed_images(images), embed_images(clip, clip_processor, images)),
-            "clip_text_cosine": min_cosine(engine.embed_texts(texts), embed_texts(clip, clip_processor, texts)),
-            "blip2_image_cosine": min_cosine(engine.blip2_queries(blip2_pixels.numpy()),
-                                             Blip2Image(blip2)(blip2_pixels).numpy()),
-            "captions_identical": sum(a == b for a, b in zip(captions, reference)),
-            "examples": [{"onnx": a, "torch": b} for a, b in list(zip(captions, reference))[:3]]}
+    return {
+        "precision": precision,
+        "n": n,
+        "clip_image_cosine": min_cosine(engine.embed_images(images), embed_images(clip, clip_processor, images)),
+        "clip_text_cosine": min_cosine(engine.embed_texts(texts), embed_texts(clip, clip_processor, texts)),
+        "blip2_image_cosine": min_cosine(
+            engine.blip2_queries(blip2_pixels.numpy()), Blip2Image(blip2)(blip2_pixels).numpy()
+        ),
+        "captions_identical": sum(a == b for a, b in zip(captions, reference)),
+        "examples": [{"onnx": a, "torch": b} for a, b in list(zip(captions, reference))[:3]],
+    }
 
 
 def passes(report):
@@ -148,8 +183,13 @@ def export(clip_name="tiny", blip2_name="tiny", out=None, n=100, int8=True):
     blip2, blip2_processor = zoo.load_blip2(blip2_name, "cpu")
     clip, blip2 = clip.float(), blip2.float()  # export fp32; int8 and bf16 are derived from it
     prefill, step = decoder_modules(blip2)
-    modules = {"clip_image": ClipImage(clip), "clip_text": ClipText(clip), "blip2_image": Blip2Image(blip2),
-               "blip2_prefill": prefill, "blip2_step": step}
+    modules = {
+        "clip_image": ClipImage(clip),
+        "clip_text": ClipText(clip),
+        "blip2_image": Blip2Image(blip2),
+        "blip2_prefill": prefill,
+        "blip2_step": step,
+    }
     timings = {}
     for name, (args, axes) in example_inputs(clip_processor, blip2, blip2_processor, prefill).items():
         start = time.perf_counter()
@@ -161,11 +201,18 @@ def export(clip_name="tiny", blip2_name="tiny", out=None, n=100, int8=True):
     np.save(out / EMBED_TOKENS, blip2.get_input_embeddings().weight.detach().numpy())
     # written twice: the engine under test reads image_token_id (where the greedy loop writes the
     # image queries) from it; only the second write, with the parity verdict, marks the export done
-    manifest = {"clip": clip_name, "blip2": blip2_name, "opset": OPSET, "export_seconds": timings,
-                "image_token_id": blip2.config.image_token_id}
+    manifest = {
+        "clip": clip_name,
+        "blip2": blip2_name,
+        "opset": OPSET,
+        "export_seconds": timings,
+        "image_token_id": blip2.config.image_token_id,
+    }
     cli.write_json(manifest, out / MANIFEST)
-    manifest["parity"] = [parity(out, clip, clip_processor, blip2, blip2_processor, n, p)
-                          for p in (("fp32", "int8") if int8 else ("fp32",))]
+    manifest["parity"] = [
+        parity(out, clip, clip_processor, blip2, blip2_processor, n, p)
+        for p in (("fp32", "int8") if int8 else ("fp32",))
+    ]
     manifest["fp32_parity_ok"] = passes(manifest["parity"][0])
     cli.write_json(manifest, out / MANIFEST)
     return manifest
@@ -176,8 +223,9 @@ def ensure_exported(clip_name="tiny", blip2_name="tiny", folder=None):
     and the benchmark call this before they load an ONNX engine."""
     folder = Path(folder or default_dir(clip_name, blip2_name))
     if not is_exported(folder):
-        log.warning("no complete ONNX export of clip=%s blip2=%s in %s: exporting now (once)", clip_name, blip2_name,
-                    folder)
+        log.warning(
+            "no complete ONNX export of clip=%s blip2=%s in %s: exporting now (once)", clip_name, blip2_name, folder
+        )
         export(clip_name, blip2_name, folder, n=16)
     return folder
 
@@ -187,8 +235,10 @@ def print_report(manifest):
     print("export seconds: " + ", ".join(f"{k} {v}" for k, v in manifest["export_seconds"].items()))
     print(f"\n{'precision':<10}{'clip image cos':>16}{'clip text cos':>15}{'blip2 image cos':>17}{'captions same':>15}")
     for r in manifest["parity"]:
-        print(f"{r['precision']:<10}{r['clip_image_cosine']:>16.6f}{r['clip_text_cosine']:>15.6f}"
-              f"{r['blip2_image_cosine']:>17.6f}{r['captions_identical']:>10}/{r['n']}")
+        print(
+            f"{r['precision']:<10}{r['clip_image_cosine']:>16.6f}{r['clip_text_cosine']:>15.6f}"
+            f"{r['blip2_image_cosine']:>17.6f}{r['captions_identical']:>10}/{r['n']}"
+        )
     for e in manifest["parity"][0]["examples"]:
         print(f"  onnx:  {e['onnx']}\n  torch: {e['torch']}")
     verdict = "PASS" if manifest["fp32_parity_ok"] else "FAIL"

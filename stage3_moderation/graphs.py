@@ -6,6 +6,7 @@ The language model in the two decoder graphs is week 4's from-scratch `Decoder` 
 OPT there) with week 5's KV cache: its cache is a list of tensors, so it crosses the graph
 boundary as two inputs and two outputs, where transformers' Cache objects would not.
 """
+
 import json
 from pathlib import Path
 
@@ -33,9 +34,11 @@ def is_exported(folder):
     """All graphs there, and a manifest with the parity verdict: an interrupted export, or one
     from before the manifest recorded image_token_id, is redone."""
     folder = Path(folder)
-    return ((folder / MANIFEST).exists()
-            and {"fp32_parity_ok", "image_token_id"} <= json.loads((folder / MANIFEST).read_text()).keys()
-            and all((folder / f"{g}.onnx").exists() for g in GRAPHS))
+    return (
+        (folder / MANIFEST).exists()
+        and {"fp32_parity_ok", "image_token_id"} <= json.loads((folder / MANIFEST).read_text()).keys()
+        and all((folder / f"{g}.onnx").exists() for g in GRAPHS)
+    )
 
 
 # ---------------------------------------------------------------- the modules

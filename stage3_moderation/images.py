@@ -19,6 +19,7 @@ headers), so the service can refuse or queue a request before it spends memory o
 compositing, frames larger than `JUDGED_SIDE` are shrunk (every model here reads 224-336 px),
 so what waits in the batchers' queues is at most 512² × 3 bytes per frame.
 """
+
 import hashlib
 import io
 from dataclasses import dataclass
@@ -41,13 +42,21 @@ JUDGED_SIDE = 512
 SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 T = Image.Transpose  # EXIF orientation tag -> the transposition that shows the picture upright
-ORIENTATIONS = {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE, 6: T.ROTATE_270,
-                7: T.TRANSVERSE, 8: T.ROTATE_90}
+ORIENTATIONS = {
+    2: T.FLIP_LEFT_RIGHT,
+    3: T.ROTATE_180,
+    4: T.FLIP_TOP_BOTTOM,
+    5: T.TRANSPOSE,
+    6: T.ROTATE_270,
+    7: T.TRANSVERSE,
+    8: T.ROTATE_90,
+}
 
 
 @dataclass
 class Probe:
     """What the headers say, before any pixel is decoded."""
+
     format: str
     width: int
     height: int
@@ -63,6 +72,7 @@ class Frame:
     """One picture as the viewer sees it: RGB on the white background, at most JUDGED_SIDE a side.
     key: the sha256 of its pixels, so the same picture (in any encoding, or a GIF's repeated
     frames) is computed once."""
+
     image: Image.Image
     key: str
 
@@ -76,8 +86,11 @@ def open_image(data, param):
     except Image.DecompressionBombError as e:  # Pillow's own, far higher, limit
         raise BadInput(f"the image is too large: {e}", status=413, param=param, code="image_too_large") from None
     except Exception:  # every decoder has its own ways to fail on bad bytes (OSError, SyntaxError, struct.error, ...)
-        raise BadInput(f"the bytes are not a {FORMAT_NAMES} image (the formats a browser shows), "
-                       "or their header is corrupt", param=param, code="invalid_image") from None
+        raise BadInput(
+            f"the bytes are not a {FORMAT_NAMES} image (the formats a browser shows), or their header is corrupt",
+            param=param,
+            code="invalid_image",
+        ) from None
 
 
 def probe(data, limits, param, declared=None, all_frames=True):
@@ -86,24 +99,40 @@ def probe(data, limits, param, declared=None, all_frames=True):
     image = open_image(data, param)
     shown = SHOWN_AS.get(image.format, image.format)
     if declared not in UNDECLARED and declared != FORMATS[shown]:
-        raise BadInput(f"the image is declared as {declared} but its bytes are {shown} "
-                       f"({FORMATS[shown]}): send the type that matches", param=param, code="mime_mismatch")
+        raise BadInput(
+            f"the image is declared as {declared} but its bytes are {shown} "
+            f"({FORMATS[shown]}): send the type that matches",
+            param=param,
+            code="mime_mismatch",
+        )
     width, height = image.size
     if width * height > limits.max_image_pixels:
-        raise BadInput(f"the image is {width}×{height} = {width * height:,} pixels; the limit is "
-                       f"{limits.max_image_pixels:,}", status=413, param=param, code="image_too_large")
+        raise BadInput(
+            f"the image is {width}×{height} = {width * height:,} pixels; the limit is {limits.max_image_pixels:,}",
+            status=413,
+            param=param,
+            code="image_too_large",
+        )
     if max(width, height) > limits.max_aspect_ratio * min(width, height):
-        raise BadInput(f"the image is {width}×{height}: sides more than {limits.max_aspect_ratio:g}:1 apart",
-                       param=param, code="invalid_image")
+        raise BadInput(
+            f"the image is {width}×{height}: sides more than {limits.max_aspect_ratio:g}:1 apart",
+            param=param,
+            code="invalid_image",
+        )
     try:
         animated = all_frames and image.format not in SHOWN_AS
         frames = getattr(image, "n_frames", 1) if animated else 1  # GIF: a scan of the blocks, no decoding
     except Exception:
-        raise BadInput("the animation's frames could not be read (corrupt or truncated)", param=param,
-                       code="invalid_image") from None
+        raise BadInput(
+            "the animation's frames could not be read (corrupt or truncated)", param=param, code="invalid_image"
+        ) from None
     if frames > limits.max_frames:
-        raise BadInput(f"the animation has {frames} frames; the limit is {limits.max_frames} per request",
-                       status=413, param=param, code="too_many_frames")
+        raise BadInput(
+            f"the animation has {frames} frames; the limit is {limits.max_frames} per request",
+            status=413,
+            param=param,
+            code="too_many_frames",
+        )
     return Probe(shown, width, height, frames)
 
 
@@ -148,6 +177,7 @@ def decode(data, limits, param="image", all_frames=True):
     except (BadInput, MemoryError):
         raise
     except Exception as e:  # Pillow's decoders raise many types on malformed data
-        raise BadInput(f"the image could not be decoded (corrupt or truncated): {e}",
-                       param=param, code="invalid_image") from None
+        raise BadInput(
+            f"the image could not be decoded (corrupt or truncated): {e}", param=param, code="invalid_image"
+        ) from None
     return [Frame(shown, key) for key, shown in frames.items()]

@@ -14,6 +14,7 @@ client sends is checked before a model sees it and before any pixel is decoded:
   can claim 50,000 × 50,000 pixels: a decompression bomb), per image and summed per request.
 Decoding itself happens later (images.decode), once the service has room for the request.
 """
+
 import base64
 import binascii
 from dataclasses import dataclass, field
@@ -39,12 +40,14 @@ class Limits:
 
 
 # ---------------------------------------------------------------- the JSON bodies (OpenAI's shapes)
-EXAMPLE_IMAGE = ("data:image/png;base64,"  # a 16×16 ShapesWorld red cross: for /docs and schemathesis
-                 "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAA+klEQVR42u2Qu0oDURiEZ87m7LIhYiQRVMQn0MJLKdjZWQhp"
-                 "7CxSCPY2vo6VBMTCUgsfQBCUkEpsFuMxJEKy5uzl/FZ2uxJ7v374ZobGRCAlTZOHR0msv7GuFupwDiUoAAwDZPnw7HzQPs1e"
-                 "XlWtBrIsUKGn4s510u2JtdB60rlKn56rrUNWw0IPP0bv5uj46+7eazaglIw+WZ9fur1RzQbyvMAAEX97U8Cs25Mk8Xe2vLVV"
-                 "ag2Rwko0JoKv3WDY3z/I3/qLlxfh3q6L49INAJBl1HrupO3G48rKsliLcmhMBAAkgwCkWPvLpz8GACIynWIGFP7If2AWvgHO"
-                 "mmPUG+9OgwAAAABJRU5ErkJggg==")
+EXAMPLE_IMAGE = (
+    "data:image/png;base64,"  # a 16×16 ShapesWorld red cross: for /docs and schemathesis
+    "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAA+klEQVR42u2Qu0oDURiEZ87m7LIhYiQRVMQn0MJLKdjZWQhp"
+    "7CxSCPY2vo6VBMTCUgsfQBCUkEpsFuMxJEKy5uzl/FZ2uxJ7v374ZobGRCAlTZOHR0msv7GuFupwDiUoAAwDZPnw7HzQPs1e"
+    "XlWtBrIsUKGn4s510u2JtdB60rlKn56rrUNWw0IPP0bv5uj46+7eazaglIw+WZ9fur1RzQbyvMAAEX97U8Cs25Mk8Xe2vLVV"
+    "ag2Rwko0JoKv3WDY3z/I3/qLlxfh3q6L49INAJBl1HrupO3G48rKsliLcmhMBAAkgwCkWPvLpz8GACIynWIGFP7If2AWvgHO"
+    "mmPUG+9OgwAAAABJRU5ErkJggg=="
+)
 
 
 class Strict(BaseModel):
@@ -58,9 +61,11 @@ class TextPart(Strict):
 
 class ImageURL(Strict):
     # the pattern is documentation only: read_data_url explains a refusal better than pydantic would
-    url: str = Field(description="a data URL, data:image/png;base64,... (PNG, JPEG, GIF, WebP or BMP); "
-                                 "remote URLs are refused", examples=[EXAMPLE_IMAGE],
-                     json_schema_extra={"pattern": "^data:"})
+    url: str = Field(
+        description="a data URL, data:image/png;base64,... (PNG, JPEG, GIF, WebP or BMP); remote URLs are refused",
+        examples=[EXAMPLE_IMAGE],
+        json_schema_extra={"pattern": "^data:"},
+    )
 
 
 class ImagePart(Strict):
@@ -70,39 +75,56 @@ class ImagePart(Strict):
 
 Part = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
 Input = Union[str, Annotated[list[str], Field(min_length=1)], Annotated[list[Part], Field(min_length=1)]]
-INPUT_DOC = ("a string, a list of strings (one result each), or a list of text / image_url parts; at most "
-             "MODERATION_MAX_INPUTS (32) entries of MODERATION_MAX_TEXT_CHARS (10,000) characters")
+INPUT_DOC = (
+    "a string, a list of strings (one result each), or a list of text / image_url parts; at most "
+    "MODERATION_MAX_INPUTS (32) entries of MODERATION_MAX_TEXT_CHARS (10,000) characters"
+)
 MODEL_DOC = "the served model, as each response's `model` names it; any other name is 404 model_not_found"
 
 
-EXAMPLE_PARTS = [{"type": "text", "text": "a large red cross"},
-                 {"type": "image_url", "image_url": {"url": EXAMPLE_IMAGE}}]
+EXAMPLE_PARTS = [
+    {"type": "text", "text": "a large red cross"},
+    {"type": "image_url", "image_url": {"url": EXAMPLE_IMAGE}},
+]
 
 
 class ModerationRequest(Strict):
     """OpenAI's moderation request. Typed parts form one input: their texts joined, at most one image."""
-    model_config = ConfigDict(json_schema_extra={"examples": [{"input": "free money at www.example.com"},
-                                                              {"input": EXAMPLE_PARTS}]})
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"input": "free money at www.example.com"}, {"input": EXAMPLE_PARTS}]}
+    )
     input: Input = Field(description=INPUT_DOC)
     model: Optional[str] = Field(None, description=MODEL_DOC)
 
 
 class EmbeddingRequest(Strict):
     """OpenAI's embedding request; every text and image (part) gets its own vector."""
-    model_config = ConfigDict(json_schema_extra={"examples": [{"input": ["a red cross", "a blue circle"]},
-                                                              {"input": EXAMPLE_PARTS, "encoding_format": "base64",
-                                                               "dimensions": 16}]})
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"input": ["a red cross", "a blue circle"]},
+                {"input": EXAMPLE_PARTS, "encoding_format": "base64", "dimensions": 16},
+            ]
+        }
+    )
     input: Input = Field(description=INPUT_DOC)
     model: Optional[str] = Field(None, description=MODEL_DOC)
     encoding_format: Literal["float", "base64"] = Field(
-        "float", description="base64: the little-endian float32 bytes of each vector, base64-encoded (as OpenAI)")
-    dimensions: Optional[int] = Field(None, ge=1, description="keep the first N dimensions and renormalise "
-                                                              "(as OpenAI's text-embedding-3); at most the model's")
+        "float", description="base64: the little-endian float32 bytes of each vector, base64-encoded (as OpenAI)"
+    )
+    dimensions: Optional[int] = Field(
+        None,
+        ge=1,
+        description="keep the first N dimensions and renormalise (as OpenAI's text-embedding-3); at most the model's",
+    )
     user: Optional[str] = Field(None, description="an end-user id, accepted as OpenAI does (not stored)")
 
 
 class CaptionRequest(Strict):
     """BLIP-2 captions, one per image part."""
+
     model_config = ConfigDict(json_schema_extra={"examples": [{"input": EXAMPLE_PARTS[1:]}]})
     input: Annotated[list[ImagePart], Field(min_length=1)] = Field(description="image_url parts")
     model: Optional[str] = Field(None, description=MODEL_DOC)
@@ -127,6 +149,7 @@ def file_part(schema):
 
 class ModerationForm(Strict):
     """An image, a text, or both: one input."""
+
     model_config = ConfigDict(json_schema_extra=TEXT_OR_IMAGE)
     image: Union[bytes, SkipJsonSchema[None]] = Field(None, description=IMAGE_DOC, json_schema_extra=file_part)
     text: Union[str, SkipJsonSchema[None]] = Field(None, json_schema_extra=left_out)
@@ -135,6 +158,7 @@ class ModerationForm(Strict):
 
 class EmbeddingForm(ModerationForm):
     """An image, a text, or both: a vector for each."""
+
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Union[Annotated[int, Field(ge=1)], SkipJsonSchema[None]] = Field(None, json_schema_extra=left_out)
     user: Union[str, SkipJsonSchema[None]] = Field(None, json_schema_extra=left_out)
@@ -149,6 +173,7 @@ class CaptionForm(Strict):
 class Endpoint:
     """How an endpoint reads its body: its JSON and form models, whether typed parts form one
     input, and whether an animation counts with all its frames or its first."""
+
     json: type
     form: type
     combine_parts: bool
@@ -165,6 +190,7 @@ REQUEST_MODELS = (ModerationRequest, EmbeddingRequest, CaptionRequest, Moderatio
 @dataclass
 class Upload:
     """An image as sent: its bytes and what its header says (nothing decoded yet)."""
+
     data: bytes
     probe: images.Probe
     param: str
@@ -173,6 +199,7 @@ class Upload:
 @dataclass
 class Item:
     """One thing to judge: a text, an image, or both; frames are filled in by decoding."""
+
     text: Optional[str] = None
     image: Optional[Upload] = None
     frames: list = field(default_factory=list)
@@ -191,8 +218,12 @@ class Parsed:
 # ---------------------------------------------------------------- checks
 def check_text(text, limits, param):
     if len(text) > limits.max_text_chars:
-        raise BadInput(f"{param} is {len(text):,} characters; the limit is {limits.max_text_chars:,}",
-                       status=413, param=param, code="text_too_long")
+        raise BadInput(
+            f"{param} is {len(text):,} characters; the limit is {limits.max_text_chars:,}",
+            status=413,
+            param=param,
+            code="text_too_long",
+        )
     return text
 
 
@@ -207,10 +238,15 @@ def validation_message(error, model):
         return 'the body must be a JSON object like {"input": "some text"}'
     if deepest["type"] == "extra_forbidden":
         return f"unknown field {loc[-1]!r}: this endpoint takes {', '.join(model.model_fields)}"
-    if loc[0] == "input" and not any(isinstance(part, int) for part in loc) and deepest["type"] not in (
-            "missing", "too_short"):
-        return ('input must be a string, a list of strings, or a list of {"type": "text", ...} / '
-                f'{{"type": "image_url", ...}} parts; got {type(deepest["input"]).__name__}')
+    if (
+        loc[0] == "input"
+        and not any(isinstance(part, int) for part in loc)
+        and deepest["type"] not in ("missing", "too_short")
+    ):
+        return (
+            'input must be a string, a list of strings, or a list of {"type": "text", ...} / '
+            f'{{"type": "image_url", ...}} parts; got {type(deepest["input"]).__name__}'
+        )
     # drop pydantic's names for the union branches and the part's tag: input.0.image_url.url, not
     # input.list[tagged-union[...]].0.image_url.image_url.url
     path = [p for p in loc if not str(p).startswith(("list[", "str", "function", "tagged-union"))]
@@ -223,23 +259,34 @@ def validate(model, value, json=False):
         return model.model_validate_json(value) if json else model.model_validate(value)
     except ValidationError as e:
         invalid_json = e.errors()[0]["type"] == "json_invalid"
-        raise BadInput(validation_message(e, model), code="invalid_json" if invalid_json else "invalid_request",
-                       param=None if invalid_json else "input") from None
+        raise BadInput(
+            validation_message(e, model),
+            code="invalid_json" if invalid_json else "invalid_request",
+            param=None if invalid_json else "input",
+        ) from None
 
 
 def read_data_url(url, param):
     """data:image/png;base64,<payload> -> (bytes, declared MIME type); anything else is refused with the reason."""
     if not url.startswith("data:"):
-        raise BadInput("image_url must be a data URL (data:image/png;base64,...): the server does not "
-                       "fetch remote URLs", param=param, code="invalid_image_url")
+        raise BadInput(
+            "image_url must be a data URL (data:image/png;base64,...): the server does not fetch remote URLs",
+            param=param,
+            code="invalid_image_url",
+        )
     header, comma, payload = url.partition(",")
     declared, *options = header.removeprefix("data:").split(";")
     if not comma or not options or options[-1] != "base64":
-        raise BadInput("a data URL must look like data:image/png;base64,<base64 bytes>",
-                       param=param, code="invalid_image_url")
+        raise BadInput(
+            "a data URL must look like data:image/png;base64,<base64 bytes>", param=param, code="invalid_image_url"
+        )
     if declared not in images.FORMATS.values():
-        raise BadInput(f"a data URL of type {declared or '(none)'!r} is not an image a browser shows: use "
-                       f"{', '.join(images.FORMATS.values())}", param=param, code="unsupported_image_type")
+        raise BadInput(
+            f"a data URL of type {declared or '(none)'!r} is not an image a browser shows: use "
+            f"{', '.join(images.FORMATS.values())}",
+            param=param,
+            code="unsupported_image_type",
+        )
     try:
         return base64.b64decode(payload, validate=True), declared
     except (binascii.Error, ValueError):
@@ -250,12 +297,16 @@ def read_data_url(url, param):
 def from_json(body, endpoint, limits):
     """JSON body -> (the validated request, its Items)."""
     if not body.strip():
-        raise BadInput("the request body is empty: send JSON like {\"input\": \"some text\"}", code="empty_body")
+        raise BadInput('the request body is empty: send JSON like {"input": "some text"}', code="empty_body")
     request = validate(endpoint.json, body, json=True)
     entries = [request.input] if isinstance(request.input, str) else request.input
     if len(entries) > limits.max_inputs:
-        raise BadInput(f"input has {len(entries)} entries; the limit is {limits.max_inputs}",
-                       status=413, param="input", code="too_many_inputs")
+        raise BadInput(
+            f"input has {len(entries)} entries; the limit is {limits.max_inputs}",
+            status=413,
+            param="input",
+            code="too_many_inputs",
+        )
     items = []
     for i, entry in enumerate(entries):
         param = "input" if isinstance(request.input, str) else f"input[{i}]"
@@ -263,8 +314,9 @@ def from_json(body, endpoint, limits):
             items.append(Item(text=check_text(entry if isinstance(entry, str) else entry.text, limits, param)))
         else:
             data, declared = read_data_url(entry.image_url.url, param)
-            items.append(Item(image=Upload(data, images.probe(data, limits, param, declared, endpoint.all_frames),
-                                           param)))
+            items.append(
+                Item(image=Upload(data, images.probe(data, limits, param, declared, endpoint.all_frames), param))
+            )
     if endpoint.combine_parts and not isinstance(entries[0], str):
         items = [combine(items)]
     return request, items
@@ -306,13 +358,18 @@ def read_multipart(body, content_type):
     for headers, data in parts:
         kind, disposition = parse_options_header(headers.get(b"content-disposition", b""))
         if kind != b"form-data" or b"name" not in disposition:
-            raise BadInput("every multipart part needs Content-Disposition: form-data; name=...",
-                           code="invalid_multipart")
+            raise BadInput(
+                "every multipart part needs Content-Disposition: form-data; name=...", code="invalid_multipart"
+            )
         filename = disposition.get(b"filename")
-        declared = parse_options_header(headers[b"content-type"])[0].decode("latin-1") \
-            if b"content-type" in headers else None
-        form.append(FormPart(disposition[b"name"].decode("latin-1"), filename and filename.decode("latin-1"),
-                             declared, bytes(data)))
+        declared = (
+            parse_options_header(headers[b"content-type"])[0].decode("latin-1") if b"content-type" in headers else None
+        )
+        form.append(
+            FormPart(
+                disposition[b"name"].decode("latin-1"), filename and filename.decode("latin-1"), declared, bytes(data)
+            )
+        )
     return form
 
 
@@ -321,8 +378,9 @@ def from_multipart(body, content_type, endpoint, limits):
     values, upload = {}, None
     for part in read_multipart(body, content_type):
         if part.name in values:
-            raise BadInput(f"the form field {part.name!r} came twice: send one of each", code="invalid_multipart",
-                           param=part.name)
+            raise BadInput(
+                f"the form field {part.name!r} came twice: send one of each", code="invalid_multipart", param=part.name
+            )
         if part.name == "image":
             if part.filename is None:
                 raise BadInput("image must be a file upload: -F image=@picture.png", param="image")
@@ -340,8 +398,9 @@ def from_multipart(body, content_type, endpoint, limits):
         raise BadInput("send an image (-F image=@picture.png), a text (-F text=...) or both", code="empty_body")
     item = Item(text=check_text(values["text"], limits, "text") if "text" in values else None)
     if upload:
-        item.image = Upload(upload.data, images.probe(upload.data, limits, "image", upload.content_type,
-                                                      endpoint.all_frames), "image")
+        item.image = Upload(
+            upload.data, images.probe(upload.data, limits, "image", upload.content_type, endpoint.all_frames), "image"
+        )
     return request, [item]
 
 
@@ -354,17 +413,28 @@ def parse(body, content_type, endpoint, limits):
     elif kind == "multipart/form-data":
         request, items = from_multipart(body, content_type, endpoint, limits)
     else:
-        raise BadInput(f"unsupported content type {kind or '(none)'!r}: send application/json or "
-                       "multipart/form-data", status=415, code="unsupported_media_type")
+        raise BadInput(
+            f"unsupported content type {kind or '(none)'!r}: send application/json or multipart/form-data",
+            status=415,
+            code="unsupported_media_type",
+        )
     parsed = Parsed(items, request)
     frames = sum(item.image.probe.frames for item in items if item.image)
     if frames > limits.max_frames:
-        raise BadInput(f"the request's images hold {frames} frames (an animation counts each); the limit is "
-                       f"{limits.max_frames}", status=413, param="input", code="too_many_frames")
+        raise BadInput(
+            f"the request's images hold {frames} frames (an animation counts each); the limit is {limits.max_frames}",
+            status=413,
+            param="input",
+            code="too_many_frames",
+        )
     if parsed.pixels > limits.max_request_pixels:
-        raise BadInput(f"the request's images decode to {parsed.pixels:,} pixels (width × height × frames, "
-                       f"summed); the limit is {limits.max_request_pixels:,}", status=413, param="input",
-                       code="request_too_large")
+        raise BadInput(
+            f"the request's images decode to {parsed.pixels:,} pixels (width × height × frames, "
+            f"summed); the limit is {limits.max_request_pixels:,}",
+            status=413,
+            param="input",
+            code="request_too_large",
+        )
     return parsed
 
 
@@ -372,7 +442,8 @@ def combine(items):
     """Typed parts form one input (as in OpenAI's API): texts joined, at most one image."""
     uploads = [i.image for i in items if i.image is not None]
     if len(uploads) > 1:
-        raise BadInput("one input can hold one image: send a list of requests for more", param="input",
-                       code="too_many_images")
+        raise BadInput(
+            "one input can hold one image: send a list of requests for more", param="input", code="too_many_images"
+        )
     texts = [i.text for i in items if i.text is not None]
     return Item(text="\n".join(texts) if texts else None, image=uploads[0] if uploads else None)

@@ -10,6 +10,7 @@ flight, and latency percentiles are read from every request.
 `large_images_body`, `watch_health` and `memory_mb` measure the other side of load: the heaviest
 requests the limits allow, with /healthz latency and the server's memory watched meanwhile.
 """
+
 import asyncio
 import base64
 import io
@@ -49,9 +50,11 @@ def workload(kind, n, pool=64, seed=0):
     for i in range(n):
         s, url = samples[i % len(samples)], urls[i % len(samples)]
         with_image = kind == "image" or (kind == "mixed" and i % 2 == 0)
-        bodies.append({"input": [{"type": "text", "text": s.caption_en},
-                                 {"type": "image_url", "image_url": {"url": url}}]} if with_image
-                      else {"input": s.caption_en})
+        bodies.append(
+            {"input": [{"type": "text", "text": s.caption_en}, {"type": "image_url", "image_url": {"url": url}}]}
+            if with_image
+            else {"input": s.caption_en}
+        )
     return bodies
 
 
@@ -122,11 +125,19 @@ async def drive(url, bodies, concurrency, headers=None, timeout=120, path="/v1/m
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         seconds = time.perf_counter() - start
     ms = np.array(latencies) * 1000
-    return {"n": len(bodies), "concurrency": concurrency, "ok": statuses.get("200", 0),
-            "errors": len(bodies) - statuses.get("200", 0), "statuses": statuses, "unique_ids": len(ids),
-            "failures": failures[:5], "seconds": round(seconds, 3),
-            "requests_per_s": round(len(bodies) / seconds, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1)}
+    return {
+        "n": len(bodies),
+        "concurrency": concurrency,
+        "ok": statuses.get("200", 0),
+        "errors": len(bodies) - statuses.get("200", 0),
+        "statuses": statuses,
+        "unique_ids": len(ids),
+        "failures": failures[:5],
+        "seconds": round(seconds, 3),
+        "requests_per_s": round(len(bodies) / seconds, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+    }
 
 
 def free_port():
@@ -141,10 +152,27 @@ def server(env=None, port=None, ready_timeout=300, log=None):
     once /readyz says ready, and stops it afterwards. env: extra MODERATION_* variables."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "uvicorn", "--factory", "stage3_moderation.app:create_app",
-               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {}),
-                               stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT if log else subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "stage3_moderation.app:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {}),
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + ready_timeout
         while True:
@@ -168,8 +196,10 @@ def server(env=None, port=None, ready_timeout=300, log=None):
 
 
 def print_result(r):
-    print(f"{r['n']} requests at concurrency {r['concurrency']}: {r['requests_per_s']} req/s, "
-          f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms; {r['ok']} ok, {r['errors']} errors {r['statuses']}")
+    print(
+        f"{r['n']} requests at concurrency {r['concurrency']}: {r['requests_per_s']} req/s, "
+        f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms; {r['ok']} ok, {r['errors']} errors {r['statuses']}"
+    )
 
 
 def main(argv=None):

@@ -1,6 +1,7 @@
 """Week 10: the ASGI middleware around the moderation app: body size, request ids, metrics, and a
 JSON 500 for anything unexpected. Pure ASGI (no BaseHTTPMiddleware), so a route still sees its
 client's http.disconnect and streaming bodies pass through untouched."""
+
 import logging
 import re
 import time

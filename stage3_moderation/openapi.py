@@ -7,6 +7,7 @@ where the $refs point. Errors are documented with their schema for every status 
 bearer scheme comes from FastAPI's HTTPBearer, and operations that need no key under the
 running settings (every one when MODERATION_API_KEYS is unset) say so.
 """
+
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
@@ -32,17 +33,29 @@ HEADERS = {
 
 def request_body(json_model, form_model):
     """openapi_extra for a route that takes either body."""
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": REF.format(model=json_model.__name__)}},
-        "multipart/form-data": {"schema": {"$ref": REF.format(model=form_model.__name__)}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": REF.format(model=json_model.__name__)}},
+                "multipart/form-data": {"schema": {"$ref": REF.format(model=form_model.__name__)}},
+            },
+        }
+    }
 
 
 def errors(*statuses):
     """`responses` for a route: each status with the error schema (JSON whatever the route's own
     type, /metrics' text included) and the headers it always carries."""
     content = {"application/json": {"schema": {"$ref": REF.format(model=ErrorResponse.__name__)}}}
-    return {status: {"content": content, "description": ERRORS[status],
-                     **({"headers": HEADERS[status]} if status in HEADERS else {})} for status in statuses}
+    return {
+        status: {
+            "content": content,
+            "description": ERRORS[status],
+            **({"headers": HEADERS[status]} if status in HEADERS else {}),
+        }
+        for status in statuses
+    }
 
 
 def document(app, settings):
@@ -60,6 +73,7 @@ def document(app, settings):
 
 def install(app, settings):
     """app.openapi() returns `document`, built once."""
+
     def openapi():
         if app.openapi_schema is None:
             app.openapi_schema = document(app, settings)

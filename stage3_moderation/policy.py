@@ -16,6 +16,7 @@ A text rule that matches scores 1.0. The result has OpenAI's moderation shape, p
     python -m stage3_moderation.policy evaluate                 # decisions on generated ShapesWorld cases
     python -m stage3_moderation.policy show data/policies/real-world.yaml
 """
+
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +66,9 @@ def _category(name, spec, where):
         raise UserError(f"{where}: category {name!r} must be a mapping of {', '.join(sorted(CATEGORY_KEYS))}")
     unknown = set(spec) - CATEGORY_KEYS
     if unknown:
-        raise UserError(f"{where}: category {name!r} has unknown keys {sorted(unknown)}; "
-                        f"allowed: {sorted(CATEGORY_KEYS)}")
+        raise UserError(
+            f"{where}: category {name!r} has unknown keys {sorted(unknown)}; allowed: {sorted(CATEGORY_KEYS)}"
+        )
     types = tuple(spec.get("input_types", INPUT_TYPES))
     if not types or set(types) - set(INPUT_TYPES):
         raise UserError(f"{where}: category {name!r} input_types must be a list drawn from {list(INPUT_TYPES)}")
@@ -77,8 +79,9 @@ def _category(name, spec, where):
     if not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
         raise UserError(f"{where}: category {name!r} needs a threshold between -1 and 1 (a CLIP cosine)")
     # a term matches as whole words, with any run of spaces between them
-    rules = [re.compile(r"\b" + r"\s+".join(map(re.escape, t.split())) + r"\b", re.IGNORECASE)
-             for t in spec.get("terms", ())]
+    rules = [
+        re.compile(r"\b" + r"\s+".join(map(re.escape, t.split())) + r"\b", re.IGNORECASE) for t in spec.get("terms", ())
+    ]
     for pattern in spec.get("patterns", ()):
         try:
             rules.append(re.compile(pattern, re.IGNORECASE))
@@ -104,9 +107,13 @@ def load(path=DEFAULT_POLICY):
     unknown = set(spec) - POLICY_KEYS
     if unknown:
         raise UserError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(POLICY_KEYS)}")
-    return Policy(spec.get("name", path.stem), spec.get("description", ""), spec.get("model", "tiny"),
-                  float(spec.get("mismatch_threshold", -1.0)),
-                  tuple(_category(n, c, path) for n, c in spec["categories"].items()))
+    return Policy(
+        spec.get("name", path.stem),
+        spec.get("description", ""),
+        spec.get("model", "tiny"),
+        float(spec.get("mismatch_threshold", -1.0)),
+        tuple(_category(n, c, path) for n, c in spec["categories"].items()),
+    )
 
 
 def decide(policy, text=None, concept_scores=None, caption=None, similarity=None):
@@ -142,8 +149,11 @@ def worst(results):
         return results[0]
     deciding = max(results, key=lambda r: (r["flagged"], max(r["category_scores"].values(), default=0.0)))
     similarities = [r["image_text_similarity"] for r in results if r["image_text_similarity"] is not None]
-    merged = dict(deciding, mismatch=any(r["mismatch"] for r in results),
-                  image_text_similarity=min(similarities) if similarities else None)
+    merged = dict(
+        deciding,
+        mismatch=any(r["mismatch"] for r in results),
+        image_text_similarity=min(similarities) if similarities else None,
+    )
     merged["categories"] = {c: any(r["categories"][c] for r in results) for c in deciding["categories"]}
     merged["category_scores"] = {c: max(r["category_scores"][c] for r in results) for c in deciding["categories"]}
     merged["flagged"] = any(merged["categories"].values()) or merged["mismatch"]
@@ -155,8 +165,10 @@ def truth(policy_name, objects):
     """What the ShapesWorld demo policy should decide for a scene: the categories it contains."""
     if policy_name != "shapesworld-demo":
         raise UserError("`evaluate` knows the truth only for the ShapesWorld demo policy")
-    return {"red_cross": any(o.color == "red" and o.shape == "cross" for o in objects),
-            "purple_cross": any(o.color == "purple" and o.shape == "cross" for o in objects)}
+    return {
+        "red_cross": any(o.color == "red" and o.shape == "cross" for o in objects),
+        "purple_cross": any(o.color == "purple" and o.shape == "cross" for o in objects),
+    }
 
 
 def evaluate(engine, policy, n=300, seed=1):
@@ -182,23 +194,37 @@ def evaluate(engine, policy, n=300, seed=1):
     own = (vectors * texts).sum(-1)
     other = (vectors * np.roll(texts, 1, axis=0)).sum(-1)
     different = [samples[i].caption_en != samples[i - 1].caption_en for i in range(n)]
-    return {"policy": policy.name, "engine": engine.name, "n": n, "seed": seed, "categories": rows,
-            "mismatch": {"threshold": policy.mismatch_threshold,
-                         "false_alarms_on_own_caption": int((own < policy.mismatch_threshold).sum()),
-                         "caught_other_caption": int(((other < policy.mismatch_threshold) & different).sum()),
-                         "other_captions": int(sum(different))}}
+    return {
+        "policy": policy.name,
+        "engine": engine.name,
+        "n": n,
+        "seed": seed,
+        "categories": rows,
+        "mismatch": {
+            "threshold": policy.mismatch_threshold,
+            "false_alarms_on_own_caption": int((own < policy.mismatch_threshold).sum()),
+            "caught_other_caption": int(((other < policy.mismatch_threshold) & different).sum()),
+            "other_captions": int(sum(different)),
+        },
+    }
 
 
 def print_evaluation(result):
-    print(f"policy {result['policy']} on {result['n']} generated ShapesWorld test scenes "
-          f"(seed {result['seed']}, engine {result['engine']})\n")
+    print(
+        f"policy {result['policy']} on {result['n']} generated ShapesWorld test scenes "
+        f"(seed {result['seed']}, engine {result['engine']})\n"
+    )
     print(f"{'category':<16}{'accuracy':>10}{'precision':>11}{'recall':>8}{'tp':>5}{'fp':>5}{'fn':>5}")
     for name, r in result["categories"].items():
-        print(f"{name:<16}{r['accuracy']:>10.3f}{r['precision']:>11.3f}{r['recall']:>8.3f}"
-              f"{r['tp']:>5}{r['fp']:>5}{r['fn']:>5}")
+        print(
+            f"{name:<16}{r['accuracy']:>10.3f}{r['precision']:>11.3f}{r['recall']:>8.3f}"
+            f"{r['tp']:>5}{r['fp']:>5}{r['fn']:>5}"
+        )
     m = result["mismatch"]
-    print(f"\nmismatch (cos < {m['threshold']}): {m['false_alarms_on_own_caption']} false alarms on an image's own "
-          f"caption, {m['caught_other_caption']}/{m['other_captions']} other scenes' captions caught")
+    print(
+        f"\nmismatch (cos < {m['threshold']}): {m['false_alarms_on_own_caption']} false alarms on an image's own "
+        f"caption, {m['caught_other_caption']}/{m['other_captions']} other scenes' captions caught"
+    )
 
 
 def print_policy(policy):

@@ -10,13 +10,15 @@ viewer sees them) and its worst frame decides. One batcher per model stage, beca
 cost very different amounts (a caption is ~40 decoder steps, an embedding one pass) and batch
 best at different sizes.
 """
+
 import asyncio
 from dataclasses import dataclass, field
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from stage3_moderation import batching, policy as policies
+from stage3_moderation import batching
+from stage3_moderation import policy as policies
 from stage3_moderation.batching import all_or_none
 from stage3_moderation.cache import LRUCache
 
@@ -36,19 +38,38 @@ class Metrics:
     def __init__(self):
         self.registry = r = CollectorRegistry()
         self.requests = Counter("moderation_requests", "HTTP requests", ["endpoint", "status"], registry=r)
-        self.latency = Histogram("moderation_request_seconds", "request latency", ["endpoint"], registry=r,
-                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
-        self.batch_size = Histogram("moderation_batch_size", "items per model call", ["stage"], registry=r,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64))
-        self.batch_seconds = Histogram("moderation_batch_seconds", "model call time", ["stage"], registry=r,
-                                       buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.latency = Histogram(
+            "moderation_request_seconds",
+            "request latency",
+            ["endpoint"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.batch_size = Histogram(
+            "moderation_batch_size", "items per model call", ["stage"], registry=r, buckets=(1, 2, 4, 8, 16, 32, 64)
+        )
+        self.batch_seconds = Histogram(
+            "moderation_batch_seconds",
+            "model call time",
+            ["stage"],
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
         self.queue_depth = Gauge("moderation_queue_depth", "items waiting per stage", ["stage"], registry=r)
-        self.dropped = Counter("moderation_dropped_items", "queued items whose request was cancelled, refused or "
-                               "timed out before their batch: removed uncomputed", ["stage"], registry=r)
-        self.disconnects = Counter("moderation_client_disconnects", "requests whose client went away before the "
-                                   "answer: their work was cancelled", registry=r)
-        self.pixels_in_flight = Gauge("moderation_pixels_in_flight", "decoded image pixels held by running "
-                                      "requests", registry=r)
+        self.dropped = Counter(
+            "moderation_dropped_items",
+            "queued items whose request was cancelled, refused or timed out before their batch: removed uncomputed",
+            ["stage"],
+            registry=r,
+        )
+        self.disconnects = Counter(
+            "moderation_client_disconnects",
+            "requests whose client went away before the answer: their work was cancelled",
+            registry=r,
+        )
+        self.pixels_in_flight = Gauge(
+            "moderation_pixels_in_flight", "decoded image pixels held by running requests", registry=r
+        )
         self.cache = Counter("moderation_cache", "cache lookups", ["kind", "result"], registry=r)
 
     def on_batch(self, stage, size, seconds):
@@ -65,11 +86,15 @@ class Moderator:
         options = self.options
         self.metrics = metrics or Metrics()
         self.cache = LRUCache(options.cache_entries, options.cache_bytes)
-        fns = {"clip_image": lambda images: list(engine.embed_images(images)),
-               "clip_text": lambda texts: list(engine.embed_texts(texts)),
-               "caption": engine.caption_images}
-        self.batchers = {s: batching.Batcher(s, fns[s], options.batching[s], self.metrics.on_batch,
-                                             self.metrics.on_drop) for s in STAGES}
+        fns = {
+            "clip_image": lambda images: list(engine.embed_images(images)),
+            "clip_text": lambda texts: list(engine.embed_texts(texts)),
+            "caption": engine.caption_images,
+        }
+        self.batchers = {
+            s: batching.Batcher(s, fns[s], options.batching[s], self.metrics.on_batch, self.metrics.on_drop)
+            for s in STAGES
+        }
         for stage, batcher in self.batchers.items():
             self.metrics.queue_depth.labels(stage).set_function(lambda b=batcher: b.depth)
         self.concepts = dict(zip(policy.concepts, engine.embed_texts(policy.concepts))) if policy.concepts else {}

@@ -5,6 +5,7 @@ a queue shorter than what one request may put in it would answer that request 50
 pixel budget smaller than one allowed request likewise. Such a configuration stops the start
 with one line that names the variables and the fix (`one_line`).
 """
+
 import os
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -13,7 +14,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from curriculum.cli import UserError
-from stage3_moderation import batching, engines, policy as policies
+from stage3_moderation import batching, engines
+from stage3_moderation import policy as policies
 from stage3_moderation.inputs import Limits
 from stage3_moderation.service import STAGES, Options
 
@@ -26,6 +28,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 class Settings(BaseSettings):
     """MODERATION_<FIELD> sets each field, e.g. MODERATION_MAX_QUEUE=512; batching also per stage,
     e.g. MODERATION_CAPTION_MAX_BATCH_SIZE (stages: clip_image, clip_text, caption)."""
+
     model_config = SettingsConfigDict(env_prefix="MODERATION_", env_ignore_empty=True, extra="forbid")
 
     engine: Literal[engines.ENGINES] = engines.DEFAULT_ENGINE
@@ -71,18 +74,24 @@ class Settings(BaseSettings):
         """Combinations that would refuse every request of some allowed shape, forever."""
         most = max(self.max_inputs, self.max_frames)
         if self.max_queue < most:
-            raise ValueError(f"MODERATION_MAX_QUEUE={self.max_queue} is shorter than one request may fill "
-                             f"(MODERATION_MAX_INPUTS={self.max_inputs} texts, MODERATION_MAX_FRAMES="
-                             f"{self.max_frames} frames): such a request would get 503 forever; set it to at "
-                             f"least {most}")
+            raise ValueError(
+                f"MODERATION_MAX_QUEUE={self.max_queue} is shorter than one request may fill "
+                f"(MODERATION_MAX_INPUTS={self.max_inputs} texts, MODERATION_MAX_FRAMES="
+                f"{self.max_frames} frames): such a request would get 503 forever; set it to at "
+                f"least {most}"
+            )
         if self.max_request_pixels < self.max_image_pixels:
-            raise ValueError(f"MODERATION_MAX_REQUEST_PIXELS={self.max_request_pixels:,} is below "
-                             f"MODERATION_MAX_IMAGE_PIXELS={self.max_image_pixels:,}: an allowed image could "
-                             "never be sent")
+            raise ValueError(
+                f"MODERATION_MAX_REQUEST_PIXELS={self.max_request_pixels:,} is below "
+                f"MODERATION_MAX_IMAGE_PIXELS={self.max_image_pixels:,}: an allowed image could "
+                "never be sent"
+            )
         if self.max_pixels_in_flight < self.max_request_pixels:
-            raise ValueError(f"MODERATION_MAX_PIXELS_IN_FLIGHT={self.max_pixels_in_flight:,} is below "
-                             f"MODERATION_MAX_REQUEST_PIXELS={self.max_request_pixels:,}: the largest allowed "
-                             "request would get 503 forever")
+            raise ValueError(
+                f"MODERATION_MAX_PIXELS_IN_FLIGHT={self.max_pixels_in_flight:,} is below "
+                f"MODERATION_MAX_REQUEST_PIXELS={self.max_request_pixels:,}: the largest allowed "
+                "request would get 503 forever"
+            )
         if self.auth_metrics_and_docs and not self.api_keys:
             raise ValueError("MODERATION_AUTH_METRICS_AND_DOCS needs MODERATION_API_KEYS: there is no key to ask for")
         return self
@@ -92,11 +101,16 @@ class Settings(BaseSettings):
         """Settings() from MODERATION_* variables; a MODERATION_ name that is no setting is refused,
         since a typo (MODERATION_MAX_QUEUEE) would otherwise be ignored without a word."""
         prefix = "MODERATION_"
-        unknown = sorted(name for name in os.environ
-                         if name.startswith(prefix) and name[len(prefix):].lower() not in cls.model_fields)
+        unknown = sorted(
+            name
+            for name in os.environ
+            if name.startswith(prefix) and name[len(prefix) :].lower() not in cls.model_fields
+        )
         if unknown:
-            raise UserError(f"unknown setting {', '.join(unknown)}: the settings are MODERATION_ + one of "
-                            f"{', '.join(n.upper() for n in cls.model_fields)}")
+            raise UserError(
+                f"unknown setting {', '.join(unknown)}: the settings are MODERATION_ + one of "
+                f"{', '.join(n.upper() for n in cls.model_fields)}"
+            )
         return cls()
 
     def requires_key(self, path):
@@ -106,14 +120,22 @@ class Settings(BaseSettings):
         return path.startswith("/v1/") or (self.auth_metrics_and_docs and path in OPERATOR_PATHS)
 
     def limits(self):
-        return Limits(self.max_body_bytes, self.max_image_pixels, self.max_aspect_ratio, self.max_text_chars,
-                      self.max_inputs, self.max_frames, self.max_request_pixels)
+        return Limits(
+            self.max_body_bytes,
+            self.max_image_pixels,
+            self.max_aspect_ratio,
+            self.max_text_chars,
+            self.max_inputs,
+            self.max_frames,
+            self.max_request_pixels,
+        )
 
     def options(self):
         def stage(name):
             size, wait = getattr(self, f"{name}_max_batch_size"), getattr(self, f"{name}_max_wait_ms")
-            return batching.Settings(size or self.max_batch_size, self.max_wait_ms if wait is None else wait,
-                                     self.max_queue, self.timeout_s)
+            return batching.Settings(
+                size or self.max_batch_size, self.max_wait_ms if wait is None else wait, self.max_queue, self.timeout_s
+            )
 
         return Options({name: stage(name) for name in STAGES}, cache_entries=self.cache_entries)
 

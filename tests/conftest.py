@@ -1,4 +1,5 @@
 """Shared fixtures. Tests never reach the hub: offline mode is forced before transformers loads."""
+
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"

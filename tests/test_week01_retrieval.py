@@ -37,9 +37,11 @@ def test_colour_shape_queries_return_matching_images_first(gallery):
     for color, shape in itertools.product(sw.COLORS, sw.SHAPES):
         if (color, shape) in sw.HELDOUT_COMBINATIONS:
             continue
+
         def matches(path):
             objects = records[Path(path).name]["labels"]["objects"]
             return any(o["color"] == color and o["shape"] == shape for o in objects)
+
         k = min(3, sum(matches(name) for name in records))
         hits = [matches(r["path"]) for r in cr.search(index_dir, text=f"a {color} {shape}", k=k)["results"]]
         top1.append(hits[0])
@@ -60,8 +62,10 @@ def test_image_query_returns_its_near_duplicates_first(gallery):
 def test_search_json_and_picture(gallery, tmp_path, cli_runner):
     _, index_dir = gallery
     png = tmp_path / "hits.png"
-    code, out, _ = cli_runner(cr.main, ["search", "--index", str(index_dir), "--text", "a green circle",
-                                        "-k", "4", "--json", "--out", str(png)])
+    code, out, _ = cli_runner(
+        cr.main,
+        ["search", "--index", str(index_dir), "--text", "a green circle", "-k", "4", "--json", "--out", str(png)],
+    )
     assert code == 0
     result = json.loads(out)
     assert set(result) == {"query", "results"} and result["query"] == {"text": "a green circle", "lang": "en"}
@@ -111,7 +115,9 @@ def test_real_architecture_path(tmp_path):
     model_dir = tmp_path / "clip-vit-b32-random"
     CLIPModel(config).save_pretrained(model_dir)
     # the OpenAI vocabulary cannot be downloaded here; the tiny BPE stands in (ids < 49408)
-    CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tiny_clip.build_tokenizer(400)).save_pretrained(model_dir)
+    CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tiny_clip.build_tokenizer(400)).save_pretrained(
+        model_dir
+    )
     images = tmp_path / "images"
     sw.export("test", 6, images)
     meta = cr.build_index(images, tmp_path / "index", str(model_dir), "cpu")
@@ -130,14 +136,17 @@ def test_index_skips_unreadable_files_and_counts_them(tmp_path, capsys):
     assert "skipping" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["index", "--images", "/no/such/folder", "--out", "/tmp/x"], "no folder"),
-    (["search", "--index", "{index}", "--text", "  "], "empty --text"),
-    (["search", "--index", "{index}", "--image", "{textfile}"], "not a readable image"),
-    (["search", "--index", "{index}", "--text", "a red circle", "--image", "{textfile}"], "not allowed with"),
-    (["search", "--index", "/no/such/index", "--text", "a red circle"], "no index"),
-    (["eval", "--n", "0"], "positive integer"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["index", "--images", "/no/such/folder", "--out", "/tmp/x"], "no folder"),
+        (["search", "--index", "{index}", "--text", "  "], "empty --text"),
+        (["search", "--index", "{index}", "--image", "{textfile}"], "not a readable image"),
+        (["search", "--index", "{index}", "--text", "a red circle", "--image", "{textfile}"], "not allowed with"),
+        (["search", "--index", "/no/such/index", "--text", "a red circle"], "no index"),
+        (["eval", "--n", "0"], "positive integer"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(gallery, tmp_path, cli_runner, argv, needle):
     _, index_dir = gallery
     textfile = tmp_path / "notes.txt"

@@ -1,6 +1,7 @@
 """Training on Accelerate: the same weights from 1 or 2 processes and from 1 or 4 micro-batches, a
 run killed with SIGKILL and resumed (on another number of processes) ending where an uninterrupted
 one does, and bad runs stopped with one line before any work, nothing saved touched."""
+
 import hashlib
 import json
 import re
@@ -34,8 +35,9 @@ def trainer_command(module, out, args, nproc=1):
 
 
 def run(module, out, args, nproc=1):
-    proc = subprocess.run(trainer_command(module, out, args, nproc), cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        trainer_command(module, out, args, nproc), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "training.json").read_text())
 
@@ -50,16 +52,20 @@ def clip_embeddings(folder):
     """Unit text and image vectors of 8 test pairs: what the weights compute, key biases included."""
     model, processor = zoo.load_clip(str(folder), "cpu")
     samples = shapesworld.generate("test", 8)
-    inputs = processor(text=[s.caption_en for s in samples], images=[s.image for s in samples], padding=True,
-                       return_tensors="pt")
+    inputs = processor(
+        text=[s.caption_en for s in samples], images=[s.image for s in samples], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         out = model(**inputs)
     return torch.cat([out.text_embeds, out.image_embeds])
 
 
 def files(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +81,12 @@ def killed_run(tmp_path_factory):
     """The same training on 2 processes, killed (SIGKILL, every process, as if the machine died)
     after its first checkpoint."""
     out = tmp_path_factory.mktemp("clip-killed")
-    proc = subprocess.Popen(trainer_command("curriculum.tiny_clip", out, CLIP_ARGS, nproc=2), cwd=REPO_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        trainer_command("curriculum.tiny_clip", out, CLIP_ARGS, nproc=2),
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not checkpoints.listed(out / "checkpoints" / "tiny-clip") and time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before its first checkpoint"
@@ -111,8 +121,9 @@ def test_killed_on_two_processes_resumed_on_one_ends_the_same(clip_reference, ki
 def test_token_mean_loss_on_two_processes(tmp_path):
     """BLIP-2's loss averages over target tokens, and the two halves of a batch hold different numbers."""
     tiny_blip2.train(tmp_path / "one", BLIP2, QUIET)
-    record = run("curriculum.tiny_blip2", tmp_path / "two", ["--steps", "4", "--batch-size", "8", "--pool", "32"],
-                 nproc=2)
+    record = run(
+        "curriculum.tiny_blip2", tmp_path / "two", ["--steps", "4", "--batch-size", "8", "--pool", "32"], nproc=2
+    )
     assert record["num_processes"] == 2
     assert max_weight_diff(tmp_path / "one", tmp_path / "two") <= 1e-5
 
@@ -131,21 +142,27 @@ def test_sd_micro_batches_draw_the_batch_noise(tmp_path):
     config = tiny_sd.Config(vae_steps=3, steps=3, vae_batch_size=8, batch_size=8, pool=16)
     records = []
     for grad_accum in (1, 2):  # fp32: where the VAE autocasts to bf16, its rounding depends on the batch size
-        tiny_sd.train(tmp_path / str(grad_accum), config,
-                      training.Options(precision="fp32", grad_accum=grad_accum, progress=False))
+        tiny_sd.train(
+            tmp_path / str(grad_accum),
+            config,
+            training.Options(precision="fp32", grad_accum=grad_accum, progress=False),
+        )
         records.append(json.loads((tmp_path / str(grad_accum) / "training.json").read_text()))
     for loss in ("vae_final_loss", "final_loss"):
         assert records[1][loss] == pytest.approx(records[0][loss], rel=1e-6), loss
 
 
 # ---------------------------------------------------------------- bad runs: one line, exit 2, nothing touched
-@pytest.mark.parametrize("argv, message", [
-    (["--nproc", "3"], "does not split evenly into 3 processes"),
-    (["--batch-size", "4", "--nproc", "8"], "does not split evenly into 8 processes"),
-    (["--grad-accum", "2"], "another loss"),
-    (["--resume"], "no checkpoint in"),
-    (["--pool", "8"], "make the pool at least as large"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--nproc", "3"], "does not split evenly into 3 processes"),
+        (["--batch-size", "4", "--nproc", "8"], "does not split evenly into 8 processes"),
+        (["--grad-accum", "2"], "another loss"),
+        (["--resume"], "no checkpoint in"),
+        (["--pool", "8"], "make the pool at least as large"),
+    ],
+)
 def test_bad_runs_stop_before_any_work(cli_runner, tmp_path, argv, message):
     (tmp_path / "config.json").write_text("{}")  # a model already saved there stays as it is
     before = files(tmp_path)
@@ -154,13 +171,17 @@ def test_bad_runs_stop_before_any_work(cli_runner, tmp_path, argv, message):
     assert files(tmp_path) == before
 
 
-@pytest.mark.parametrize("main, argv, damage, message", [
-    (tiny_blip2.main, [], None, "is a checkpoint of tiny-clip, not tiny-blip2"),
-    (tiny_clip.main, ["--steps", "13"], None, "steps=12; this run has steps=13"),
-    (tiny_clip.main, [], "model.safetensors", "missing or corrupt"),
-    (tiny_clip.main, [], "random_states_0.pkl", "missing or corrupt"),
-    (tiny_clip.main, [], "run.json", "not a readable checkpoint"),
-], ids=["another model", "another config", "corrupt weights", "missing file", "corrupt record"])
+@pytest.mark.parametrize(
+    "main, argv, damage, message",
+    [
+        (tiny_blip2.main, [], None, "is a checkpoint of tiny-clip, not tiny-blip2"),
+        (tiny_clip.main, ["--steps", "13"], None, "steps=12; this run has steps=13"),
+        (tiny_clip.main, [], "model.safetensors", "missing or corrupt"),
+        (tiny_clip.main, [], "random_states_0.pkl", "missing or corrupt"),
+        (tiny_clip.main, [], "run.json", "not a readable checkpoint"),
+    ],
+    ids=["another model", "another config", "corrupt weights", "missing file", "corrupt record"],
+)
 def test_bad_checkpoints_are_refused(cli_runner, killed_run, tmp_path, main, argv, damage, message):
     shutil.copytree(killed_run, tmp_path, dirs_exist_ok=True)
     newest = checkpoints.listed(tmp_path / "checkpoints" / "tiny-clip")[-1]

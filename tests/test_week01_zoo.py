@@ -51,9 +51,23 @@ def test_folder_without_a_model_is_a_user_error(tmp_path):
 
 def test_uncached_hub_id_offline_gives_advice_not_traceback(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "stage1_demos.clip_retrieval", "eval", "--n", "4",
-                           "--model", "openai/clip-vit-base-patch32"],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stage1_demos.clip_retrieval",
+            "eval",
+            "--n",
+            "4",
+            "--model",
+            "openai/clip-vit-base-patch32",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr
@@ -73,15 +87,19 @@ def test_devices():
 def test_training_runs_and_saves_a_loadable_checkpoint(tmp_path):
     """A few steps of the real trainer: the loss falls and from_pretrained reads the result."""
     out = tmp_path / "tiny-clip"
-    trainer = tiny_clip.train(out, tiny_clip.Config(steps=12, batch_size=16, pool=64, lr=3e-3),
-                              training.Options(progress=False))
+    trainer = tiny_clip.train(
+        out, tiny_clip.Config(steps=12, batch_size=16, pool=64, lr=3e-3), training.Options(progress=False)
+    )
     losses = trainer.progress.losses
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.2
     model, processor = zoo.load_clip(str(out), "cpu")
     assert processor.image_processor.crop_size["height"] == tiny_clip.IMAGE_SIZE
     record = json.loads((out / "training.json").read_text())
-    assert record["steps"] == 12 and record["num_processes"] == 1 and record["final_loss"] == pytest.approx(
-        np.mean(losses))
+    assert (
+        record["steps"] == 12
+        and record["num_processes"] == 1
+        and record["final_loss"] == pytest.approx(np.mean(losses))
+    )
     assert next(model.parameters()).isfinite().all()
 
 
@@ -95,8 +113,11 @@ def test_contrastive_loss_is_clips_loss_when_each_caption_fits_one_image():
     keys = [shapesworld.label_key(s.objects) for s in samples]
     samples = [s for i, s in enumerate(samples) if keys.index(keys[i]) == i]  # unique labels only
     text = processor.tokenizer([s.caption_en for s in samples], padding=True, return_tensors="pt")
-    out = model(**text, pixel_values=tiny_clip.pixels(np.stack([np.asarray(s.image) for s in samples]),
-                                                       processor.image_processor), return_loss=True)
+    out = model(
+        **text,
+        pixel_values=tiny_clip.pixels(np.stack([np.asarray(s.image) for s in samples]), processor.image_processor),
+        return_loss=True,
+    )
     ours = tiny_clip.contrastive_loss(out.logits_per_text, torch.eye(len(samples)))
     torch.testing.assert_close(ours, out.loss, atol=1e-6, rtol=1e-6)
 
@@ -113,7 +134,18 @@ def test_partial_captions_fit_exactly_the_images_that_show_them():
             continue
         partial += 1
         fits = table[:, [column[(o.color, o.shape, o.size, o.position)] for o in named]].all(axis=1)
-        brute = [all(any(o.color == m.color and o.shape == m.shape and m.size in (None, o.size)
-                         and m.position in (None, o.position) for o in image) for m in named) for image in objects]
+        brute = [
+            all(
+                any(
+                    o.color == m.color
+                    and o.shape == m.shape
+                    and m.size in (None, o.size)
+                    and m.position in (None, o.position)
+                    for o in image
+                )
+                for m in named
+            )
+            for image in objects
+        ]
         assert fits[i] and list(fits) == brute, caption
     assert partial > 50

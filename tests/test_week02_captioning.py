@@ -1,11 +1,17 @@
 """Week 2 milestone: the bundled tiny BLIP-2 loads like the hub model, captions, answers, follows prompts."""
+
 import copy
 import json
 
 import pytest
 import torch
-from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, Blip2VisionModel,
-                          BlipImageProcessorPil)
+from transformers import (
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2Processor,
+    Blip2VisionModel,
+    BlipImageProcessorPil,
+)
 
 from curriculum import shapesworld, tiny_blip2, training, zoo
 from stage1_demos import blip2_caption
@@ -30,16 +36,28 @@ def real_architecture(tmp_path_factory):
     folder = tmp_path_factory.mktemp("blip2-like")
     tokenizer = tiny_blip2.build_tokenizer()
     tokenizer.padding_side = "right"
-    processor = Blip2Processor(BlipImageProcessorPil(size={"height": 224, "width": 224}), tokenizer,
-                               num_query_tokens=32)
+    processor = Blip2Processor(
+        BlipImageProcessorPil(size={"height": 224, "width": 224}), tokenizer, num_query_tokens=32
+    )
     small = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64)
     config = Blip2Config(
         vision_config=dict(image_size=224, patch_size=14, num_hidden_layers=1, **small),
         qformer_config=dict(num_hidden_layers=2, encoder_hidden_size=32, **small),
-        text_config=dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=32, word_embed_proj_dim=32,
-                         ffn_dim=64, num_hidden_layers=1, num_attention_heads=2, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        num_query_tokens=32, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+        text_config=dict(
+            model_type="opt",
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            word_embed_proj_dim=32,
+            ffn_dim=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        num_query_tokens=32,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
     torch.manual_seed(0)
     Blip2ForConditionalGeneration(config).save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -80,8 +98,9 @@ def test_training_runs_and_saves_a_loadable_checkpoint(tmp_path):
     record = json.loads((out / "training.json").read_text())
     assert record["final_loss"] < 6.0  # ln(vocab) ~ 6.0 at the start
     model, processor = zoo.load_blip2(str(out), "cpu")
-    captions = caption_images(model, processor, [shapesworld.sample("test", 0).image], [""],
-                              blip2_caption.GREEDY | {"max_new_tokens": 3})
+    captions = caption_images(
+        model, processor, [shapesworld.sample("test", 0).image], [""], blip2_caption.GREEDY | {"max_new_tokens": 3}
+    )
     assert len(captions) == 1 and isinstance(captions[0], str)
 
 
@@ -89,13 +108,14 @@ def test_training_targets_and_labels_line_up(blip2_model):
     _, processor = blip2_model
     objects = shapesworld.sample("test", 3).objects
     prompt = tiny_blip2.qa_prompt("how many shapes are there?")
-    input_ids, attention_mask, labels = tiny_blip2.batch_tokens(processor, [prompt, ""],
-                                                                [tiny_blip2.COUNTS[len(objects)], "a red circle"])
+    input_ids, attention_mask, labels = tiny_blip2.batch_tokens(
+        processor, [prompt, ""], [tiny_blip2.COUNTS[len(objects)], "a red circle"]
+    )
     tokenizer = processor.tokenizer
     # the loss sees only the target and its </s>: the image placeholders, </s>, the prompt and padding are -100
     assert tokenizer.decode(labels[0][labels[0] >= 0]) == f" {tiny_blip2.COUNTS[len(objects)]}</s>"
     assert tokenizer.decode(labels[1][labels[1] >= 0]) == "a red circle</s>"
-    assert (input_ids[:, :tiny_blip2.NUM_QUERY_TOKENS] == tokenizer.convert_tokens_to_ids("<image>")).all()
+    assert (input_ids[:, : tiny_blip2.NUM_QUERY_TOKENS] == tokenizer.convert_tokens_to_ids("<image>")).all()
     assert attention_mask[1].sum() < attention_mask.shape[1]  # the shorter row is right-padded
 
 
@@ -146,7 +166,8 @@ def test_quality_on_the_test_split(capsys):
 def test_attribute_scoring_can_fail():
     truth = shapesworld.parse_caption("a small red circle in the top left and a large blue square in the bottom right")
     swapped = shapesworld.parse_caption(
-        "a small blue circle in the top left and a large red square in the bottom right")
+        "a small blue circle in the top left and a large red square in the bottom right"
+    )
     assert blip2_caption.attribute_correct(truth, tuple(reversed(truth)), "color")
     assert not blip2_caption.attribute_correct(truth, swapped, "color")
     assert blip2_caption.attribute_correct(truth, swapped, "shape")
@@ -156,8 +177,24 @@ def test_attribute_scoring_can_fail():
 def test_caption_json_keys_and_settings(cli_runner, gallery, tmp_path):
     paths, _ = gallery
     png = tmp_path / "captions.png"
-    code, out, err = cli_runner(main, ["caption", *map(str, paths[:3]), "--prompt", "a photo of", "--num-beams", "3",
-                                       "--repetition-penalty", "1.2", "--out", str(png), "--json", "--device", "cpu"])
+    code, out, err = cli_runner(
+        main,
+        [
+            "caption",
+            *map(str, paths[:3]),
+            "--prompt",
+            "a photo of",
+            "--num-beams",
+            "3",
+            "--repetition-penalty",
+            "1.2",
+            "--out",
+            str(png),
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    )
     assert code == 0, err
     result = json.loads(out)
     assert [set(r) for r in result["results"]] == [{"image", "prompt", "caption"}] * 3
@@ -179,8 +216,9 @@ def test_ask_answers_a_question(cli_runner, tmp_path):
     right = 0
     for i, s in enumerate(samples):
         s.image.save(tmp_path / f"{i}.png")
-        code, out, err = cli_runner(main, ["ask", str(tmp_path / f"{i}.png"), "--question", "what shape is it?",
-                                           "--json"])
+        code, out, err = cli_runner(
+            main, ["ask", str(tmp_path / f"{i}.png"), "--question", "what shape is it?", "--json"]
+        )
         assert code == 0, err
         right += json.loads(out)["answer"] == s.objects[0].shape
     assert right >= 4
@@ -213,24 +251,29 @@ def test_explain_shapes_are_real_and_match_the_config(cli_runner, gallery, reque
 def test_real_architecture_runs_every_command(cli_runner, gallery, real_architecture):
     paths, _ = gallery
     model = ["--model", str(real_architecture)]
-    code, out, err = cli_runner(main, ["caption", *map(str, paths[:3]), "--prompt", "a photo of",
-                                       "--max-new-tokens", "4", "--json", *model])
+    code, out, err = cli_runner(
+        main, ["caption", *map(str, paths[:3]), "--prompt", "a photo of", "--max-new-tokens", "4", "--json", *model]
+    )
     assert code == 0, err
     assert len(json.loads(out)["results"]) == 3
-    code, _, err = cli_runner(main, ["ask", str(paths[0]), "--question", "what is it?", "--max-new-tokens", "3",
-                                     *model])
+    code, _, err = cli_runner(
+        main, ["ask", str(paths[0]), "--question", "what is it?", "--max-new-tokens", "3", *model]
+    )
     assert code == 0, err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["caption", "{missing}"], "no image at"),
-    (["caption", "{corrupt}"], "not a readable image"),
-    (["ask", "{image}", "--question", "  "], "--question is empty"),
-    (["caption", "{image}", "--num-beams", "0"], "expected a positive integer"),
-    (["caption", "{image}", "--temperature", "0.7"], "only change anything with --do-sample"),
-    (["caption", "{image}", "--do-sample", "--top-p", "1.5"], "in (0, 1]"),
-    (["caption", "{image}", "--model", "{folder}"], "not a saved model"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["caption", "{missing}"], "no image at"),
+        (["caption", "{corrupt}"], "not a readable image"),
+        (["ask", "{image}", "--question", "  "], "--question is empty"),
+        (["caption", "{image}", "--num-beams", "0"], "expected a positive integer"),
+        (["caption", "{image}", "--temperature", "0.7"], "only change anything with --do-sample"),
+        (["caption", "{image}", "--do-sample", "--top-p", "1.5"], "in (0, 1]"),
+        (["caption", "{image}", "--model", "{folder}"], "not a saved model"),
+    ],
+)
 def test_bad_input_is_one_clear_line(cli_runner, gallery, tmp_path, argv, message):
     paths, _ = gallery
     corrupt = tmp_path / "corrupt.png"

@@ -1,6 +1,7 @@
 """The LAVIS backend: the bundled tiny BLIP-2, converted to LAVIS's Blip2OPT in .venv-lavis, is the same model.
 
 Tests that run LAVIS skip without .venv-lavis (`make lavis-venv`); CI builds it (.ci/run)."""
+
 import json
 import shutil
 import sys
@@ -86,8 +87,9 @@ def test_captions_with_prompt_and_beams(gallery, blip2_model):
 
 
 @needs_venv
-@pytest.mark.parametrize("argv", [["caption", "{0}", "{1}"], ["ask", "{0}", "--question", "what shape is it?"],
-                                  ["prompts", "{1}"]])
+@pytest.mark.parametrize(
+    "argv", [["caption", "{0}", "{1}"], ["ask", "{0}", "--question", "what shape is it?"], ["prompts", "{1}"]]
+)
 def test_cli_lavis_prints_what_transformers_prints(cli_runner, gallery, argv):
     argv = [a.format(*gallery) for a in argv]
     code, expected, err = cli_runner(blip2_caption.main, argv)
@@ -122,7 +124,12 @@ def test_conversion_accounts_for_every_weight(cli_runner, tmp_path):
     assert torch.equal(state["visual_encoder.blocks.0.attn.v_bias"], v)
     assert torch.equal(state["opt_model.lm_head.weight"], source["language_model.model.decoder.embed_tokens.weight"])
     assert {p.name for p in (tmp_path / "lavis" / "opt").iterdir()} == {
-        "config.json", "pytorch_model.bin", "vocab.json", "merges.txt", "tokenizer_config.json"}
+        "config.json",
+        "pytorch_model.bin",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+    }
 
 
 def test_checkpoint_that_lavis_cannot_build_says_why(tmp_path):

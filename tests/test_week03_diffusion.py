@@ -1,11 +1,12 @@
 """Week 3 milestone: the bundled tiny Stable Diffusion loads like the hub pipeline, samples
 deterministically, swaps schedulers safely, draws what the prompt asks, and shows its attention."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel)
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from curriculum import MODELS_DIR, shapesworld, tiny_sd, zoo
@@ -36,18 +37,44 @@ def sd15_layout(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sd15-like")
     tokenizer = CLIPTokenizer.from_pretrained(MODELS_DIR / "tiny-clip", model_max_length=77)
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                                num_hidden_layers=1, num_attention_heads=2,
-                                                max_position_embeddings=77))
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=(8, 8, 16, 16), norm_num_groups=4, latent_channels=4, sample_size=64)
-    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(8, 16, 16, 16), layers_per_block=2,
-                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-                                cross_attention_dim=32, attention_head_dim=8, norm_num_groups=4)
-    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                            scheduler=tiny_sd.build_scheduler(), safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(folder)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+        )
+    )
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=64,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=4,
+    )
+    StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=tiny_sd.build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(folder)
     return folder
 
 
@@ -66,8 +93,9 @@ def test_tiny_sd_loads_like_a_hub_pipeline(pipe):
 
 def test_text_encoder_is_the_tiny_clip_text_tower(pipe, clip_model):
     clip, processor = clip_model
-    ids = pipe.tokenizer([PROMPT], padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         return_tensors="pt").input_ids
+    ids = pipe.tokenizer(
+        [PROMPT], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
     assert ids.shape[1] == clip.config.text_config.max_position_embeddings
     with torch.no_grad():
         ours = pipe.text_encoder(ids).last_hidden_state
@@ -110,8 +138,9 @@ def test_recording_attention_does_not_change_the_image(pipe):
     image, by_resolution, overall = sd_generate.attention_maps(pipe, PROMPT, "red", steps=5, guidance=5.0, seed=3)
     assert np.abs(np.asarray(plain, dtype=int) - np.asarray(image, dtype=int)).max() <= 1
     assert list(by_resolution) == [8, 4] and overall.shape == (8, 8)
-    assert pipe.unet.attn_processors and not any(isinstance(p, sd_generate.RecordCrossAttention)
-                                                 for p in pipe.unet.attn_processors.values())
+    assert pipe.unet.attn_processors and not any(
+        isinstance(p, sd_generate.RecordCrossAttention) for p in pipe.unet.attn_processors.values()
+    )
 
 
 def test_cross_attention_finds_the_word_where_it_is_drawn(pipe):
@@ -156,8 +185,23 @@ def test_generated_images_show_the_asked_colour(test_split_fidelity):
 
 # ---------------------------------------------------------------- the command line
 def test_generate_json(cli_runner, tmp_path):
-    code, out, _ = cli_runner(main, ["generate", "--prompt", PROMPT, "--n", "2", "--steps", "5", "--json",
-                                     "--out", str(tmp_path / "g.png"), "--device", "cpu"])
+    code, out, _ = cli_runner(
+        main,
+        [
+            "generate",
+            "--prompt",
+            PROMPT,
+            "--n",
+            "2",
+            "--steps",
+            "5",
+            "--json",
+            "--out",
+            str(tmp_path / "g.png"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert code == 0
     result = json.loads(out)
     assert {"prompt", "scheduler", "steps", "seed", "seconds", "images"} <= set(result)
@@ -166,25 +210,80 @@ def test_generate_json(cli_runner, tmp_path):
 
 
 def test_compare_grid_and_table(cli_runner, tmp_path):
-    code, out, _ = cli_runner(main, ["compare", "--prompt", PROMPT, "--seed", "0", "--schedulers", "dpmsolver",
-                                     "ddim", "--step-counts", "2", "10", "--n", "2", "--json",
-                                     "--out", str(tmp_path / "c.png"), "--device", "cpu"])
+    code, out, _ = cli_runner(
+        main,
+        [
+            "compare",
+            "--prompt",
+            PROMPT,
+            "--seed",
+            "0",
+            "--schedulers",
+            "dpmsolver",
+            "ddim",
+            "--step-counts",
+            "2",
+            "10",
+            "--n",
+            "2",
+            "--json",
+            "--out",
+            str(tmp_path / "c.png"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert code == 0
     result = json.loads(out)
     assert [(c["scheduler"], c["steps"]) for c in result["cells"]] == [
-        ("dpmsolver", 2), ("dpmsolver", 10), ("ddim", 2), ("ddim", 10)]
+        ("dpmsolver", 2),
+        ("dpmsolver", 10),
+        ("ddim", 2),
+        ("ddim", 10),
+    ]
     assert all(c["seconds_per_image"] > 0 and c["fidelity"]["objects"] == 2 for c in result["cells"])
     assert (tmp_path / "c.png").exists()
-    code, out, _ = cli_runner(main, ["compare", "--prompt", PROMPT, "--schedulers", "euler", "--step-counts", "3",
-                                     "--n", "1", "--out", str(tmp_path / "d.png"), "--device", "cpu"])
+    code, out, _ = cli_runner(
+        main,
+        [
+            "compare",
+            "--prompt",
+            PROMPT,
+            "--schedulers",
+            "euler",
+            "--step-counts",
+            "3",
+            "--n",
+            "1",
+            "--out",
+            str(tmp_path / "d.png"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert code == 0 and "euler" in out and "colour / shape" in out
 
 
 @pytest.mark.parametrize("model", ["tiny", "sd15_layout"])
 def test_explain_reports_real_shapes_that_match_the_config(cli_runner, tmp_path, request, model):
     model = model if model == "tiny" else str(request.getfixturevalue(model))
-    code, out, _ = cli_runner(main, ["explain", "--prompt", PROMPT, "--steps", "3", "--json", "--model", model,
-                                     "--out", str(tmp_path / "j.png"), "--device", "cpu"])
+    code, out, _ = cli_runner(
+        main,
+        [
+            "explain",
+            "--prompt",
+            PROMPT,
+            "--steps",
+            "3",
+            "--json",
+            "--model",
+            model,
+            "--out",
+            str(tmp_path / "j.png"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert code == 0
     result = json.loads(out)
     assert all(s["shape"] == s["from_config"] for s in result["stages"]), result["stages"]
@@ -193,41 +292,94 @@ def test_explain_reports_real_shapes_that_match_the_config(cli_runner, tmp_path,
 
 
 def test_sd15_layout_generates_and_shows_attention(cli_runner, tmp_path, sd15_layout):
-    code, out, _ = cli_runner(main, ["generate", "--prompt", PROMPT, "--n", "1", "--steps", "2", "--json",
-                                     "--model", str(sd15_layout), "--out", str(tmp_path / "g.png"), "--device", "cpu"])
+    code, out, _ = cli_runner(
+        main,
+        [
+            "generate",
+            "--prompt",
+            PROMPT,
+            "--n",
+            "1",
+            "--steps",
+            "2",
+            "--json",
+            "--model",
+            str(sd15_layout),
+            "--out",
+            str(tmp_path / "g.png"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert code == 0
     (path,) = json.loads(out)["images"]
     from PIL import Image
+
     assert Image.open(path).size == (64, 64)
-    code, out, _ = cli_runner(main, ["attention", "--prompt", PROMPT, "--token", "circle", "--steps", "2", "--json",
-                                     "--model", str(sd15_layout), "--out", str(tmp_path / "a.png"),
-                                     "--device", "cpu"])
+    code, out, _ = cli_runner(
+        main,
+        [
+            "attention",
+            "--prompt",
+            PROMPT,
+            "--token",
+            "circle",
+            "--steps",
+            "2",
+            "--json",
+            "--model",
+            str(sd15_layout),
+            "--out",
+            str(tmp_path / "a.png"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert code == 0 and json.loads(out)["resolutions"] == [8, 4, 2, 1]
 
 
 def test_attention_and_eval_json(cli_runner, tmp_path):
-    code, out, _ = cli_runner(main, ["attention", "--prompt", TWO_OBJECTS, "--token", "blue", "--steps", "5",
-                                     "--json", "--out", str(tmp_path / "a.png"), "--device", "cpu"])
+    code, out, _ = cli_runner(
+        main,
+        [
+            "attention",
+            "--prompt",
+            TWO_OBJECTS,
+            "--token",
+            "blue",
+            "--steps",
+            "5",
+            "--json",
+            "--out",
+            str(tmp_path / "a.png"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert code == 0
     result = json.loads(out)
     assert list(result["quadrant_shares"]) == ["8x8 layers", "4x4 layers", "all layers, upsampled"]
     assert all(set(s) == set(shapesworld.POSITIONS) for s in result["quadrant_shares"].values())
     assert (tmp_path / "a.png").exists()
-    code, out, _ = cli_runner(main, ["eval", "--n", "4", "--steps", "5", "--json", "--out", str(tmp_path / "e.json"),
-                                     "--device", "cpu"])
+    code, out, _ = cli_runner(
+        main, ["eval", "--n", "4", "--steps", "5", "--json", "--out", str(tmp_path / "e.json"), "--device", "cpu"]
+    )
     assert code == 0
     result = json.loads(out)
     assert result["fidelity"]["objects"] >= 4 and json.loads((tmp_path / "e.json").read_text()) == result
     assert (tmp_path / "e.png").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["generate", "--prompt", PROMPT, "--steps", "0"], "positive integer"),
-    (["generate", "--prompt", PROMPT, "--scheduler", "lms"], "invalid choice"),
-    (["generate", "--prompt", "  "], "the prompt is empty"),
-    (["attention", "--prompt", PROMPT, "--token", "green"], "not in the prompt; its tokens are: a, large, red"),
-    (["generate", "--prompt", PROMPT, "--model", "no-such-org/no-such-sd"], "hf download"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "--prompt", PROMPT, "--steps", "0"], "positive integer"),
+        (["generate", "--prompt", PROMPT, "--scheduler", "lms"], "invalid choice"),
+        (["generate", "--prompt", "  "], "the prompt is empty"),
+        (["attention", "--prompt", PROMPT, "--token", "green"], "not in the prompt; its tokens are: a, large, red"),
+        (["generate", "--prompt", PROMPT, "--model", "no-such-org/no-such-sd"], "hf download"),
+    ],
+)
 def test_bad_input_is_one_clear_line(cli_runner, argv, message):
     code, out, err = cli_runner(main, argv + ["--device", "cpu"])
     last = err.strip().splitlines()[-1]  # above it, at most the loading progress bars

@@ -1,4 +1,5 @@
 """Week 4 milestone: attention from scratch equals torch and the tiny models' own layers."""
+
 import json
 
 import pytest
@@ -20,8 +21,17 @@ def checks():
     return {c["name"]: c for c in attention_lab.run_checks()["checks"]}
 
 
-@pytest.mark.parametrize("part", ["vs torch SDPA", "torch.nn.MultiheadAttention", "CLIP vision CLIPAttention",
-                                  "CLIP text CLIPAttention", "OPTAttention", "from-scratch Decoder"])
+@pytest.mark.parametrize(
+    "part",
+    [
+        "vs torch SDPA",
+        "torch.nn.MultiheadAttention",
+        "CLIP vision CLIPAttention",
+        "CLIP text CLIPAttention",
+        "OPTAttention",
+        "from-scratch Decoder",
+    ],
+)
 def test_each_check_within_tolerance(checks, part):
     matching = [c for name, c in checks.items() if part in name]
     assert matching, f"no check named {part!r}"
@@ -63,7 +73,7 @@ def test_kv_cache_gives_the_same_logits_as_the_whole_sequence(blip2_model):
         full = decoder(embeds).logits
         cache = KVCache(len(decoder.layers))
         first = decoder(embeds[:, :-3], cache=cache).logits
-        rest = [decoder(embeds[:, i:i + 1], cache=cache).logits for i in range(embeds.shape[1] - 3, embeds.shape[1])]
+        rest = [decoder(embeds[:, i : i + 1], cache=cache).logits for i in range(embeds.shape[1] - 3, embeds.shape[1])]
     assert cache.length == embeds.shape[1]
     stepped = torch.cat([first] + rest, dim=1)
     assert (stepped - full).abs().max() <= 1e-5
@@ -74,8 +84,15 @@ def test_decoder_loads_any_pre_layernorm_opt(embed_dim):
     """OPT's layout with random weights, including a word-embedding width that differs from the
     blocks' (project_in / project_out, as in OPT-350m)."""
     torch.manual_seed(0)
-    config = OPTConfig(vocab_size=100, hidden_size=32, word_embed_proj_dim=embed_dim, ffn_dim=64, num_hidden_layers=2,
-                       num_attention_heads=4, max_position_embeddings=40)
+    config = OPTConfig(
+        vocab_size=100,
+        hidden_size=32,
+        word_embed_proj_dim=embed_dim,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=40,
+    )
     lm = OPTForCausalLM(config).eval()
     ids = torch.randint(4, 100, (2, 12))
     mask = torch.ones_like(ids)
@@ -87,8 +104,16 @@ def test_decoder_loads_any_pre_layernorm_opt(embed_dim):
 
 
 def test_post_layernorm_opt_is_refused_with_advice():
-    lm = OPTForCausalLM(OPTConfig(vocab_size=50, hidden_size=16, ffn_dim=32, num_hidden_layers=1,
-                                  num_attention_heads=2, do_layer_norm_before=False))
+    lm = OPTForCausalLM(
+        OPTConfig(
+            vocab_size=50,
+            hidden_size=16,
+            ffn_dim=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            do_layer_norm_before=False,
+        )
+    )
     with pytest.raises(UserError, match="pre-LayerNorm"):
         Decoder.from_opt(lm)
 
@@ -120,8 +145,9 @@ def test_check_json_shape(cli_runner):
 def test_show_draws_cls_and_decoder_attention(tmp_path, cli_runner):
     image = tmp_path / "in.png"
     shapesworld.sample("test", 1).image.save(image)
-    code, out, _ = cli_runner(attention_lab.main, ["show", "--image", str(image), "--out", str(tmp_path / "a.png"),
-                                               "--json"])
+    code, out, _ = cli_runner(
+        attention_lab.main, ["show", "--image", str(image), "--out", str(tmp_path / "a.png"), "--json"]
+    )
     result = json.loads(out)
     assert code == 0 and (tmp_path / "a.png").stat().st_size > 10_000
     assert "circle" in result["caption"] and len(result["cls_peak_patch"]) == 4

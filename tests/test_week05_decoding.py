@@ -1,4 +1,5 @@
 """Week 5 milestone: the from-scratch decoding loops give generate()'s tokens on the tiny BLIP-2."""
+
 import json
 
 import pytest
@@ -51,15 +52,26 @@ def test_the_search_checks_can_fail(checks):
 def test_searches_on_a_random_opt_with_its_own_generate():
     """Any pre-LayerNorm OPT, not just the tiny one: greedy and beam search on random weights."""
     torch.manual_seed(0)
-    lm = OPTForCausalLM(OPTConfig(vocab_size=60, hidden_size=32, word_embed_proj_dim=16, ffn_dim=64,
-                                  num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
-                                  bos_token_id=2, eos_token_id=2, pad_token_id=1)).eval()
+    lm = OPTForCausalLM(
+        OPTConfig(
+            vocab_size=60,
+            hidden_size=32,
+            word_embed_proj_dim=16,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            bos_token_id=2,
+            eos_token_id=2,
+            pad_token_id=1,
+        )
+    ).eval()
     decoder = Decoder.from_opt(lm)
     ids = torch.tensor([[2, 10, 20, 30]])
     for s in [Settings(max_new_tokens=12), Settings(max_new_tokens=12, num_beams=3, length_penalty=0.0)]:
         ours = decode(decoder, decoder.embed_tokens(ids), ids, s, eos=2)
         theirs = lm.generate(ids, attention_mask=torch.ones_like(ids), **s.generate_kwargs())[0, 4:].tolist()
-        assert ours == theirs[:len(ours)] and len(ours) == len(theirs)
+        assert ours == theirs[: len(ours)] and len(ours) == len(theirs)
 
 
 def test_processors_by_hand():
@@ -105,13 +117,16 @@ def test_generate_json(cli_runner, image_file):
     assert result["settings"]["num_beams"] == 3 and "green cross" in result["text"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--image", "missing.png"], "no image at missing.png"),
-    (["--temperature", "-1", "--sample"], "temperature must be above 0"),
-    (["--top-p", "0", "--sample"], "top_p must be in (0, 1]"),
-    (["--top-p", "1.5", "--sample"], "top_p must be in (0, 1]"),
-    (["--num-beams", "0"], "expected a positive integer"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--image", "missing.png"], "no image at missing.png"),
+        (["--temperature", "-1", "--sample"], "temperature must be above 0"),
+        (["--top-p", "0", "--sample"], "top_p must be in (0, 1]"),
+        (["--top-p", "1.5", "--sample"], "top_p must be in (0, 1]"),
+        (["--num-beams", "0"], "expected a positive integer"),
+    ],
+)
 def test_bad_input_is_a_clear_error(cli_runner, image_file, argv, message):
     argv = ["generate"] + (argv if "--image" in argv else ["--image", str(image_file)] + argv)
     code, _, err = cli_runner(decoding_lab.main, argv)

@@ -1,4 +1,5 @@
 """Week 6 milestone: InfoNCE from cross-entropy equals CLIP's loss, trains a CLIP, needs negatives."""
+
 import json
 import math
 
@@ -29,7 +30,9 @@ def test_the_loss_by_hand():
     same = torch.ones(4, 3)
     assert torch.isclose(info_nce(same, same, torch.tensor(0.0)), torch.tensor(math.log(4)))
     # captions swapped between images: the loss rises
-    assert info_nce(eye, eye[[1, 0, 2, 3]], torch.tensor(math.log(10.0))) > info_nce(eye, eye, torch.tensor(math.log(10.0)))
+    assert info_nce(eye, eye[[1, 0, 2, 3]], torch.tensor(math.log(10.0))) > info_nce(
+        eye, eye, torch.tensor(math.log(10.0))
+    )
 
 
 def test_training_with_info_nce_learns():
@@ -40,10 +43,12 @@ def test_training_with_info_nce_learns():
 
 def test_without_negatives_the_embeddings_collapse():
     """Pulling pairs together with nothing pushing apart: every image ends up in one direction."""
-    collapsed = infonce_lab.evaluate(*infonce_lab.train(Run(steps=60, batch_size=64, negatives=False), pool=2000,
-                                                        options=QUIET)[:2], n=200)
-    contrasted = infonce_lab.evaluate(*infonce_lab.train(Run(steps=60, batch_size=64), pool=2000, options=QUIET)[:2],
-                                      n=200)
+    collapsed = infonce_lab.evaluate(
+        *infonce_lab.train(Run(steps=60, batch_size=64, negatives=False), pool=2000, options=QUIET)[:2], n=200
+    )
+    contrasted = infonce_lab.evaluate(
+        *infonce_lab.train(Run(steps=60, batch_size=64), pool=2000, options=QUIET)[:2], n=200
+    )
     assert collapsed["mean_cos_between_images"] > 0.95 > contrasted["mean_cos_between_images"]
     assert collapsed["text_to_image_R@1"] < contrasted["text_to_image_R@1"]
 

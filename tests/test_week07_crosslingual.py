@@ -1,5 +1,6 @@
 """Week 7 milestone (contrastive side): the projection heads measured, and Chinese queries on the
 English CLIP's index through the distilled tiny-clip-zh."""
+
 import json
 
 import pytest
@@ -26,13 +27,17 @@ def test_chinese_recall_is_within_0_05_of_english():
 
 
 def test_chinese_query_is_detected_and_finds_red_circles(cli_runner, index):
-    code, out, _ = cli_runner(clip_retrieval.main, ["search", "--index", str(index), "--text", "左边的红色圆形",
-                                                    "--json"])
+    code, out, _ = cli_runner(
+        clip_retrieval.main, ["search", "--index", str(index), "--text", "左边的红色圆形", "--json"]
+    )
     result = json.loads(out)
     assert code == 0 and result["query"]["lang"] == "zh"
+
     def red_circle_on_the_left(caption):
-        return any((o.color, o.shape) == ("red", "circle") and o.position.endswith("left")
-                   for o in shapesworld.parse_caption(caption))
+        return any(
+            (o.color, o.shape) == ("red", "circle") and o.position.endswith("left")
+            for o in shapesworld.parse_caption(caption)
+        )
 
     assert all(red_circle_on_the_left(r["caption"]) for r in result["results"][:3]), result["results"]
     english = clip_retrieval.search(index, text="a red circle", k=5, device="cpu")

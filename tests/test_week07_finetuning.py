@@ -1,5 +1,6 @@
 """Week 7 milestone (fine-tuning): LoRA and prefix tuning from scratch equal PEFT's, adapters
 save and merge, and the new-colour experiment runs end to end."""
+
 import json
 
 import numpy as np
@@ -20,8 +21,9 @@ def checks():
     return finetuning_lab.run_checks()["checks"]
 
 
-@pytest.mark.parametrize("part", ["one nn.Linear", "tiny CLIP", "tiny BLIP-2", "prefix tuning, 8 virtual tokens:",
-                                  "through a 64-d MLP"])
+@pytest.mark.parametrize(
+    "part", ["one nn.Linear", "tiny CLIP", "tiny BLIP-2", "prefix tuning, 8 virtual tokens:", "through a 64-d MLP"]
+)
 def test_each_check_passes(checks, part):
     matching = [c for c in checks if part in c["name"]]
     assert len(matching) >= 2
@@ -58,10 +60,13 @@ def test_bad_targets_and_ranks_are_clear_errors():
         lora.add_lora(model, ["0"], r=0)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["experiment", "--ranks", "0"], "LoRA ranks must be positive integers, got 0"),
-    (["experiment", "--targets", "attn"], "its linear layers are: dense, fc1, fc2, k_proj, key"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["experiment", "--ranks", "0"], "LoRA ranks must be positive integers, got 0"),
+        (["experiment", "--targets", "attn"], "its linear layers are: dense, fc1, fc2, k_proj, key"),
+    ],
+)
 def test_experiment_bad_input(cli_runner, argv, message):
     code, _, err = cli_runner(finetuning_lab.main, argv)
     assert code == 2 and message in err.strip().splitlines()[-1]
@@ -110,8 +115,13 @@ def test_prefixed_decoder_decodes_with_its_prefix_in_the_cache(blip2_model):
     embeds = new_concept.decoder_embeds(model, inputs.pixel_values, inputs.input_ids)
     settings = decoding.Settings(max_new_tokens=6, min_new_tokens=6)
     cached = decoding.decode(prefixed, embeds, inputs.input_ids, settings, processor.tokenizer.eos_token_id)
-    uncached = decoding.decode(prefixed, embeds, inputs.input_ids, decoding.Settings(
-        max_new_tokens=6, min_new_tokens=6, use_cache=False), processor.tokenizer.eos_token_id)
+    uncached = decoding.decode(
+        prefixed,
+        embeds,
+        inputs.input_ids,
+        decoding.Settings(max_new_tokens=6, min_new_tokens=6, use_cache=False),
+        processor.tokenizer.eos_token_id,
+    )
     assert cached == uncached and len(cached) == 6
 
 
@@ -126,11 +136,20 @@ def test_new_colour_is_rendered_and_read_back():
 def test_experiment_end_to_end(tmp_path):
     result = new_concept.experiment(steps=3, ranks=(2,), n_train=100, n_new=6, n_old=6, out=tmp_path)
     rows = {r["method"]: r for r in result["rows"]}
-    assert list(rows) == ["bundled model, untrained", "full fine-tuning", "LoRA r=2", "LoRA r=2 + 'pink' embeddings",
-                          "prefix tuning, 16 tokens"]
+    assert list(rows) == [
+        "bundled model, untrained",
+        "full fine-tuning",
+        "LoRA r=2",
+        "LoRA r=2 + 'pink' embeddings",
+        "prefix tuning, 16 tokens",
+    ]
     assert rows["bundled model, untrained"]["new_color"] == 0  # it has no word for pink
-    assert rows["full fine-tuning"]["trainable"] > rows["LoRA r=2 + 'pink' embeddings"]["trainable"] \
-        > rows["LoRA r=2"]["trainable"] > 0
+    assert (
+        rows["full fine-tuning"]["trainable"]
+        > rows["LoRA r=2 + 'pink' embeddings"]["trainable"]
+        > rows["LoRA r=2"]["trainable"]
+        > 0
+    )
     assert result["adapter"]["same_captions_after_reload_and_merge"]
     assert json.loads((tmp_path / "new_concept.json").read_text())["rows"] == result["rows"]
     assert (tmp_path / "new_concept.png").exists() and (tmp_path / "new_concept_loss.png").exists()

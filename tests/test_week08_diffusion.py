@@ -1,4 +1,5 @@
 """Week 8 milestone: DDPM and DDIM from scratch equal diffusers' schedulers, step for step."""
+
 import json
 from dataclasses import replace
 
@@ -35,9 +36,20 @@ def image_file(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("part", ["betas and ᾱ", "forward q(x_t | x_0)", "timesteps", "tiny SD's config",
-                                  "set_alpha_to_one", "clip_sample, fixed_large", "v_prediction",
-                                  "sample prediction", "100 steps"])
+@pytest.mark.parametrize(
+    "part",
+    [
+        "betas and ᾱ",
+        "forward q(x_t | x_0)",
+        "timesteps",
+        "tiny SD's config",
+        "set_alpha_to_one",
+        "clip_sample, fixed_large",
+        "v_prediction",
+        "sample prediction",
+        "100 steps",
+    ],
+)
 def test_each_check_within_tolerance(checks, part):
     matching = [c for c in checks if part in c["name"]]
     assert matching, f"no check named {part!r}"
@@ -75,9 +87,25 @@ def test_timestep_spacings():
 
 @pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0)])
 def test_sample_reproduces_the_week3_pipeline(tmp_path, cli_runner, sampler, eta):
-    code, out, _ = cli_runner(diffusion_lab.main, ["sample", "--prompt", PROMPT, "--seed", "3", "--steps", "10",
-                                               "--sampler", sampler, "--eta", str(eta), "--out",
-                                               str(tmp_path / "s.png"), "--json"])
+    code, out, _ = cli_runner(
+        diffusion_lab.main,
+        [
+            "sample",
+            "--prompt",
+            PROMPT,
+            "--seed",
+            "3",
+            "--steps",
+            "10",
+            "--sampler",
+            sampler,
+            "--eta",
+            str(eta),
+            "--out",
+            str(tmp_path / "s.png"),
+            "--json",
+        ],
+    )
     result = json.loads(out)
     assert code == 0 and result["max_pixel_diff"] == 0 and (tmp_path / "s.png").exists()
 
@@ -95,9 +123,24 @@ def test_same_seed_same_image_different_seed_different_image(pipe):
 
 def test_compare_grid_json_and_fidelity(tmp_path, cli_runner):
     out = tmp_path / "compare.png"
-    code, stdout, _ = cli_runner(diffusion_lab.main, ["compare", "--prompt", PROMPT, "--step-counts", "3", "25",
-                                                  "--n", "2", "--schedulers", "dpmsolver", "--out", str(out),
-                                                  "--json"])
+    code, stdout, _ = cli_runner(
+        diffusion_lab.main,
+        [
+            "compare",
+            "--prompt",
+            PROMPT,
+            "--step-counts",
+            "3",
+            "25",
+            "--n",
+            "2",
+            "--schedulers",
+            "dpmsolver",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     result = json.loads(stdout)
     assert code == 0 and out.exists() and json.loads(out.with_suffix(".json").read_text()) == result
     assert result["schedulers"] == ["ddpm", "ddim eta=0", "ddim eta=0.5", "ddim eta=1", "dpmsolver"]
@@ -109,22 +152,29 @@ def test_compare_grid_json_and_fidelity(tmp_path, cli_runner):
 
 def test_forward_pictures_and_snr_table(tmp_path, cli_runner, image_file):
     out = tmp_path / "forward.png"
-    code, stdout, _ = cli_runner(diffusion_lab.main, ["forward", "--image", str(image_file), "--out", str(out), "--json"])
+    code, stdout, _ = cli_runner(
+        diffusion_lab.main, ["forward", "--image", str(image_file), "--out", str(out), "--json"]
+    )
     result = json.loads(stdout)
     assert code == 0 and out.exists() and (tmp_path / "forward_snr.png").exists()
     assert set(result["snr"]) == set(diffusion.SCHEDULES) and result["timesteps"][0] == 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["sample", "--prompt", PROMPT, "--steps", "0"], "expected a positive integer"),
-    (["sample", "--prompt", PROMPT, "--eta", "-0.5"], "expected a number of 0 or more"),
-    (["sample", "--prompt", " "], "the prompt is empty"),
-    (["forward", "--image", "x.png", "--schedules", "cosine"], "invalid choice: 'cosine'"),
-    (["forward", "--image", "missing.png"], "no image at missing.png"),
-    (["sample", "--prompt", PROMPT, "--steps", "2000"], "steps must be between 1 and 1000"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "--prompt", PROMPT, "--steps", "0"], "expected a positive integer"),
+        (["sample", "--prompt", PROMPT, "--eta", "-0.5"], "expected a number of 0 or more"),
+        (["sample", "--prompt", " "], "the prompt is empty"),
+        (["forward", "--image", "x.png", "--schedules", "cosine"], "invalid choice: 'cosine'"),
+        (["forward", "--image", "missing.png"], "no image at missing.png"),
+        (["sample", "--prompt", PROMPT, "--steps", "2000"], "steps must be between 1 and 1000"),
+    ],
+)
 def test_bad_input_is_a_clear_error(cli_runner, argv, message, tmp_path):
-    code, _, err = cli_runner(diffusion_lab.main, argv + (["--out", str(tmp_path / "o.png")] if argv[0] == "sample" else []))
+    code, _, err = cli_runner(
+        diffusion_lab.main, argv + (["--out", str(tmp_path / "o.png")] if argv[0] == "sample" else [])
+    )
     assert code == 2 and message in err.strip().splitlines()[-1]
 
 

@@ -1,4 +1,5 @@
 """Week 9: ONNX export parity and engine equivalence, on the bundled tiny models."""
+
 import copy
 
 import numpy as np
@@ -82,8 +83,9 @@ def test_onnx_engine_captions_equal_torch(onnx_engine, torch_engine, samples):
 
 
 def test_bf16_engine_close_to_fp32(clip_model, blip2_model, torch_engine, samples):
-    bf16 = engines.TorchEngine(copy.deepcopy(clip_model[0]), clip_model[1], copy.deepcopy(blip2_model[0]),
-                               blip2_model[1], dtype=torch.bfloat16)  # the engine casts its models in place
+    bf16 = engines.TorchEngine(
+        copy.deepcopy(clip_model[0]), clip_model[1], copy.deepcopy(blip2_model[0]), blip2_model[1], dtype=torch.bfloat16
+    )  # the engine casts its models in place
     images = [s.image for s in samples]
     assert 0.99 <= export_onnx.min_cosine(bf16.embed_images(images), torch_engine.embed_images(images)) < 0.99999
 
@@ -107,6 +109,7 @@ def test_buckets_and_padding():
 def test_greedy_loop_stops_rows_at_eos():
     """A fake decoder: row 0 says token 5 then </s>; row 1 says 6, 7, then </s>. Finished rows pad,
     and the cache passes from each call to the next."""
+
     class Tokenizer:
         pad_token_id, eos_token_id = 1, 2
 

@@ -1,6 +1,7 @@
 """Week 10, tried as an attacker would: images judged as a viewer sees them, bad bodies of every
 kind answered 4xx in the API's error shape, work bounded before decoding, clients that go away
 costing nothing, a 500 that keeps the connection, and settings that cannot work refused."""
+
 import asyncio
 import base64
 import http.client
@@ -46,8 +47,9 @@ def data_url(data, mime="image/png"):
 
 
 def moderate(client, data, mime="image/png"):
-    response = client.post("/v1/moderations", json={"input": [{"type": "image_url",
-                                                               "image_url": {"url": data_url(data, mime)}}]})
+    response = client.post(
+        "/v1/moderations", json={"input": [{"type": "image_url", "image_url": {"url": data_url(data, mime)}}]}
+    )
     assert response.status_code == 200, response.text
     return response.json()["results"][0]
 
@@ -122,7 +124,7 @@ def test_alpha_bypass_is_judged_as_composited(service_client):
     ys, xs = np.nonzero(shape)
     rgb = np.zeros_like(cross, dtype=np.uint8)
     rgb[:] = shapesworld.BACKGROUND
-    rgb[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = cross[shape].mean(0)  # a red square around the cross
+    rgb[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = cross[shape].mean(0)  # a red square around the cross
     shown = np.dstack([rgb, np.where(shape, 255, 0)]).astype(np.uint8)
     naive = moderate(service_client, encode(Image.fromarray(rgb)))
     assert not naive["flagged"], naive  # what dropping alpha judged
@@ -134,14 +136,15 @@ def test_alpha_bypass_is_judged_as_composited(service_client):
     assert not moderate(service_client, encode(Image.fromarray(hidden, "RGBA")))["flagged"]
 
 
-@pytest.mark.parametrize("fmt, mime, options", [("GIF", "image/gif", {}), ("PNG", "image/png", {}),
-                                                ("WEBP", "image/webp", {"lossless": True})],
-                         ids=["GIF", "APNG", "animated WebP"])
+@pytest.mark.parametrize(
+    "fmt, mime, options",
+    [("GIF", "image/gif", {}), ("PNG", "image/png", {}), ("WEBP", "image/webp", {"lossless": True})],
+    ids=["GIF", "APNG", "animated WebP"],
+)
 def test_animation_bypass_every_frame_is_judged(service_client, fmt, mime, options):
     """A harmless first frame, a red cross after it: flagged, as the worst frame decides."""
     harmless = render(BLUE_CIRCLE, seed=1)
-    animation = encode(harmless, fmt, save_all=True, append_images=[render(RED_CROSS)], duration=100, loop=0,
-                       **options)
+    animation = encode(harmless, fmt, save_all=True, append_images=[render(RED_CROSS)], duration=100, loop=0, **options)
     assert Image.open(io.BytesIO(animation)).n_frames == 2
     first_frame = moderate(service_client, encode(harmless))
     assert not first_frame["flagged"], first_frame  # what judging frame 0 alone decided
@@ -163,23 +166,49 @@ def formats_a_browser_shows():
     """{name: (bytes, MIME type)} for every format and flavour the service accepts."""
     a, b = render(BLUE_CIRCLE), render(RED_CROSS)
     animated = {"save_all": True, "append_images": [b], "duration": 100}
-    return {"PNG": (encode(a), "image/png"), "APNG": (encode(a, **animated), "image/png"),
-            "JPEG": (encode(a, "JPEG"), "image/jpeg"), "GIF": (encode(a, "GIF"), "image/gif"),
-            "animated GIF": (encode(a, "GIF", **animated), "image/gif"), "WebP": (encode(a, "WEBP"), "image/webp"),
-            "animated WebP": (encode(a, "WEBP", lossless=True, **animated), "image/webp"),
-            "BMP": (encode(a, "BMP"), "image/bmp"), "RGBA PNG": (encode(a.convert("RGBA")), "image/png"),
-            "16-bit PNG": (encode(Image.fromarray(np.zeros((8, 8), np.uint16))), "image/png")}
+    return {
+        "PNG": (encode(a), "image/png"),
+        "APNG": (encode(a, **animated), "image/png"),
+        "JPEG": (encode(a, "JPEG"), "image/jpeg"),
+        "GIF": (encode(a, "GIF"), "image/gif"),
+        "animated GIF": (encode(a, "GIF", **animated), "image/gif"),
+        "WebP": (encode(a, "WEBP"), "image/webp"),
+        "animated WebP": (encode(a, "WEBP", lossless=True, **animated), "image/webp"),
+        "BMP": (encode(a, "BMP"), "image/bmp"),
+        "RGBA PNG": (encode(a.convert("RGBA")), "image/png"),
+        "16-bit PNG": (encode(Image.fromarray(np.zeros((8, 8), np.uint16))), "image/png"),
+    }
 
 
 def formats_outside_the_list():
     image = Image.new("RGB", (16, 16), "red")
-    found = {"SVG": b'<svg xmlns="http://www.w3.org/2000/svg"><rect width="9" height="9" fill="red"/></svg>',
-             "PDF": b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF"}
-    for fmt in ("TIFF", "ICO", "PPM", "TGA", "PCX", "SGI", "EPS", "DDS", "QOI", "JPEG2000", "ICNS", "DIB",
-                "AVIF", "XBM", "MSP", "SPIDER"):
+    found = {
+        "SVG": b'<svg xmlns="http://www.w3.org/2000/svg"><rect width="9" height="9" fill="red"/></svg>',
+        "PDF": b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF",
+    }
+    for fmt in (
+        "TIFF",
+        "ICO",
+        "PPM",
+        "TGA",
+        "PCX",
+        "SGI",
+        "EPS",
+        "DDS",
+        "QOI",
+        "JPEG2000",
+        "ICNS",
+        "DIB",
+        "AVIF",
+        "XBM",
+        "MSP",
+        "SPIDER",
+    ):
         try:
-            found[fmt] = encode({"XBM": image.convert("1"), "MSP": image.convert("1"),
-                                 "SPIDER": image.convert("F")}.get(fmt, image), fmt)
+            found[fmt] = encode(
+                {"XBM": image.convert("1"), "MSP": image.convert("1"), "SPIDER": image.convert("F")}.get(fmt, image),
+                fmt,
+            )
         except (KeyError, OSError, ValueError):  # a Pillow built without that writer
             pass
     return found
@@ -194,19 +223,23 @@ def bad_bodies():
     bodies = {
         "nested 100,000 deep": {"content": b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "headers": raw},
         "a 5,000-digit integer": {"content": b'{"input": ' + b"7" * 5000 + b"}", "headers": raw},
-        "a 5,000-digit integer as dimensions": {"content": b'{"input": "x", "dimensions": ' + b"7" * 5000 + b"}",
-                                                "headers": raw},
+        "a 5,000-digit integer as dimensions": {
+            "content": b'{"input": "x", "dimensions": ' + b"7" * 5000 + b"}",
+            "headers": raw,
+        },
         "a lone surrogate": {"content": b'{"input": "\\ud800"}', "headers": raw},
-        "a lone surrogate in a part": {"content": b'{"input": [{"type": "text", "text": "a\\udfff"}]}',
-                                       "headers": raw},
+        "a lone surrogate in a part": {"content": b'{"input": [{"type": "text", "text": "a\\udfff"}]}', "headers": raw},
         "NaN": {"content": b'{"input": NaN}', "headers": raw},
         "a data URL of text": json_image(b"hello", "text/plain"),
         "SVG as a data URL": json_image(b"<svg/>", "image/svg+xml"),
         "PNG declared as JPEG": json_image(encode(render(BLUE_CIRCLE)), "image/jpeg"),
-        "GIF declared as PNG, uploaded": {"files": {"image": ("x.png", encode(render(BLUE_CIRCLE), "GIF"),
-                                                               "image/png")}},
-        "a part without a name": {"content": b'--zz\r\nContent-Disposition: form-data\r\n\r\nx\r\n--zz--\r\n',
-                                  "headers": {"content-type": "multipart/form-data; boundary=zz"}},
+        "GIF declared as PNG, uploaded": {
+            "files": {"image": ("x.png", encode(render(BLUE_CIRCLE), "GIF"), "image/png")}
+        },
+        "a part without a name": {
+            "content": b"--zz\r\nContent-Disposition: form-data\r\n\r\nx\r\n--zz--\r\n",
+            "headers": {"content-type": "multipart/form-data; boundary=zz"},
+        },
         "multipart without a boundary": {"content": b"--zz--", "headers": {"content-type": "multipart/form-data"}},
         "the same field twice": {"files": [("text", (None, "a")), ("text", (None, "b"))]},
         "text not UTF-8": {"files": {"text": (None, b"\xff\xfe")}},
@@ -214,7 +247,7 @@ def bad_bodies():
         "embedding fields on moderations": {"json": {"input": "x", "encoding_format": "base64"}},
     }
     for name, (data, mime) in formats_a_browser_shows().items():
-        bodies[f"{name} truncated"] = json_image(data[:len(data) // 2], mime)
+        bodies[f"{name} truncated"] = json_image(data[: len(data) // 2], mime)
         corrupt = bytearray(data)
         corrupt[6:22] = b"\xff" * 16  # the header, just after the signature
         bodies[f"{name} with a corrupt header"] = json_image(bytes(corrupt), mime)
@@ -245,7 +278,7 @@ def test_bytes_scribbled_over_anywhere_never_give_a_5xx(service_client):
     for name, (data, mime) in {**formats_a_browser_shows(), **camera}.items():
         for position in np.linspace(0, len(data) - 8, 12).astype(int):
             scribbled = bytearray(data)
-            scribbled[position:position + 8] = b"\x00\xff" * 4
+            scribbled[position : position + 8] = b"\x00\xff" * 4
             response = service_client.post("/v1/moderations", **json_image(bytes(scribbled), mime))
             assert response.status_code < 500, (name, position, response.text)
             if response.status_code != 200:
@@ -360,18 +393,29 @@ def test_clients_that_go_away_before_their_turn_cost_nothing(serve_in_thread):
     metrics = httpx.get(f"{url}/metrics").text
     assert "moderation_client_disconnects_total 5.0" in metrics
     assert 'moderation_dropped_items_total{stage="caption"} 4.0' in metrics
-    assert httpx.post(f"{url}/v1/captions", json={"input": [{"type": "image_url", "image_url": {
-        "url": data_url(encode(scenes[1].image))}}]}, timeout=30).status_code == 200
+    assert (
+        httpx.post(
+            f"{url}/v1/captions",
+            json={"input": [{"type": "image_url", "image_url": {"url": data_url(encode(scenes[1].image))}}]},
+            timeout=30,
+        ).status_code
+        == 200
+    )
 
 
 # ---------------------------------------------------------------- the catch-all 500
-def test_an_unexpected_error_is_a_json_500_with_a_request_id_and_the_connection_stays(serve_in_thread, monkeypatch,
-                                                                                       caplog):
+def test_an_unexpected_error_is_a_json_500_with_a_request_id_and_the_connection_stays(
+    serve_in_thread, monkeypatch, caplog
+):
     url, _ = serve_in_thread()
     monkeypatch.setattr(policy, "decide", lambda *args, **kwargs: 1 / 0)
     connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
-    connection.request("POST", "/v1/moderations", body=b'{"input": "x"}',
-                       headers={"Content-Type": "application/json", "X-Request-ID": "trace-42"})
+    connection.request(
+        "POST",
+        "/v1/moderations",
+        body=b'{"input": "x"}',
+        headers={"Content-Type": "application/json", "X-Request-ID": "trace-42"},
+    )
     failed = connection.getresponse()
     body = json.loads(failed.read())
     socket = connection.sock
@@ -399,12 +443,16 @@ def test_settings_that_cannot_work_are_refused():
         Settings(engine="no-such-engine")
 
 
-@pytest.mark.parametrize("variable, value, message", [
-    ("MODERATION_MAX_QUEUE", "8", "MODERATION_MAX_QUEUE=8 is shorter than one request may fill"),
-    ("MODERATION_MAX_QUEUEE", "512", "unknown setting MODERATION_MAX_QUEUEE"),
-    ("MODERATION_TIMEOUT_S", "soon", "MODERATION_TIMEOUT_S='soon': Input should be a valid number"),
-    ("MODERATION_POLICY", "nope.yaml", "no policy file nope.yaml"),
-], ids=["queue shorter than a request", "a typo", "not a number", "no policy"])
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        ("MODERATION_MAX_QUEUE", "8", "MODERATION_MAX_QUEUE=8 is shorter than one request may fill"),
+        ("MODERATION_MAX_QUEUEE", "512", "unknown setting MODERATION_MAX_QUEUEE"),
+        ("MODERATION_TIMEOUT_S", "soon", "MODERATION_TIMEOUT_S='soon': Input should be a valid number"),
+        ("MODERATION_POLICY", "nope.yaml", "no policy file nope.yaml"),
+    ],
+    ids=["queue shorter than a request", "a typo", "not a number", "no policy"],
+)
 def test_the_app_factory_stops_with_one_line(monkeypatch, variable, value, message):
     monkeypatch.setenv(variable, value)
     with pytest.raises(SystemExit) as stopped:
@@ -414,9 +462,14 @@ def test_the_app_factory_stops_with_one_line(monkeypatch, variable, value, messa
 
 
 def test_uvicorn_refuses_to_start_with_one_line():
-    started = subprocess.run([sys.executable, "-m", "uvicorn", "--factory", "stage3_moderation.app:create_app",
-                              "--port", "0"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                             env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "MODERATION_MAX_QUEUE": "8"})
+    started = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "--factory", "stage3_moderation.app:create_app", "--port", "0"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "MODERATION_MAX_QUEUE": "8"},
+    )
     lines = started.stderr.strip().splitlines()
     assert started.returncode != 0 and len(lines) == 1 and "Traceback" not in started.stderr, started.stderr
     assert lines[0].startswith("moderation service: MODERATION_MAX_QUEUE=8 is shorter than"), lines
@@ -424,12 +477,18 @@ def test_uvicorn_refuses_to_start_with_one_line():
 
 # ---------------------------------------------------------------- the OpenAPI contract
 def test_openapi_document_is_valid_and_says_what_the_api_takes_and_answers(start_service, service_client):
-    document = start_service(api_keys=("k",), auth_metrics_and_docs=True).get(
-        "/openapi.json", headers={"Authorization": "Bearer k"}).json()
+    document = (
+        start_service(api_keys=("k",), auth_metrics_and_docs=True)
+        .get("/openapi.json", headers={"Authorization": "Bearer k"})
+        .json()
+    )
     validate_openapi(document)  # every $ref resolves, every schema is well formed
     assert "$defs" not in json.dumps(document)
     assert document["components"]["securitySchemes"]["HTTPBearer"] == {
-        "type": "http", "scheme": "bearer", "description": "Authorization: Bearer <one of MODERATION_API_KEYS>"}
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Authorization: Bearer <one of MODERATION_API_KEYS>",
+    }
     for path in ("/v1/moderations", "/v1/embeddings", "/v1/captions"):
         operation = document["paths"][path]["post"]
         assert set(operation["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
@@ -446,5 +505,9 @@ def test_openapi_document_is_valid_and_says_what_the_api_takes_and_answers(start
     assert "security" not in open_door["paths"]["/v1/moderations"]["post"]
     assert "401" not in open_door["paths"]["/v1/moderations"]["post"]["responses"]
     form = document["components"]["schemas"]["ModerationForm"]["properties"]["image"]
-    assert form == {"contentMediaType": "application/octet-stream", "description": form["description"],
-                    "title": "Image", "type": "string"}  # a file upload, in OpenAPI 3.1's words
+    assert form == {
+        "contentMediaType": "application/octet-stream",
+        "description": form["description"],
+        "title": "Image",
+        "type": "string",
+    }  # a file upload, in OpenAPI 3.1's words

@@ -1,5 +1,6 @@
 """Week 10 against the real thing: a uvicorn process on loopback, driven by OpenAI's own Python SDK
 and by schemathesis, and loaded with the heaviest images its limits admit."""
+
 import base64
 import re
 import subprocess
@@ -18,8 +19,11 @@ KEY = "sk-live-test"
 
 @pytest.fixture(scope="module")
 def live(onnx_export):
-    env = {"MODERATION_ONNX_DIR": str(onnx_export[0]), "MODERATION_API_KEYS": KEY,
-           "MODERATION_AUTH_METRICS_AND_DOCS": "1"}
+    env = {
+        "MODERATION_ONNX_DIR": str(onnx_export[0]),
+        "MODERATION_API_KEYS": KEY,
+        "MODERATION_AUTH_METRICS_AND_DOCS": "1",
+    }
     with loadgen.server(env) as (url, _):
         yield url
 
@@ -38,17 +42,18 @@ def test_openai_sdk_moderations_of_a_text_an_image_and_both(live):
     text = client.moderations.create(input="free money at www.example.com")
     assert text.model == "shapesworld-demo/tiny" and text.id.startswith("modr-") and text._request_id
     [result] = text.results
-    assert result.flagged and result.categories.model_extra == {"red_cross": False, "purple_cross": False,
-                                                                "spam": True}
+    assert result.flagged and result.categories.model_extra == {"red_cross": False, "purple_cross": False, "spam": True}
     assert result.category_scores.model_extra["spam"] == 1.0
-    cross = shapesworld.render([shapesworld.ShapeObject("red", "cross", "large", "top left")], 64,
-                               np.random.default_rng(0))
+    cross = shapesworld.render(
+        [shapesworld.ShapeObject("red", "cross", "large", "top left")], 64, np.random.default_rng(0)
+    )
     [image] = client.moderations.create(input=[image_part(cross)], model="shapesworld-demo/tiny").results
     assert image.flagged and image.categories.model_extra["red_cross"] and "red cross" in image.model_extra["caption"]
     assert image.category_applied_input_types.model_extra["red_cross"] == ["image"]
     scene = shapesworld.sample("test", 11, seed=4)
-    [both] = client.moderations.create(input=[{"type": "text", "text": scene.caption_en}, image_part(scene.image)]
-                                       ).results
+    [both] = client.moderations.create(
+        input=[{"type": "text", "text": scene.caption_en}, image_part(scene.image)]
+    ).results
     assert both.category_applied_input_types.model_extra["red_cross"] == ["image", "text"]
     assert both.model_extra["image_text_similarity"] > 0.45 and not both.model_extra["mismatch"]
 
@@ -67,8 +72,9 @@ def test_openai_sdk_embeddings_in_float_and_base64_with_dimensions(live):
     vector = np.array(short.data[0].embedding)
     assert vector.shape == (16,) and abs(np.linalg.norm(vector) - 1) < 1e-5
     np.testing.assert_allclose(vector, a[0, :16] / np.linalg.norm(a[0, :16]), atol=1e-6)  # cut, renormalised
-    raw = client.embeddings.with_raw_response.create(input=texts[0], model="tiny", encoding_format="base64",
-                                                     user="user-42").http_response.json()
+    raw = client.embeddings.with_raw_response.create(
+        input=texts[0], model="tiny", encoding_format="base64", user="user-42"
+    ).http_response.json()
     decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), "<f4")  # little-endian float32
     np.testing.assert_array_equal(decoded, a[0].astype(np.float32))
     [image] = client.embeddings.create(input=[image_part(shapesworld.sample("test", 3).image)], model="tiny").data
@@ -94,13 +100,35 @@ def test_openai_sdk_raises_its_typed_errors(live):
 # ---------------------------------------------------------------- schemathesis, every check, every operation
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(live, tmp_path):
     run = subprocess.run(
-        [sys.executable, "-c", "from schemathesis.cli import schemathesis; schemathesis()",
-         "--config-file", str(REPO_ROOT / "tests" / "schemathesis.toml"), "--no-color",
-         "run", f"{live}/openapi.json", "--header", f"Authorization: Bearer {KEY}", "--checks", "all",
-         "--max-examples", "300", "--seed", "22", "--workers", "1", "--report", "junit",
-         "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600)
-    summary = run.stdout[run.stdout.rfind("SUMMARY"):]
+        [
+            sys.executable,
+            "-c",
+            "from schemathesis.cli import schemathesis; schemathesis()",
+            "--config-file",
+            str(REPO_ROOT / "tests" / "schemathesis.toml"),
+            "--no-color",
+            "run",
+            f"{live}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {KEY}",
+            "--checks",
+            "all",
+            "--max-examples",
+            "300",
+            "--seed",
+            "22",
+            "--workers",
+            "1",
+            "--report",
+            "junit",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    summary = run.stdout[run.stdout.rfind("SUMMARY") :]
     print(summary)  # operations, phases, cases run, failures: shown with pytest -s
     cases = re.search(r"(\d+) generated, (\d+) passed", summary)
     assert run.returncode == 0 and "No issues found" in summary, run.stdout[-6000:] + run.stderr[-2000:]
@@ -113,8 +141,9 @@ def test_heavy_images_keep_memory_bounded_and_healthz_answering(onnx_export):
     is refused by the request's pixel limit; the heaviest requests admitted (4 such images) are decoded
     off the event loop within a process-wide pixel budget: the rest get 503 at once, memory stays
     bounded, and /healthz keeps answering. Precise figures: `python -m stage3_moderation.bench liveness`."""
-    r = bench.bench_liveness(requests=12, concurrency=6, idle_seconds=1,
-                             env={"MODERATION_ONNX_DIR": str(onnx_export[0])})
+    r = bench.bench_liveness(
+        requests=12, concurrency=6, idle_seconds=1, env={"MODERATION_ONNX_DIR": str(onnx_export[0])}
+    )
     assert r["attack_statuses"] == {"413": 3}, r
     assert set(r["load_statuses"]) == {"200", "503"} and r["load_statuses"]["200"] >= 2, r
     assert r["rss_peak_mb"] - r["rss_before_mb"] < 640, r  # measured about 320 MiB on 2 cores

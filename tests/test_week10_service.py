@@ -1,4 +1,5 @@
 """Week 10: policy decisions, the batcher, the cache, and every endpoint of the API in-process."""
+
 import asyncio
 import io
 import threading
@@ -33,17 +34,20 @@ def write(tmp_path, text):
     return path
 
 
-@pytest.mark.parametrize("text, message", [
-    ("categories: [a, b]", "non-empty `categories` mapping"),
-    ("categories: {x: {terms: [a]}}\nlimits: 3", "unknown keys"),
-    ("categories: {x: {terms: [a], colour: red}}", "unknown keys"),
-    ("categories: {x: {patterns: ['(']}}", "bad regular expression"),
-    ("categories: {x: {description: nothing}}", "can never flag"),
-    ("categories: {x: {concepts: [a cat]}}", "threshold"),
-    ("categories: {x: {concepts: [a cat], threshold: 0.3, input_types: [text]}}", "does not judge images"),
-    ("categories: {x: {terms: [a], input_types: [audio]}}", "input_types"),
-    ("categories: {x: [unclosed", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("categories: [a, b]", "non-empty `categories` mapping"),
+        ("categories: {x: {terms: [a]}}\nlimits: 3", "unknown keys"),
+        ("categories: {x: {terms: [a], colour: red}}", "unknown keys"),
+        ("categories: {x: {patterns: ['(']}}", "bad regular expression"),
+        ("categories: {x: {description: nothing}}", "can never flag"),
+        ("categories: {x: {concepts: [a cat]}}", "threshold"),
+        ("categories: {x: {concepts: [a cat], threshold: 0.3, input_types: [text]}}", "does not judge images"),
+        ("categories: {x: {terms: [a], input_types: [audio]}}", "input_types"),
+        ("categories: {x: [unclosed", "not valid YAML"),
+    ],
+)
 def test_policy_file_mistakes_are_explained(tmp_path, text, message):
     with pytest.raises(UserError, match=message):
         policy.load(write(tmp_path, text))
@@ -60,8 +64,11 @@ def test_bundled_policies_load():
 def test_decide_text_rules_image_scores_caption_and_mismatch(demo_policy):
     text_only = policy.decide(demo_policy, text="BUY  NOW at http://spam.example")
     assert text_only["flagged"] and text_only["categories"]["spam"] and not text_only["categories"]["red_cross"]
-    assert text_only["category_applied_input_types"] == {"red_cross": ["text"], "purple_cross": ["text"],
-                                                         "spam": ["text"]}
+    assert text_only["category_applied_input_types"] == {
+        "red_cross": ["text"],
+        "purple_cross": ["text"],
+        "spam": ["text"],
+    }
     assert text_only["caption"] is None and text_only["image_text_similarity"] is None and not text_only["mismatch"]
     assert not policy.decide(demo_policy, text="a cross that is red-ish")["flagged"]  # whole words only
 
@@ -75,8 +82,9 @@ def test_decide_text_rules_image_scores_caption_and_mismatch(demo_policy):
     assert by_caption["categories"]["purple_cross"] and by_caption["category_scores"]["purple_cross"] == 1.0
     spam_caption = policy.decide(demo_policy, concept_scores=low, caption="click here")
     assert not spam_caption["categories"]["spam"]  # spam judges text only, not what the image shows
-    mismatch = policy.decide(demo_policy, text="a red circle", concept_scores=low, caption="a blue square",
-                             similarity=0.1)
+    mismatch = policy.decide(
+        demo_policy, text="a red circle", concept_scores=low, caption="a blue square", similarity=0.1
+    )
     assert mismatch["mismatch"] and mismatch["flagged"] and not any(mismatch["categories"].values())
     assert not policy.decide(demo_policy, text="a", concept_scores=low, caption="b", similarity=0.6)["mismatch"]
 
@@ -199,8 +207,9 @@ def test_cancelled_request_does_not_break_its_batch():
 
 def test_request_timeout():
     async def main():
-        batcher = batching.Batcher("t", lambda items: time.sleep(0.3) or items,
-                                   batching.Settings(max_wait_ms=0, timeout_s=0.05))
+        batcher = batching.Batcher(
+            "t", lambda items: time.sleep(0.3) or items, batching.Settings(max_wait_ms=0, timeout_s=0.05)
+        )
         with pytest.raises(asyncio.TimeoutError):
             await batcher.submit(1)
         await asyncio.sleep(0.3)
@@ -258,21 +267,33 @@ def test_moderation_text_shapes(client):
     assert len(one["results"]) == 1 and one["results"][0]["categories"]["spam"]
     many = client.post("/v1/moderations", json={"input": ["hello", "a purple cross"]}).json()["results"]
     assert [r["flagged"] for r in many] == [False, True] and many[1]["categories"]["purple_cross"]
-    assert set(many[0]) == {"flagged", "categories", "category_scores", "category_applied_input_types",
-                            "caption", "image_text_similarity", "mismatch"}
+    assert set(many[0]) == {
+        "flagged",
+        "categories",
+        "category_scores",
+        "category_applied_input_types",
+        "caption",
+        "image_text_similarity",
+        "mismatch",
+    }
 
 
 def test_moderation_image_and_text_json_and_multipart_agree(client, scene):
     body = {"input": [{"type": "text", "text": scene.caption_en}, image_part(scene.image)]}
     by_json = client.post("/v1/moderations", json=body).json()["results"][0]
-    by_form = client.post("/v1/moderations", files={"image": ("scene.png", png_bytes(scene.image), "image/png")},
-                          data={"text": scene.caption_en}).json()["results"][0]
+    by_form = client.post(
+        "/v1/moderations",
+        files={"image": ("scene.png", png_bytes(scene.image), "image/png")},
+        data={"text": scene.caption_en},
+    ).json()["results"][0]
     assert by_json == by_form
     assert by_json["caption"] and by_json["image_text_similarity"] > 0.45 and not by_json["mismatch"]
     assert by_json["category_applied_input_types"]["red_cross"] == ["image", "text"]
     assert not any(o.color == "purple" and o.shape == "cross" for o in scene.objects)  # so this text is wrong
-    wrong = client.post("/v1/moderations", json={"input": [{"type": "text", "text": "a large purple cross in the "
-                                                          "bottom right"}, image_part(scene.image)]}).json()
+    wrong = client.post(
+        "/v1/moderations",
+        json={"input": [{"type": "text", "text": "a large purple cross in the bottom right"}, image_part(scene.image)]},
+    ).json()
     assert wrong["results"][0]["mismatch"]
 
 
@@ -292,8 +313,10 @@ def test_embeddings_and_captions(client, scene):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     assert vectors[2] @ vectors[0] > vectors[2] @ vectors[1]  # the image is nearer its own caption
     captions = client.post("/v1/captions", files={"image": ("s.png", png_bytes(scene.image), "image/png")}).json()
-    assert captions["data"][0]["caption"] == client.post("/v1/captions", json={"input": [image_part(scene.image)]}
-                                                         ).json()["data"][0]["caption"]
+    assert (
+        captions["data"][0]["caption"]
+        == client.post("/v1/captions", json={"input": [image_part(scene.image)]}).json()["data"][0]["caption"]
+    )
     assert client.post("/v1/captions", json={"input": "text"}).status_code == 400
 
 
@@ -304,8 +327,13 @@ def test_operations_endpoints(client, scene):
     for _ in range(2):  # the same image twice: the second is a cache hit
         client.post("/v1/captions", json={"input": [image_part(scene.image)]})
     metrics = client.get("/metrics").text
-    for series in ("moderation_requests_total", "moderation_request_seconds_bucket", "moderation_batch_size_bucket",
-                   "moderation_queue_depth", 'moderation_cache_total{kind="caption",result="hit"}'):
+    for series in (
+        "moderation_requests_total",
+        "moderation_request_seconds_bucket",
+        "moderation_batch_size_bucket",
+        "moderation_queue_depth",
+        'moderation_cache_total{kind="caption",result="hit"}',
+    ):
         assert series in metrics
     assert client.post("/v1/no-such-thing", json={}).status_code == 404
     assert 'endpoint="other"' in client.get("/metrics").text  # unknown paths share one label value
@@ -336,7 +364,7 @@ def bad_inputs(scene):
         "bad base64": dict(json={"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]}),
         "not a data URL shape": dict(json={"input": [{"type": "image_url", "image_url": {"url": "data:abc"}}]}),
         "non-image bytes": dict(files={"image": ("x.png", b"just some text", "image/png")}),
-        "truncated image": dict(files={"image": ("x.png", good_png[:len(good_png) // 2], "image/png")}),
+        "truncated image": dict(files={"image": ("x.png", good_png[: len(good_png) // 2], "image/png")}),
         "empty image": dict(files={"image": ("x.png", b"", "image/png")}),
         "decompression bomb": dict(files={"image": ("x.png", bomb.getvalue(), "image/png")}),
         "over the pixel limit": dict(files={"image": ("x.png", over_limit.getvalue(), "image/png")}),
@@ -350,7 +378,9 @@ def bad_inputs(scene):
         "list too long": dict(json={"input": ["x"] * 33}),
         "wrong content type": dict(content=b"input=x", headers={"content-type": "text/plain"}),
         "no content type": dict(content=b"input=x"),
-        "malformed multipart": dict(content=b"--zz\r\nnonsense", headers={"content-type": "multipart/form-data; boundary=zz"}),
+        "malformed multipart": dict(
+            content=b"--zz\r\nnonsense", headers={"content-type": "multipart/form-data; boundary=zz"}
+        ),
     }
 
 
@@ -412,8 +442,7 @@ def test_overload_is_503_with_retry_after_and_timeout_is_504(start_service):
     moderator.batchers["caption"].fn = lambda images: time.sleep(0.3) or caption(images)
     scenes = shapesworld.generate("test", 6, seed=9)  # distinct images: no cache hits
     with ThreadPoolExecutor(6) as pool:
-        responses = list(pool.map(lambda s: busy.post("/v1/captions", json={"input": [image_part(s.image)]}),
-                                  scenes))
+        responses = list(pool.map(lambda s: busy.post("/v1/captions", json={"input": [image_part(s.image)]}), scenes))
     codes = sorted(r.status_code for r in responses)
     assert codes.count(200) >= 2 and 503 in codes, codes
     refused = next(r for r in responses if r.status_code == 503)

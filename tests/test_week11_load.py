@@ -1,4 +1,5 @@
 """Week 11: the real server under load, and the benchmark's measurements on a small scale."""
+
 import asyncio
 
 import httpx
@@ -25,7 +26,11 @@ def test_2000_requests_at_concurrency_32_without_errors_or_lost_responses(server
     metrics = httpx.get(f"{server_url}/metrics").text
     assert 'moderation_requests_total{endpoint="/v1/moderations",status="200"} 2000.0' in metrics
     # dynamic batching really batched: some caption calls held more than one image
-    sizes = [line for line in metrics.splitlines() if line.startswith('moderation_batch_size_bucket{le="1.0",stage="caption"}')]
+    sizes = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('moderation_batch_size_bucket{le="1.0",stage="caption"}')
+    ]
     count = [line for line in metrics.splitlines() if line.startswith('moderation_batch_size_count{stage="caption"}')]
     assert float(sizes[0].split()[-1]) < float(count[0].split()[-1])
 
@@ -36,8 +41,9 @@ def test_real_server_enforces_api_keys(server_url):
 
 
 def test_loadgen_cli_reports_errors(server_url, cli_runner):
-    code, out, _ = cli_runner(loadgen.main, ["--url", server_url, "--n", "20", "--concurrency", "4", "--kind", "text",
-                                             "--json"])
+    code, out, _ = cli_runner(
+        loadgen.main, ["--url", server_url, "--n", "20", "--concurrency", "4", "--kind", "text", "--json"]
+    )
     assert code == 0 and '"401": 20' in out and '"errors": 20' in out  # no key: every request refused, counted
 
 

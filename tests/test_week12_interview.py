@@ -1,5 +1,6 @@
 """Week 12 milestone: the tensor drills pass, the quiz runs without a person, and the STAR
 write-ups quote measured results (or name the make target that measures them)."""
+
 import importlib.util
 import json
 import re
@@ -32,8 +33,16 @@ def test_the_drill_check_can_fail():
 def test_questions_cover_the_plan_and_name_demos():
     questions = drill.load()
     texts = " ".join(q.text for q in questions)
-    for topic in ("negatives", "CNN", "Q-Former", "Latent space", "DDPM vs DDIM", "LoRA", "Dynamic batching",
-                  "learning rate"):
+    for topic in (
+        "negatives",
+        "CNN",
+        "Q-Former",
+        "Latent space",
+        "DDPM vs DDIM",
+        "LoRA",
+        "Dynamic batching",
+        "learning rate",
+    ):
         assert topic in texts, topic
     assert all(q.answer for q in questions)
     assert sum(bool(q.demo) for q in questions) >= len(questions) - 1
@@ -85,8 +94,11 @@ def write(root, file, data):
 
 
 def test_star_quotes_the_measured_numbers(tmp_path, cli_runner):
-    write(tmp_path, "week1/eval.json", {"text_to_image": {"R@1": 0.9123}, "image_to_text": {"R@1": 0.8771},
-                                        "heldout_combinations": {"R@1": 0.7531}})
+    write(
+        tmp_path,
+        "week1/eval.json",
+        {"text_to_image": {"R@1": 0.9123}, "image_to_text": {"R@1": 0.8771}, "heldout_combinations": {"R@1": 0.7531}},
+    )
     write(tmp_path, "week7/crosslingual.json", {"zh": {"R@1": 0.6543}, "en": {"R@1": 0.9123}})
     write(tmp_path, "bench/kv_cache.json", {"rows": [{"case": "fixture decoder", "speedup": 4.321}]})
     out = tmp_path / "star.md"
@@ -100,13 +112,16 @@ def test_star_quotes_the_measured_numbers(tmp_path, cli_runner):
 def test_star_with_no_results_still_writes_and_names_the_targets(tmp_path, cli_runner):
     code, stdout, _ = cli_runner(star.main, ["--outputs", str(tmp_path / "empty"), "--out", str(tmp_path / "s.md")])
     assert code == 0 and (tmp_path / "s.md").exists()
-    assert ("missing results: run `make bench export lora week1 week11 week2 week3 week4 week5 week7 week8 week9`"
-            in stdout)
+    assert (
+        "missing results: run `make bench export lora week1 week11 week2 week3 week4 week5 week7 week8 week9`" in stdout
+    )
 
 
 def test_star_moderation_numbers_come_from_the_benchmark(tmp_path, cli_runner):
-    rows = [{"config": c, "concurrency": 32, "requests_per_s": r, "p99_ms": p}
-            for c, r, p in (("batching on, cache off", 123.4, 456.7), ("batching off, cache off", 51.2, 789.1))]
+    rows = [
+        {"config": c, "concurrency": 32, "requests_per_s": r, "p99_ms": p}
+        for c, r, p in (("batching on, cache off", 123.4, 456.7), ("batching off, cache off", 51.2, 789.1))
+    ]
     write(tmp_path, "bench/moderation_service.json", {"rows": rows})
     write(tmp_path, "week11/load.json", {"n": 2000, "concurrency": 32, "errors": 0, "unique_ids": 2000})
     code, stdout, _ = cli_runner(star.main, ["--outputs", str(tmp_path), "--out", str(tmp_path / "s.md")])

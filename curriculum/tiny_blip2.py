@@ -6,7 +6,7 @@ first words of the text. Saved with `save_pretrained` next to a `Blip2Processor`
 it exactly like `Salesforce/blip2-opt-2.7b`.
 
     python -m curriculum.tiny_blip2 --out data/models/tiny-blip2      (or: make tiny-models)
-    python -m curriculum.tiny_blip2 --out outputs/train/blip2 --nproc 2 [--resume]   (Accelerate: README)
+    python -m curriculum.tiny_blip2 --out outputs/train/blip2 --nproc 2 [--resume]   (docs/training.md)
 
 It learns four prompt styles, so that prompts visibly steer it:
     (no prompt)                       a small red circle in the top left and ...

@@ -4,7 +4,7 @@ It learns ShapesWorld with CLIP's contrastive loss (several positives allowed) a
 `save_pretrained`, so every script loads it exactly like `openai/clip-vit-base-patch32`.
 
     python -m curriculum.tiny_clip --out data/models/tiny-clip      (or: make tiny-models)
-    python -m curriculum.tiny_clip --out outputs/train/clip --nproc 2 [--resume]   (Accelerate: README)
+    python -m curriculum.tiny_clip --out outputs/train/clip --nproc 2 [--resume]   (docs/training.md)
 
 The tokenizer is a real `CLIPTokenizer` (byte-level BPE, `</w>` word ends) whose merges are
 learned from ShapesWorld captions, so every caption word is one token and any other text still

@@ -12,7 +12,7 @@ guidance has an unconditional model to push away from. Saved as a `StableDiffusi
 (no safety checker), which loads exactly like stable-diffusion-v1-5/stable-diffusion-v1-5.
 
     python -m curriculum.tiny_sd --out data/models/tiny-sd      (or: make tiny-models)
-    python -m curriculum.tiny_sd --out outputs/train/sd --nproc 2 [--resume]   (Accelerate: README)
+    python -m curriculum.tiny_sd --out outputs/train/sd --nproc 2 [--resume]   (docs/training.md)
 """
 
 from dataclasses import dataclass

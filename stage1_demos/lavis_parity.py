@@ -94,6 +94,7 @@ def compare(n=100, split="test", seed=0, model_name="tiny", batch_size=16, out=N
         "captions_equal": sum(a == b for a, b in zip(captions, lavis_captions)),
         "answers_equal": sum(a == b for a, b in zip(answers, lavis_answers)),
         "differences": [r for r in rows if r["transformers"] != r["lavis"]],
+        "examples": rows[:4],
     }
 
 

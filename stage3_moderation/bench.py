@@ -28,7 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from curriculum import OUTPUTS_DIR, cli, runtime, shapesworld, viz, zoo
+from curriculum import OUTPUTS_DIR, cli, runtime, shapesworld, tables, viz, zoo
 from stage1_demos.clip_retrieval import recall_table
 from stage3_moderation import engines, export_onnx, graphs, loadgen
 
@@ -249,46 +249,23 @@ def bench_liveness(requests=200, concurrency=12, idle_seconds=3.0, env=None):
 
 # ---------------------------------------------------------------- report
 def markdown(engines_result, service_result, liveness_result=None):
+    """The same tables the docs show (curriculum/tables.py), for whichever parts ran."""
     lines = []
     if engines_result:
-        limits = engines_result["matmul_gflops"]
+        limits = ", ".join(f"{k} {v:,} GFLOP/s" for k, v in engines_result["matmul_gflops"].items())
         lines += [
-            f"Matrix-multiply limit ({engines_result['threads']} threads): "
-            + ", ".join(f"{k} {v:,} GFLOP/s" for k, v in limits.items()),
+            f"Matrix-multiply limit ({engines_result['threads']} threads): {limits}",
             "",
-            "| image tower | engine | precision | batch | images/s | min cosine to fp32 | share of limit |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['model']} | {r['engine']} | {r['precision']} | {r['batch']} | {r['images_per_s']:,} | "
-            f"{r['min_cosine_to_fp32']:.4f} | "
-            + (f"{r['share_of_limit']:.0%}" if r["share_of_limit"] else "n/a")
-            + " |"
-            for r in engines_result["towers"]
-        ]
-        lines += [
+            tables.engine_towers(engines_result).markdown(),
             "",
-            "| tiny engine | embed images/s (16) | captions/s (16) | min cosine | text→image R@1 "
-            "| captions same as fp32 | warm-up s |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['engine']} | {r['embed_images_per_s']:,} | {r['captions_per_s']} | {r['min_cosine_to_fp32']:.4f} | "
-            f"{r['text_to_image_r1']:.3f} | {r['captions_same_as_fp32']} | {r['warm_up_s']} |"
-            for r in engines_result["tiny_engines"]
+            tables.tiny_engines(engines_result).markdown(),
         ]
     if service_result:
         lines += [
             "",
             f"Service ({service_result['workload']}, engine {service_result['engine']}):",
             "",
-            "| configuration | concurrency | requests/s | p50 ms | p99 ms | errors |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['config']} | {r['concurrency']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} | "
-            f"{r['errors']} |"
-            for r in service_result["rows"]
+            tables.service(service_result).markdown(),
         ]
     if liveness_result:
         r = liveness_result
@@ -297,12 +274,7 @@ def markdown(engines_result, service_result, liveness_result=None):
             f"Liveness ({r['workload']}): attack {r['attack_statuses']}, load {r['load_statuses']} in "
             f"{r['load_seconds']} s; server RSS {r['rss_before_mb']} MiB before, {r['rss_peak_mb']} MiB at peak.",
             "",
-            "| /healthz | p50 ms | p99 ms | max ms | samples |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {name} | {m['p50']} | {m['p99']} | {m['max']} | {m['n']} |"
-            for name, m in (("idle", r["healthz_idle_ms"]), ("under load", r["healthz_loaded_ms"]))
+            tables.liveness(r).markdown(),
         ]
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's curl examples, run by `make week10` against a server on 127.0.0.1:8000 (`make serve`).
-# A test checks that every command below appears verbatim in the README.
+# Week 10's curl examples (docs/week10.md), run by `make week10` against a server on 127.0.0.1:8000
+# (`make serve`). A test checks that every command below appears verbatim on that page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "--- a text"

@@ -32,7 +32,7 @@ from stage3_moderation import graphs
 
 ENGINES = ("onnx-fp32", "onnx-int8", "torch-fp32", "torch-bf16", "compile")
 # The fastest engine in `make bench` that kept parity (cosine >= 0.999, R@1 unchanged, captions
-# identical) on this project's CPU; see the README's week 11 table.
+# identical) on this project's CPU; see docs/week11.md.
 DEFAULT_ENGINE = "onnx-fp32"
 BUCKETS = (1, 2, 4, 8, 16)  # the compile engine's batch shapes; also the largest model call
 COMPILED = ("clip_image", "clip_text", "blip2_image")

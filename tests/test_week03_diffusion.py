@@ -146,7 +146,7 @@ def test_recording_attention_does_not_change_the_image(pipe):
 def test_cross_attention_finds_the_word_where_it_is_drawn(pipe):
     """In the 4x4 cross-attention layers, 'circle' is attended most in the quadrant where the circle
     is asked for and 'square' in its own: cross-attention ties words to places. (Nouns, because the
-    causal CLIP text encoder folds 'a large red' into the noun that follows; see the README.)"""
+    causal CLIP text encoder folds 'a large red' into the noun that follows; see docs/week03.md.)"""
     for token, position in (("circle", "top left"), ("square", "bottom right")):
         _, by_resolution, _ = sd_generate.attention_maps(pipe, TWO_OBJECTS, token, steps=25, guidance=5.0, seed=0)
         shares = sd_generate.quadrant_shares(by_resolution[4])

@@ -472,11 +472,11 @@ def test_policy_cli(cli_runner):
     assert code == 2 and "no policy file" in err
 
 
-def test_readme_curl_examples_are_the_ones_make_week10_runs():
+def test_the_pages_curl_examples_are_the_ones_make_week10_runs():
     from curriculum import REPO_ROOT
 
     script = (REPO_ROOT / "stage3_moderation" / "curl_examples.sh").read_text()
-    readme = (REPO_ROOT / "README.md").read_text()
+    readme = (REPO_ROOT / "docs" / "week10.md").read_text()
     commands = [line for line in script.splitlines() if line.startswith("curl ")]
     assert len(commands) >= 6
     for command in commands:

@@ -29,7 +29,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo lint test bench train week1 week2 week3 week4 week5 week6 week7 lora week8 week9 export serve week10 week11 week12 tiny-models clean lavis-venv week2-lavis
+.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora week8 week9 export serve week10 week11 week12 tiny-models clean lavis-venv week2-lavis
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -66,8 +66,15 @@ lint: $(VENV)/.installed ## ruff (lint and format) and the import contracts (one
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
+# The JUnit XML is what `make report` reads each milestone's status from.
 test: lint ## the linters, then every milestone's tests
-	$(OFFLINE) $(PYTEST)
+	$(OFFLINE) $(PYTEST) --junitxml=outputs/tests.xml
+
+docs: $(VENV)/.installed ## rewrite the docs' measured tables from results/ (the reference run)
+	$(PY) -m curriculum.docs
+
+report: $(VENV)/.installed ## your lab notebook: outputs/report.html from whatever you have run
+	$(PY) -m curriculum.report
 
 test-week%: $(VENV)/.installed ## run one milestone, e.g. make test-week1
 	$(OFFLINE) $(PYTEST) -m week$*
@@ -90,7 +97,9 @@ week2: $(VENV)/.installed ## BLIP-2 captioning: gallery captions, prompts side b
 	$(CAPTION) caption $(W2)/gallery/*.png --out $(W2)/captions.png
 	$(CAPTION) caption $(W2)/gallery/test_0000[0-3].png --prompt "a photo of" --num-beams 3
 	$(CAPTION) ask $(W2)/gallery/test_00000.png --question "how many shapes are there?"
-	$(CAPTION) prompts $(W2)/gallery/test_00001.png --out $(W2)/prompts.png
+	$(CAPTION) prompts $(W2)/gallery/test_00001.png --out $(W2)/prompts.png --json > $(W2)/prompts.json
+	$(CAPTION) prompts $(W2)/gallery/test_00001.png --prompt "Describe the image in one sentence." \
+	  --prompt "Question: what is the weather? Answer:" --json > $(W2)/untrained_prompts.json
 	$(CAPTION) explain $(W2)/gallery/test_00001.png
 	$(CAPTION) eval --split test --out $(W2)/eval.json
 	@echo "pictures: $(W2)/*.png"
@@ -99,7 +108,8 @@ week3: $(VENV)/.installed ## Stable Diffusion: generate, schedulers x steps, the
 	$(SD) generate --prompt "a large red circle in the top left" --n 4 --out $(W3)/generate.png
 	$(SD) generate --prompt "a small yellow square in the top right and a large purple cross in the bottom left" \
 	  --n 4 --out $(W3)/generate_two.png
-	$(SD) compare --prompt "a large green triangle in the bottom right" --seed 0 --out $(W3)/compare.png
+	$(SD) compare --prompt "a large green triangle in the bottom right" --seed 0 --out $(W3)/compare.png \
+	  --json > $(W3)/compare.json
 	$(SD) explain --prompt "a large red circle in the top left" --out $(W3)/journey.png
 	for token in circle square red; do \
 	  $(SD) attention --prompt "a large red circle in the top left and a large blue square in the bottom right" \
@@ -125,7 +135,8 @@ week5: $(VENV)/.installed ## decoding from scratch: checks against generate(), a
 	@echo "tables: $(W5)/*.json"
 
 week6: $(VENV)/.installed ## InfoNCE from cross-entropy: check, a tiny CLIP trained with it, negatives and temperature
-	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce_lab check
+	@mkdir -p $(W6)
+	set -o pipefail; $(OFFLINE) $(PY) -m stage2_fundamentals.infonce_lab check --json | tee $(W6)/check.json
 	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce_lab train --out $(W6)
 	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce_lab negatives --out $(W6)
 	@echo "results and plots: $(W6)/"
@@ -140,7 +151,8 @@ week7: lora ## projection-head ablation, Chinese queries on the English CLIP ind
 	@echo "results: $(W7)/"
 
 lora: $(VENV)/.installed ## fine-tuning (week 7): LoRA and prefix tuning vs PEFT, a new colour taught three ways
-	$(OFFLINE) $(PY) -m stage2_fundamentals.finetuning_lab check
+	@mkdir -p $(W7)
+	set -o pipefail; $(OFFLINE) $(PY) -m stage2_fundamentals.finetuning_lab check --json | tee $(W7)/finetuning_check.json
 	$(OFFLINE) $(PY) -m stage2_fundamentals.finetuning_lab experiment --out outputs/week7
 	@echo "table and plots: outputs/week7/new_concept.*"
 
@@ -148,12 +160,15 @@ week8: $(VENV)/.installed ## DDPM / DDIM from scratch vs diffusers, the pipeline
 	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 4 --split test --out $(W8)/gallery
 	$(DIFFUSION) check
 	$(DIFFUSION) check --json > $(W8)/check.json
-	$(DIFFUSION) sample --prompt "a large red circle in the top left" --seed 0 --out $(W8)/sample_ddim.png
+	$(DIFFUSION) sample --prompt "a large red circle in the top left" --seed 0 --out $(W8)/sample_ddim.png \
+	  --json > $(W8)/sample_ddim.json
+	$(DIFFUSION) sample --prompt "a large red circle in the top left" --seed 0 --eta 1 --out $(W8)/sample_ddim_eta1.png \
+	  --json > $(W8)/sample_ddim_eta1.json
 	$(DIFFUSION) sample --prompt "a large red circle in the top left" --seed 0 --sampler ddpm \
-	  --out $(W8)/sample_ddpm.png
+	  --out $(W8)/sample_ddpm.png --json > $(W8)/sample_ddpm.json
 	$(DIFFUSION) compare --prompt "a small yellow square in the top right and a large purple cross in the bottom left" \
 	  --seed 0 --step-counts 3 5 10 25 50 --n 6 --out $(W8)/compare.png
-	$(DIFFUSION) forward --image $(W8)/gallery/test_00001.png --out $(W8)/forward.png
+	$(DIFFUSION) forward --image $(W8)/gallery/test_00001.png --out $(W8)/forward.png --json > $(W8)/forward.json
 	@echo "pictures: $(W8)/*.png"
 
 export: $(VENV)/.installed ## ONNX export of the tiny CLIP and BLIP-2 (fp32 + int8) with parity checks
@@ -167,8 +182,8 @@ week9: export ## ONNX export with parity (`make export`), then the demo policy m
 serve: $(VENV)/.installed ## the moderation API on $(HOST):$(PORT) with the tiny models (Ctrl-C stops it)
 	$(OFFLINE) $(PY) -m uvicorn --factory stage3_moderation.app:create_app --host $(HOST) --port $(PORT)
 
-# Starts the server in the background, waits for /readyz, runs the README's curl examples, stops it.
-week10: $(VENV)/.installed ## the service: start it, the README's curl examples, stop it
+# Starts the server in the background, waits for /readyz, runs week 10's curl examples (docs/week10.md), stops it.
+week10: $(VENV)/.installed ## the service: start it, the curl examples of docs/week10.md, stop it
 	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 4 --split test --out $(W10)/gallery
 	@$(OFFLINE) $(PY) -m uvicorn --factory stage3_moderation.app:create_app --host 127.0.0.1 --port 8000 \
 	  --log-level warning & \
@@ -183,7 +198,8 @@ week11: $(VENV)/.installed ## load test (2,000 requests at concurrency 32) and t
 	@echo "tables and plot: $(W11)/moderation.md, $(W11)/moderation.png"
 
 week12: $(VENV)/.installed ## interview: tensor drills, the question list, STAR write-ups from outputs/
-	$(OFFLINE) $(PY) -m interview.einsum_attention check
+	@mkdir -p outputs/week12
+	set -o pipefail; $(OFFLINE) $(PY) -m interview.einsum_attention check --json | tee outputs/week12/check.json
 	$(OFFLINE) $(PY) -m interview.drill --list
 	$(OFFLINE) $(PY) -m interview.star --out outputs/week12/star.md
 	@echo "quiz yourself: $(PY) -m interview.drill"
@@ -229,7 +245,7 @@ $(LAVIS_VENV)/.lavis-installed: requirements-lavis.txt
 lavis-venv: $(LAVIS_VENV)/.lavis-installed ## optional: LAVIS 1.0.2 in .venv-lavis for blip2_caption --backend lavis
 
 week2-lavis: $(VENV)/.installed lavis-venv ## week 2 in LAVIS: both libraries on the same weights, side by side
-	$(OFFLINE) $(PY) -m stage1_demos.lavis_parity --n 100 --out $(W2)/backends.png
+	$(OFFLINE) $(PY) -m stage1_demos.lavis_parity --n 100 --out $(W2)/backends.png --json > $(W2)/lavis_parity.json
 	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 16 --split test --out $(W2)/gallery
 	$(CAPTION) caption $(W2)/gallery/test_0000[0-3].png --backend lavis
 	$(CAPTION) caption $(W2)/gallery/test_0000[0-3].png --prompt "a photo of" --num-beams 3 --backend lavis

@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from curriculum.cli import UserError
-from stage3_moderation import engines, errors, export_onnx, openapi
+from stage3_moderation import engines, errors, export_onnx, openapi, timing
 from stage3_moderation import policy as policies
 from stage3_moderation.batching import Overloaded, PixelBudget
 from stage3_moderation.endpoints import Api, CaptionResponse, EmbeddingResponse, ModerationResponse
@@ -119,7 +119,8 @@ async def disconnected(receive):
 async def answer(request: Request, endpoint):
     """endpoint(body, content type) as JSON, cancelled if the client goes away first: its queued
     items are dropped and never computed (ClientDisconnect: a 499 nobody receives)."""
-    body = await request.body()
+    with timing.stage("read"):
+        body = await request.body()
     work = asyncio.ensure_future(endpoint(body, request.headers.get("content-type", "")))
     gone = asyncio.ensure_future(disconnected(request.receive))
     try:
@@ -132,7 +133,8 @@ async def answer(request: Request, endpoint):
     if work.cancelled():
         state(request).metrics.disconnects.inc()
         raise ClientDisconnect()
-    return JSONResponse(work.result())
+    with timing.stage("serialize"):
+        return JSONResponse(work.result())
 
 
 # ---------------------------------------------------------------- routes

@@ -29,7 +29,9 @@ import asyncio
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from stage3_moderation import timing
 
 
 class Overloaded(Exception):
@@ -48,17 +50,21 @@ class Settings:
 class Entry:
     item: object
     future: asyncio.Future
+    queued: float = field(default_factory=time.perf_counter)
+    started: float = 0.0  # set when its batch's model call starts, and finished when it ends
+    finished: float = 0.0
 
 
 class Batcher:
-    def __init__(self, name, fn, settings=None, on_batch=None, on_drop=None):
+    def __init__(self, name, fn, settings=None, on_batch=None, on_drop=None, on_item=None):
         """fn(list of items) -> list of results, same order; runs in a worker thread.
-        on_batch(name, size, seconds) is called after every batch and on_drop(name) for every
-        item that left the queue uncomputed (metrics)."""
+        on_batch(name, size, seconds) is called after every batch, on_drop(name) for every item
+        that left the queue uncomputed, on_item(name, queue seconds) for every item answered (metrics)."""
         settings = settings or Settings()
         if settings.max_batch_size < 1 or settings.max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be at least 1")
-        self.name, self.fn, self.settings, self.on_batch, self.on_drop = name, fn, settings, on_batch, on_drop
+        self.name, self.fn, self.settings = name, fn, settings
+        self.on_batch, self.on_drop, self.on_item = on_batch, on_drop, on_item
         self.waiting = deque()  # Entry, oldest first
         self.arrived = asyncio.Event()
         self.worker = None
@@ -88,12 +94,17 @@ class Batcher:
         self.arrived.set()
         try:
             # wait_for cancels the future on timeout, and when this submit itself is cancelled
-            return await asyncio.wait_for(entry.future, self.settings.timeout_s)
+            result = await asyncio.wait_for(entry.future, self.settings.timeout_s)
         except (asyncio.CancelledError, asyncio.TimeoutError):
             if entry in self.waiting:  # not taken into a batch yet: free the slot, never compute it
                 self.waiting.remove(entry)
                 self._drop()
             raise
+        if self.on_item:
+            self.on_item(self.name, entry.started - entry.queued)
+        if (request := timing.current.get()) is not None:
+            request.item(entry.queued, entry.started, entry.finished)
+        return result
 
     async def _collect(self):
         """The first waiting item, then more until the batch is full or max_wait_ms has passed."""
@@ -105,9 +116,15 @@ class Batcher:
         while len(batch) < self.settings.max_batch_size:
             if self.waiting:
                 batch.append(self.waiting.popleft())
-            elif time.monotonic() < deadline:
-                await asyncio.sleep(min(0.001, deadline - time.monotonic()))
-            else:
+                continue
+            if (remaining := deadline - time.monotonic()) <= 0:
+                break
+            # woken by the next arrival or the deadline, whichever comes first: no polling, which
+            # cost CPU on every millisecond of the wait and took a new item up to a millisecond late
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+            except asyncio.TimeoutError:
                 break
         for entry in [e for e in batch if e.future.done()]:  # cancelled while the batch was filling
             batch.remove(entry)
@@ -126,10 +143,12 @@ class Batcher:
                 continue
             start = time.perf_counter()
             results = await asyncio.to_thread(self._call, [entry.item for entry in batch])
+            end = time.perf_counter()
             self.computed += len(batch)
             if self.on_batch:
-                self.on_batch(self.name, len(batch), time.perf_counter() - start)
+                self.on_batch(self.name, len(batch), end - start)
             for entry, result in zip(batch, results):
+                entry.started, entry.finished = start, end
                 if entry.future.done():  # cancelled while the batch ran
                     continue
                 if isinstance(result, BaseException):

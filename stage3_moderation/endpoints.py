@@ -16,7 +16,7 @@ from typing import Literal, Optional, Union
 import numpy as np
 from pydantic import BaseModel
 
-from stage3_moderation import images, inputs
+from stage3_moderation import images, inputs, timing
 from stage3_moderation.batching import all_or_none
 from stage3_moderation.errors import BadInput
 
@@ -55,7 +55,10 @@ class Api:
 
     async def _parse(self, body, content_type, endpoint, name):
         args = (body, content_type, endpoint, self.limits)
-        parsed = inputs.parse(*args) if len(body) <= PARSE_ON_LOOP_BYTES else await self._in_pool(inputs.parse, *args)
+        with timing.stage("parse"):
+            parsed = (
+                inputs.parse(*args) if len(body) <= PARSE_ON_LOOP_BYTES else await self._in_pool(inputs.parse, *args)
+            )
         check_model(parsed.request.model, self.names[name])
         return parsed
 
@@ -63,12 +66,13 @@ class Api:
         """Each image's frames as displayed, decoded in the pool (a cancelled request drops the
         decodes that have not started)."""
         items = [item for item in parsed.items if item.image]
-        decoded = await all_or_none(
-            *(
-                self._in_pool(images.decode, item.image.data, self.limits, item.image.param, endpoint.all_frames)
-                for item in items
+        with timing.stage("decode"):
+            decoded = await all_or_none(
+                *(
+                    self._in_pool(images.decode, item.image.data, self.limits, item.image.param, endpoint.all_frames)
+                    for item in items
+                )
             )
-        )
         for item, frames in zip(items, decoded):
             item.frames = frames
 

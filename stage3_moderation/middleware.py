@@ -1,5 +1,6 @@
-"""Week 10: the ASGI middleware around the moderation app: body size, request ids, metrics, and a
-JSON 500 for anything unexpected. Pure ASGI (no BaseHTTPMiddleware), so a route still sees its
+"""Week 10: the ASGI middleware around the moderation app: body size, request ids, metrics, the
+time of each stage of a request (timing.py: a Server-Timing header), and a JSON 500 for anything
+unexpected. Pure ASGI (no BaseHTTPMiddleware), so a route still sees its
 client's http.disconnect and streaming bodies pass through untouched."""
 
 import logging
@@ -9,7 +10,7 @@ import uuid
 
 from fastapi.responses import JSONResponse
 
-from stage3_moderation import errors
+from stage3_moderation import errors, timing
 from stage3_moderation.errors import ApiError, BadInput
 
 API_PATHS = ("/v1/moderations", "/v1/embeddings", "/v1/captions")
@@ -47,7 +48,8 @@ class BodyLimit:
 
 class Observe:
     """ASGI middleware around everything: an id for every request (X-Request-ID: the client's if it
-    sent a sane one, else a new one), the request metrics, and a JSON 500 for any unexpected
+    sent a sane one, else a new one), the request metrics, the time of each stage of an API request
+    (a Server-Timing header, and histograms), and a JSON 500 for any unexpected
     exception, logged with that id. Catching it here matters: Starlette's last resort sends a
     plain-text 500 and re-raises, and uvicorn then closes the connection, keep-alive or not."""
 
@@ -60,12 +62,21 @@ class Observe:
         request_id = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = request_id if REQUEST_ID.fullmatch(request_id) else uuid.uuid4().hex
         status, start = None, time.perf_counter()
+        api = scope["path"] in API_PATHS
+        stages = timing.Timing()
+        token = timing.current.set(stages if api else None)
 
         async def send_with_id(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                if api:
+                    total = time.perf_counter() - stages.start
+                    if status == 200:
+                        self.metrics.on_request(stages.breakdown(total))
+                    headers.append((b"server-timing", stages.header(total).encode()))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -77,6 +88,7 @@ class Observe:
             error = ApiError(f"an unexpected error on the server; it is logged under request id {request_id}")
             await JSONResponse(errors.body(error), 500)(scope, receive, send_with_id)
         finally:
+            timing.current.reset(token)
             if scope["path"].startswith("/v1/"):
                 # a fixed set of label values: a client probing random paths must not grow the series
                 endpoint = scope["path"] if scope["path"] in API_PATHS else "other"

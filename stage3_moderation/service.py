@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from stage3_moderation import batching
+from stage3_moderation import batching, timing
 from stage3_moderation import policy as policies
 from stage3_moderation.batching import all_or_none
 from stage3_moderation.cache import LRUCache
@@ -55,6 +55,21 @@ class Metrics:
             registry=r,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        fine = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+        self.stage_seconds = Histogram(
+            "moderation_stage_seconds",
+            "a request's time per stage (timing.py: they add up to the request's time)",
+            ["stage"],
+            registry=r,
+            buckets=fine,
+        )
+        self.queue_seconds = Histogram(
+            "moderation_queue_seconds",
+            "an item's wait in a batcher before its batch ran",
+            ["stage"],
+            registry=r,
+            buckets=fine,
+        )
         self.queue_depth = Gauge("moderation_queue_depth", "items waiting per stage", ["stage"], registry=r)
         self.dropped = Counter(
             "moderation_dropped_items",
@@ -79,6 +94,13 @@ class Metrics:
     def on_drop(self, stage):
         self.dropped.labels(stage).inc()
 
+    def on_item(self, stage, queue_seconds):
+        self.queue_seconds.labels(stage).observe(queue_seconds)
+
+    def on_request(self, breakdown):
+        for stage, seconds in breakdown.items():
+            self.stage_seconds.labels(stage).observe(seconds)
+
 
 class Moderator:
     def __init__(self, engine, policy, options=None, metrics=None):
@@ -92,7 +114,9 @@ class Moderator:
             "caption": engine.caption_images,
         }
         self.batchers = {
-            s: batching.Batcher(s, fns[s], options.batching[s], self.metrics.on_batch, self.metrics.on_drop)
+            s: batching.Batcher(
+                s, fns[s], options.batching[s], self.metrics.on_batch, self.metrics.on_drop, self.metrics.on_item
+            )
             for s in STAGES
         }
         for stage, batcher in self.batchers.items():
@@ -131,15 +155,17 @@ class Moderator:
         """One result in OpenAI's shape (+ caption, image_text_similarity, mismatch): the text, and
         every frame of the image with it; the worst frame decides."""
         if not frames:
-            return policies.decide(self.policy, text)
+            with timing.stage("policy"):
+                return policies.decide(self.policy, text)
         jobs = [all_or_none(self.embed_image(frame), self.caption(frame)) for frame in frames]
         if text:
             jobs.append(self.embed_text(text))
         outputs = await all_or_none(*jobs)
-        text_vector = outputs.pop() if text else None
-        results = []
-        for vector, caption in outputs:
-            scores = {c: float(np.dot(vector, v)) for c, v in self.concepts.items()}
-            similarity = float(np.dot(vector, text_vector)) if text_vector is not None else None
-            results.append(policies.decide(self.policy, text, scores, caption, similarity))
-        return policies.worst(results)
+        with timing.stage("policy"):
+            text_vector = outputs.pop() if text else None
+            results = []
+            for vector, caption in outputs:
+                scores = {c: float(np.dot(vector, v)) for c, v in self.concepts.items()}
+                similarity = float(np.dot(vector, text_vector)) if text_vector is not None else None
+                results.append(policies.decide(self.policy, text, scores, caption, similarity))
+            return policies.worst(results)

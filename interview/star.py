@@ -223,13 +223,15 @@ PROJECTS = (
                 "bench",
                 lambda d: (
                     "dynamic batching at 32 concurrent clients: {on} "
-                    "requests/s against {off} without ({ratio:.1f}x), p99 {p99_on} ms against {p99_off} ms".format(
+                    "requests/s against {off} without ({ratio:.1f}x), p99 {p99_on} ms against {p99_off} ms; "
+                    "the service reaches {share:.0%} of the engines alone".format(
                         on=service_row(d, "batching on, cache off")["requests_per_s"],
                         off=service_row(d, "batching off, cache off")["requests_per_s"],
                         ratio=service_row(d, "batching on, cache off")["requests_per_s"]
                         / service_row(d, "batching off, cache off")["requests_per_s"],
                         p99_on=service_row(d, "batching on, cache off")["p99_ms"],
                         p99_off=service_row(d, "batching off, cache off")["p99_ms"],
+                        share=service_row(d, "batching on, cache off")["requests_per_s"] / d["engines_alone_per_s"],
                     )
                 ),
             ),

@@ -8,8 +8,11 @@ Three measurements, each as ratios within one run (these machines are noisy):
            weights: no hub here; speed does not depend on the values) under each engine:
            images/s, min cosine to eager fp32, share of its precision's limit; on the tiny
            models also R@1 and caption parity through the full engines of engines.py
-  service  a real uvicorn process on loopback driven by loadgen: requests/s and p50 / p99 at
-           concurrency 1, 8 and 32, dynamic batching on vs off, cache on vs off
+  service  a real uvicorn process on loopback, on its own core(s), driven by wrk (loadgen's Python
+           client where wrk is missing) from another: requests/s and p50 / p99 at 1, 8 and 32
+           clients, dynamic batching on vs off, cache on vs off, with the server's own time per
+           stage (Server-Timing); an open loop at shares of the maximum; the engines alone on the
+           server's core; the issue's targets as ratios
   liveness /healthz latency and the server's memory, idle and under the heaviest image load the
            limits admit (images decoded off the event loop, a budget of decoded pixels in flight)
 
@@ -19,10 +22,13 @@ Three measurements, each as ratios within one run (these machines are noisy):
 
 import asyncio
 import copy
+import os
+import re
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -31,6 +37,7 @@ from tqdm import tqdm
 from curriculum import OUTPUTS_DIR, cli, runtime, shapesworld, tables, viz, zoo
 from stage1_demos.clip_retrieval import recall_table
 from stage3_moderation import engines, export_onnx, graphs, loadgen
+from stage3_moderation.settings import Settings
 
 OUT = OUTPUTS_DIR / "bench"
 VIT_B_32_BATCH = 16
@@ -185,28 +192,147 @@ SERVICE_CONFIGS = {
     "batching on, cache on": {},
     "batching off, cache on": {"MODERATION_MAX_BATCH_SIZE": "1", "MODERATION_MAX_WAIT_MS": "0"},
 }
+OPEN_LOOP_SHARES = (0.25, 0.5, 0.8, 1.0)  # of the most batching served at 32 clients
 
 
-def bench_service(n=960, pool=64):
-    """Image + text moderation requests; images cycle through `pool` distinct scenes."""
+def split_cores():
+    """(the server's cores, the load generator's): apart, so the client cannot take the server's
+    time; the server gets all but one. One core: both share it (None, None)."""
+    cores = sorted(os.sched_getaffinity(0))
+    return (set(cores[:-1]), {cores[-1]}) if len(cores) > 1 else (None, None)
+
+
+def engines_alone(bodies, cpus, batch=16):
+    """Requests/s of the models called directly on the service's cores, no HTTP: each image+text
+    request's image embedding, caption and text embedding, in batches of `batch` (the service's
+    largest), with the service's threads. The ceiling the service is measured against."""
+    scenes = {s.caption_en: s.image for s in shapesworld.generate("test", 64, 0)}
+    texts = [body["input"][0]["text"] for body in bodies]
+    images = [scenes[text] for text in texts]
+    engine = engines.load(engines.DEFAULT_ENGINE, threads=Settings().threads)
+    engine.warm_up(batch)
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus or before)
+    try:
+        start, cpu = time.perf_counter(), time.process_time()
+        for i in range(0, len(bodies), batch):
+            engine.embed_images(images[i : i + batch])
+            engine.caption_images(images[i : i + batch])
+            engine.embed_texts(texts[i : i + batch])
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return {
+            "requests_per_s": round(len(bodies) / seconds, 1),
+            "cpu_ms_per_request": round(cpu * 1000 / len(bodies), 2),
+        }
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def batch_totals(url):
+    """{stage: (items, model calls)} so far, from the server's /metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    found = re.findall(r'moderation_batch_size_(sum|count)\{stage="(\w+)"\} (\S+)', text)
+    totals = {}
+    for kind, stage, number in found:
+        items, calls = totals.get(stage, (0.0, 0.0))
+        totals[stage] = (float(number), calls) if kind == "sum" else (items, float(number))
+    return totals
+
+
+def closed_loop(url, bodies, concurrency, seconds, server_pid=None):
+    """wrk where it is installed, else the Python client; with the server's CPU milliseconds per
+    answered request and the mean batch size of each model stage, when the server's pid is given."""
+    if server_pid:
+        cpu, batches = loadgen.cpu_seconds(server_pid), batch_totals(url)
+    if loadgen.have_wrk():
+        result = loadgen.drive_wrk(url, bodies, concurrency, seconds)
+    else:
+        result = asyncio.run(loadgen.drive(url, bodies[: max(64, round(concurrency * seconds * 4))], concurrency))
+    if server_pid:
+        result["server_cpu_ms_per_request"] = round(
+            (loadgen.cpu_seconds(server_pid) - cpu) * 1000 / max(result["ok"], 1), 2
+        )
+        after = batch_totals(url)
+        result["mean_batch"] = {
+            stage: round((items - batches.get(stage, (0, 0))[0]) / calls_made, 1)
+            for stage, (items, calls) in after.items()
+            if (calls_made := calls - batches.get(stage, (0, 0))[1]) > 0
+        }
+    return result
+
+
+def bench_service(seconds=8.0, n=960, pool=64):
+    """Image + text moderation requests (images cycle through `pool` distinct scenes), against a
+    real server on its own cores: closed loops at 1, 8 and 32 clients for each configuration, the
+    Python client beside wrk, open loops at shares of the maximum, the engines alone, and the targets."""
+    if not loadgen.have_wrk():
+        print(loadgen.INSTALL_WRK)
     bodies = loadgen.workload("image", n, pool)
-    rows = []
+    server_cpus, client_cpus = split_cores()
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)  # wrk, started from here, inherits it
+    rows, open_rows, python_client = [], [], None
     for name, env in tqdm(SERVICE_CONFIGS.items(), desc="service configurations"):
-        with loadgen.server(env) as (url, _):
-            asyncio.run(loadgen.drive(url, bodies[:64], max(CONCURRENCY)))  # warm up code paths and allocators
+        with loadgen.server(env, cpus=server_cpus) as (url, process):
+            closed_loop(url, bodies, max(CONCURRENCY), 2)  # warm up code paths and allocators
             for concurrency in CONCURRENCY:
-                result = asyncio.run(loadgen.drive(url, bodies, concurrency))
-                rows.append(
-                    {
-                        "config": name,
-                        **{k: result[k] for k in ("concurrency", "n", "errors", "requests_per_s", "p50_ms", "p99_ms")},
-                    }
-                )
-    return {
+                rows.append({"config": name, **closed_loop(url, bodies, concurrency, seconds, process.pid)})
+            if name == "batching on, cache off":
+                python_client = asyncio.run(loadgen.drive(url, bodies[:480], max(CONCURRENCY)))
+                most = rows[-1]["requests_per_s"]
+            if "cache off" in name:
+                for share in OPEN_LOOP_SHARES:
+                    result = asyncio.run(loadgen.open_loop(url, bodies, share * most, seconds))
+                    open_rows.append({"config": name, "share_of_max": share, **result})
+    alone = engines_alone(bodies, server_cpus)
+    result = {
         "workload": f"{n} image+text moderation requests, {pool} distinct images",
         "engine": engines.DEFAULT_ENGINE,
+        "server_cpus": sorted(server_cpus) if server_cpus else "all",
+        "client_cpus": sorted(client_cpus) if client_cpus else "all",
+        "client": "wrk" if loadgen.have_wrk() else "python",
         "rows": rows,
+        "python_client": python_client,
+        "open_loop": open_rows,
+        "engines_alone_per_s": alone["requests_per_s"],
+        "engines_alone_cpu_ms_per_request": alone["cpu_ms_per_request"],
     }
+    return {**result, "targets": targets(result)}
+
+
+def targets(result):
+    """The issue's four targets as measured ratios, each with whether it is met."""
+    row = {(r["config"], r["concurrency"]): r for r in result["rows"]}
+    on, off = row["batching on, cache off", 32], row["batching off, cache off", 32]
+    open_loop = {(r["config"], r["share_of_max"]): r for r in result["open_loop"]}
+    sustained = [  # rates batching-off keeps up with: answered nearly all, in time
+        share
+        for share in OPEN_LOOP_SHARES
+        if (r := open_loop["batching off, cache off", share])["errors"] == 0
+        and r["answered_per_s"] >= 0.95 * r["offered_per_s"]
+    ]
+    at_80 = open_loop["batching on, cache off", 0.8]
+    checks = {
+        "throughput with batching / without, 32 clients (>= 3)": (
+            on["requests_per_s"] / off["requests_per_s"],
+            3,
+            ">=",
+        ),
+        "p99 with batching / without, 32 clients (<= 1)": (on["p99_ms"] / off["p99_ms"], 1, "<="),
+        "service / engines alone, requests/s (>= 0.5)": (
+            on["requests_per_s"] / result["engines_alone_per_s"],
+            0.5,
+            ">=",
+        ),
+        "p99 / p50 at 80% of the maximum, batching on (<= 3)": (at_80["p99_ms"] / at_80["p50_ms"], 3, "<="),
+    }
+    for share in sustained:
+        a, b = open_loop["batching on, cache off", share], open_loop["batching off, cache off", share]
+        checks[f"p99 with batching / without, open loop at {share:.0%} (<= 1)"] = (a["p99_ms"] / b["p99_ms"], 1, "<=")
+    return [
+        {"target": name, "ratio": round(ratio, 2), "met": ratio >= bound if op == ">=" else ratio <= bound}
+        for name, (ratio, bound, op) in checks.items()
+    ]
 
 
 # ---------------------------------------------------------------- liveness under heavy images
@@ -263,9 +389,20 @@ def markdown(engines_result, service_result, liveness_result=None):
     if service_result:
         lines += [
             "",
-            f"Service ({service_result['workload']}, engine {service_result['engine']}):",
+            f"Service ({service_result['workload']}, engine {service_result['engine']}; server on cores "
+            f"{service_result['server_cpus']}, {service_result['client']} on {service_result['client_cpus']}):",
             "",
             tables.service(service_result).markdown(),
+            "",
+            "Where the time goes (mean ms per stage, the server's clock):",
+            "",
+            tables.service_breakdown(service_result).markdown(),
+            "",
+            f"Open loop (engines alone: {service_result['engines_alone_per_s']} requests/s):",
+            "",
+            tables.service_open_loop(service_result).markdown(),
+            "",
+            tables.service_targets(service_result).markdown(),
         ]
     if liveness_result:
         r = liveness_result
@@ -281,22 +418,23 @@ def markdown(engines_result, service_result, liveness_result=None):
 
 def plot(engines_result, service_result, out):
     plt = viz._pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panels = (1 if engines_result else 0) + (2 if service_result else 0)
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(5.5 * max(panels, 1), 4), squeeze=False)
+    axes = list(axes[0])
     if engines_result:
+        ax = axes.pop(0)
         rows = [r for r in engines_result["towers"] if "ViT" in r["model"]]
-        axes[0].bar([r["engine"] for r in rows], [r["images_per_s"] for r in rows], color="tab:blue")
+        ax.bar([r["engine"] for r in rows], [r["images_per_s"] for r in rows], color="tab:blue")
         for i, r in enumerate(rows):
-            axes[0].text(
-                i, r["images_per_s"], f"cos {r['min_cosine_to_fp32']:.4f}", ha="center", va="bottom", fontsize=7
-            )
-        axes[0].set(title=f"CLIP ViT-B/32 image tower, batch {VIT_B_32_BATCH}", ylabel="images / s")
+            ax.text(i, r["images_per_s"], f"cos {r['min_cosine_to_fp32']:.4f}", ha="center", va="bottom", fontsize=7)
+        ax.set(title=f"CLIP ViT-B/32 image tower, batch {VIT_B_32_BATCH}", ylabel="images / s")
     if service_result:
         for config in SERVICE_CONFIGS:
             rows = [r for r in service_result["rows"] if r["config"] == config]
-            axes[1].plot(
+            axes[0].plot(
                 [r["concurrency"] for r in rows], [r["requests_per_s"] for r in rows], marker="o", label=config
             )
-        axes[1].set(
+        axes[0].set(
             title="moderation service on loopback",
             xlabel="concurrent clients",
             ylabel="requests / s",
@@ -304,9 +442,27 @@ def plot(engines_result, service_result, out):
             xticks=CONCURRENCY,
             xticklabels=[str(c) for c in CONCURRENCY],
         )
-        axes[1].minorticks_off()
+        axes[0].minorticks_off()
+        axes[0].legend(fontsize=8)
+        for config, color in (("batching on, cache off", "tab:blue"), ("batching off, cache off", "tab:orange")):
+            rows = [r for r in service_result["open_loop"] if r["config"] == config]
+            for key, style in (("p50_ms", "--"), ("p99_ms", "-")):
+                axes[1].plot(
+                    [r["offered_per_s"] for r in rows],
+                    [r[key] for r in rows],
+                    style,
+                    marker="o",
+                    color=color,
+                    label=f"{config.split(',')[0]}, {key[:3]}",
+                )
+        axes[1].set(
+            title="latency at a fixed arrival rate (open loop)",
+            xlabel="offered requests / s",
+            ylabel="ms (from when each request was due)",
+            yscale="log",
+        )
         axes[1].legend(fontsize=8)
-    for ax in axes:
+    for ax in fig.axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return viz._save_figure(fig, out)
@@ -329,7 +485,7 @@ def main(argv=None):
         result["engines"] = bench_engines(0.5 if args.quick else 3.0)
         cli.write_json(result["engines"], out / "moderation_engines.json")
     if args.what in ("all", "service"):
-        result["service"] = bench_service(n=96 if args.quick else 960)
+        result["service"] = bench_service(seconds=2.0 if args.quick else 8.0)
         cli.write_json(result["service"], out / "moderation_service.json")
     if args.what in ("all", "liveness"):
         result["liveness"] = bench_liveness(requests=24 if args.quick else 200)

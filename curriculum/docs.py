@@ -26,6 +26,7 @@ from curriculum import MODELS_DIR, OUTPUTS_DIR, REPO_ROOT, cli, tables
 
 RESULTS_DIR = REPO_ROOT / "results"
 DOCS_DIR = REPO_ROOT / "docs"
+PICTURES_DIR = DOCS_DIR / "img"  # the pictures the pages show, copied from a reference run's outputs/
 BLOCK = re.compile(r"(<!-- (table|value) ([\w.]+) -->)(.*?)(<!-- /\2 -->)", re.DOTALL)
 
 
@@ -97,18 +98,22 @@ def source(name, outputs):
     return Path(outputs) / name
 
 
-def collect(outputs=OUTPUTS_DIR, results=RESULTS_DIR):
+def collect(outputs=OUTPUTS_DIR, results=RESULTS_DIR, pictures=PICTURES_DIR):
     """Copy every result file the renderers read (from outputs/, and the bundled models'
-    training.json) into results/; a missing one names the make target that writes it."""
-    missing = [name for name in tables.MAKES if not source(name, outputs).is_file()]
+    training.json) into results/, and the pictures the pages show into docs/img/; a missing one
+    names the make target that writes it."""
+    wanted = {Path(results) / name: source(name, outputs) for name in tables.MAKES}
+    wanted |= {Path(pictures) / name: Path(outputs) / name for name in tables.PICTURES}
+    missing = [str(path.relative_to(outputs) if path.is_relative_to(outputs) else path)
+               for path in wanted.values() if not path.is_file()]  # fmt: skip
     if missing:
-        targets = sorted({tables.MAKES[name] for name in missing})
+        makes = tables.MAKES | tables.PICTURES
+        targets = sorted({makes[name] for name in missing})
         raise cli.UserError(f"no {', '.join(missing)}: run {', '.join(targets)} first")
-    for name in tables.MAKES:
-        target = Path(results) / name
+    for target, path in wanted.items():
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source(name, outputs), target)
-    return sorted(tables.MAKES)
+        shutil.copyfile(path, target)
+    return sorted(tables.MAKES) + sorted(tables.PICTURES)
 
 
 # ---------------------------------------------------------------- links

@@ -12,6 +12,22 @@ from dataclasses import dataclass
 
 TABLES, VALUES, TITLES, WEEK, FILES = {}, {}, {}, {}, {}
 MAKES = {}  # result file (relative to outputs/ and results/) -> the make target that writes it
+# the pictures the docs show (relative to outputs/ and docs/img/) -> the make target that draws them
+PICTURES = {
+    "week1/text_two_objects.png": "make week1",
+    "week1/image_query.png": "make week1",
+    "week2/captions.png": "make week2",
+    "week2/prompts.png": "make week2",
+    "week3/compare.png": "make week3",
+    "week3/attention_circle.png": "make week3",
+    "week4/attention.png": "make week4",
+    "week6/negatives.png": "make week6",
+    "week7/search_zh.png": "make week7",
+    "week7/new_concept_loss.png": "make week7",
+    "week8/forward_snr.png": "make week8",
+    "week8/compare_determinism.png": "make week8",
+    "bench/moderation.png": "make bench",
+}
 
 
 @dataclass
@@ -512,10 +528,53 @@ def tiny_engines(engines):
 
 def service(service_result):
     rows = [
-        [r["config"], r["concurrency"], r["requests_per_s"], r["p50_ms"], r["p99_ms"], r["errors"]]
+        [
+            r["config"],
+            r["concurrency"],
+            r["requests_per_s"],
+            r["p50_ms"],
+            r["p99_ms"],
+            r["server"]["p50_ms"] if r.get("server") else "–",
+            r["server"]["p99_ms"] if r.get("server") else "–",
+            r.get("server_cpu_ms_per_request", "–"),
+            r.get("mean_batch", {}).get("caption", "–"),
+            r["errors"],
+        ]
         for r in service_result["rows"]
     ]
-    return Table(["configuration", "concurrency", "requests/s", "p50 ms", "p99 ms", "errors"], rows)
+    header = ["configuration", "clients", "requests/s", "p50 ms", "p99 ms", "server p50", "server p99",
+              "server CPU ms per request", "mean caption batch", "errors"]  # fmt: skip
+    return Table(header, rows)
+
+
+def service_breakdown(service_result):
+    """Mean milliseconds per stage (timing.py) of the answered requests at 32 clients."""
+    rows = [r for r in service_result["rows"] if r["concurrency"] == 32 and r.get("server")]
+    stages = list(rows[0]["server"]["mean_ms"]) if rows else []
+    return Table(
+        ["configuration, 32 clients", *stages], [[r["config"], *r["server"]["mean_ms"].values()] for r in rows]
+    )
+
+
+def service_open_loop(service_result):
+    rows = [
+        [
+            r["config"],
+            f"{r['share_of_max']:.0%}",
+            r["offered_per_s"],
+            r["answered_per_s"],
+            r["p50_ms"],
+            r["p99_ms"],
+            r["errors"],
+        ]  # fmt: skip
+        for r in service_result["open_loop"]
+    ]
+    return Table(["configuration", "share of max", "offered/s", "answered/s", "p50 ms", "p99 ms", "errors"], rows)
+
+
+def service_targets(service_result):
+    rows = [[t["target"], t["ratio"], "met" if t["met"] else "not met"] for t in service_result["targets"]]
+    return Table(["target", "measured", ""], rows)
 
 
 def liveness(r):
@@ -539,6 +598,15 @@ table("week11.tiny_engines", 11, "The full engines on the tiny models", [ENGINES
 )
 table("week11.service", 11, "The service under load, batching and cache on and off", [SERVICE], "make bench")(
     lambda results: service(results(SERVICE))
+)
+table("week11.breakdown", 11, "Where a request's time goes, by the server's own clock", [SERVICE], "make bench")(
+    lambda results: service_breakdown(results(SERVICE))
+)
+table("week11.open_loop", 11, "Latency at fixed arrival rates (open loop)", [SERVICE], "make bench")(
+    lambda results: service_open_loop(results(SERVICE))
+)
+table("week11.targets", 11, "The service's targets, as ratios of one run", [SERVICE], "make bench")(
+    lambda results: service_targets(results(SERVICE))
 )
 table("week10.liveness", 10, "/healthz while the heaviest images the limits admit arrive", [LIVENESS], "make bench")(
     lambda results: liveness(results(LIVENESS))
@@ -714,6 +782,53 @@ def tiny_engine_summary(results):
         f"captions equal to fp32's: {same}; onnx-fp32 writes {rows['onnx-fp32']['captions_per_s']} captions/s "
         f"against {rows['torch-fp32']['captions_per_s']} for torch-fp32"
     )
+
+
+@value("week11.client", [SERVICE], "make bench")
+def client_cost(results):
+    s = results(SERVICE)
+    wrk, python = service_row(s, "batching on, cache off", 32), s["python_client"]
+    return (
+        f"the Python client spent {python['client_cpu_ms_per_request']} ms of CPU per request and drove "
+        f"{python['requests_per_s']} requests/s (p99 {python['p99_ms']} ms, the server's own p99 "
+        f"{python['server']['p99_ms']} ms); {wrk['client']} spent {wrk['client_cpu_ms_per_request']} ms and drove "
+        f"{wrk['requests_per_s']} (p99 {wrk['p99_ms']} ms)"
+    )
+
+
+@value("week11.engines_alone", [SERVICE], "make bench")
+def engines_share(results):
+    s = results(SERVICE)
+    on = service_row(s, "batching on, cache off", 32)
+    return (
+        f"the engines alone, on the server's core, answer {s['engines_alone_per_s']} requests/s of this mix, "
+        f"at {s['engines_alone_cpu_ms_per_request']} ms of CPU per request; the service answers "
+        f"{on['requests_per_s']} ({on['requests_per_s'] / s['engines_alone_per_s']:.0%}), at "
+        f"{on['server_cpu_ms_per_request']} ms of CPU per request"
+    )
+
+
+@value("week11.cpu_bound", [SERVICE], "make bench")
+def cpu_bound(results):
+    s = results(SERVICE)
+    on, off = service_row(s, "batching on, cache off", 32), service_row(s, "batching off, cache off", 32)
+    a, b = off["server_cpu_ms_per_request"], on["server_cpu_ms_per_request"]
+    return (
+        f"without batching the server spends {a} ms of CPU per request, with it {b} ms, so on its one core "
+        f"batching can raise throughput at most {a / b:.1f}× (measured: "
+        f"{on['requests_per_s'] / off['requests_per_s']:.1f}×); the models alone need "
+        f"{s['engines_alone_cpu_ms_per_request']} ms per request in batches of 16"
+    )
+
+
+@value("week11.cores", [SERVICE], "make bench")
+def service_cores(results):
+    s = results(SERVICE)
+
+    def cores(cpus):
+        return "every core" if cpus == "all" else "core " + ", ".join(map(str, cpus))
+
+    return f"server on {cores(s['server_cpus'])}, {s['client']} on {cores(s['client_cpus'])}"
 
 
 @value("week11.workload", [SERVICE], "make bench")

@@ -39,6 +39,15 @@ def test_every_result_file_is_committed_and_every_renderer_is_used():
         assert f"<!-- {kind} {name} -->" in text, f"{name} is shown on no page"
 
 
+def test_every_picture_is_committed_and_shown():
+    text = "".join(page.read_text(encoding="utf-8") for page in docs.pages())
+    for name in tables.PICTURES:
+        assert (docs.PICTURES_DIR / name).is_file(), f"{name}: run `python -m curriculum.docs collect`"
+        assert f"](img/{name})" in text, f"{name} is shown on no page"
+    shown = {path.relative_to(docs.PICTURES_DIR).as_posix() for path in docs.PICTURES_DIR.rglob("*.png")}
+    assert shown == set(tables.PICTURES), "docs/img holds a picture that tables.PICTURES does not list"
+
+
 @pytest.mark.parametrize("page", docs.pages(), ids=lambda p: p.name)
 def test_every_link_resolves_inside_the_repository(page):
     assert docs.broken_links(page) == []

@@ -8,7 +8,8 @@
     GET  /healthz          the process is up        GET /readyz   models loaded and warmed up
     GET  /metrics          Prometheus text          GET /docs     OpenAPI docs (/openapi.json)
 
-Bodies are JSON ({"input": ...}) or multipart (curl -F image=@x.png -F text=...). Settings come
+Bodies are JSON ({"input": ...}) or multipart (curl -F image=@x.png -F text=...). Every /v1 answer
+says where its time went in a Server-Timing header (timing.py). Settings come
 from MODERATION_* environment variables (settings.py); MODERATION_API_KEYS=key1,key2 turns on
 Bearer authentication for /v1 (and, with MODERATION_AUTH_METRICS_AND_DOCS=1, for /metrics and
 the docs). Models load in the background at start-up (exporting ONNX first if the export is
@@ -224,7 +225,8 @@ async def readyz(service: State = Depends(state)):
     },
 )
 async def metrics(service: State = Depends(state)):
-    """Prometheus series: requests, latency, batch sizes, queue depths, dropped items, cache, pixels in flight."""
+    """Prometheus series: requests, latency and its stages, batch sizes, queue waits and depths, dropped items,
+    cache, pixels in flight."""
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -29,7 +29,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora week8 week9 export serve week10 week11 week12 tiny-models clean lavis-venv week2-lavis
+.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora week8 week9 export serve serve-ray week10 week11 week12 tiny-models clean lavis-venv week2-lavis
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -181,6 +181,12 @@ week9: export ## ONNX export with parity (`make export`), then the demo policy m
 
 serve: $(VENV)/.installed ## the moderation API on $(HOST):$(PORT) with the tiny models (Ctrl-C stops it)
 	$(OFFLINE) $(PY) -m uvicorn --factory stage3_moderation.app:create_app --host $(HOST) --port $(PORT)
+
+# serve run starts a local Ray cluster, deploys the config and stops both on Ctrl-C (SIGINT); the URL is
+# the config's http_options. On a cluster: serve deploy on the same file (docs/ray-serve.md).
+serve-ray: $(VENV)/.installed ## the same API on Ray Serve (configs/serve/moderation.yaml), http://127.0.0.1:8000 (Ctrl-C stops it)
+	@echo "moderation on Ray Serve: http://127.0.0.1:8000 once the log says the application is ready; Ctrl-C stops it"
+	$(OFFLINE) RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/serve run configs/serve/moderation.yaml
 
 # Starts the server in the background, waits for /readyz, runs week 10's curl examples (docs/week10.md), stops it.
 week10: $(VENV)/.installed ## the service: start it, the curl examples of docs/week10.md, stop it

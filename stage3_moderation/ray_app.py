@@ -19,21 +19,30 @@ Settings fields; batching: each model deployment's `user_config`.
 """
 
 import asyncio
+import os
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
+import ray
+import yaml
 from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from curriculum import zoo
+from curriculum import REPO_ROOT, zoo
 from curriculum.cli import UserError
 from stage3_moderation import engines, errors, export_onnx
 from stage3_moderation.app import create_app
 from stage3_moderation.batching import Overloaded
+from stage3_moderation.loadgen import free_port
 from stage3_moderation.service import Moderator
 from stage3_moderation.settings import Settings, one_line
 
+CONFIG = REPO_ROOT / "configs" / "serve" / "moderation.yaml"
+APP = "moderation"
 BATCH_DEFAULTS = {"max_batch_size": 16, "batch_wait_timeout_s": 0.005}  # week 10's defaults: 16 items, 5 ms
 
 
@@ -164,8 +173,52 @@ def build(args):
     """The application (`import_path: stage3_moderation.ray_app:build` in a Serve config); args:
     Settings fields, e.g. {"onnx_dir": ...}. Exports ONNX here, once, if it is missing, so the
     replicas never race to write it."""
-    args = dict(args or {})
+    return application(args)
+
+
+def application(args=None, deployments=None):
+    """build(args) with each deployment's options (deployments: {name: options}, as a config file's)."""
+    args, deployments = dict(args or {}), deployments or {}
     s = settings_from(args)
     if s.engine.startswith("onnx"):
         export_onnx.ensure_exported(s.clip, s.blip2, s.onnx_dir)
-    return Moderation.bind(Clip.bind(args), Blip2.bind(args), args)
+    clip, blip2, ingress = (d.options(**deployments.get(d.name, {})) for d in (Clip, Blip2, Moderation))
+    return ingress.bind(clip.bind(args), blip2.bind(args), args)
+
+
+def config_options(path=CONFIG, **changes):
+    """{deployment: options} of a Serve config file's application, with changes ({deployment: options})
+    applied; a fixed num_replicas replaces the autoscaling bounds."""
+    deployments = yaml.safe_load(Path(path).read_text())["applications"][0]["deployments"]
+    options = {d.pop("name"): d for d in deployments}
+    for name, change in changes.items():
+        if "num_replicas" in change:
+            options[name].pop("autoscaling_config", None)
+        options[name] |= change
+    return options
+
+
+@contextmanager
+def serving(args=None, deployments=None, num_cpus=2, ready_timeout=300):
+    """A local Ray cluster of num_cpus CPUs serving the application on a free loopback port; yields
+    its base URL once /readyz says ready, then shuts Serve and Ray down (the tests and the benchmark)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report over the network
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+        serve.run(application(args, deployments), name=APP, route_prefix="/", blocking=False)
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + ready_timeout
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray Serve application was not ready within {ready_timeout} s")
+            time.sleep(0.25)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()

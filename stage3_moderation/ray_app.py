@@ -133,7 +133,7 @@ def remote_stage(stage, method, metrics, timeout_s):
         try:
             output, batch = await asyncio.wait_for(method.remote(item), timeout_s)
         except BackPressureError as e:
-            raise Overloaded(f"the {stage} deployment's queue is full ({e.message.strip()})") from None
+            raise Overloaded(f"the {stage} deployment is overloaded: {e.message.strip().rstrip('.')}") from None
         except (RayActorError, ActorUnavailableError, DeploymentUnavailableError):
             raise errors.retry_later(
                 f"the {stage} replica serving this request stopped (Ray Serve is replacing it): retry shortly",

@@ -210,10 +210,11 @@ week12: $(VENV)/.installed ## interview: tensor drills, the question list, STAR 
 	$(OFFLINE) $(PY) -m interview.star --out outputs/week12/star.md
 	@echo "quiz yourself: $(PY) -m interview.drill"
 
-bench: $(VENV)/.installed ## benchmarks, as ratios measured in one run: training on 1 vs 2 processes, KV cache (week 5), engines and service (week 11)
+bench: $(VENV)/.installed ## benchmarks, as ratios measured in one run: training on 1 vs 2 processes, KV cache (week 5), engines, service, Ray Serve (week 11)
 	$(OFFLINE) $(PY) -m curriculum.train_bench --out outputs/bench
 	$(DECODING) bench --out outputs/bench/kv_cache.json
 	$(OFFLINE) $(PY) -m stage3_moderation.bench --out outputs/bench
+	$(OFFLINE) $(PY) -m stage3_moderation.ray_bench --out outputs/bench/ray.json
 
 # make train MODEL=clip NPROC=2 ARGS="--steps 300": one trainer on NPROC processes (accelerate launch),
 # written to outputs/train/MODEL unless ARGS names another --out; --resume continues a killed run.

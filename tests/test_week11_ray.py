@@ -223,3 +223,22 @@ def test_the_config_file_is_a_valid_serve_config():
         replicas = d["autoscaling_config"]["max_replicas"] if "autoscaling_config" in d else d["num_replicas"]
         most += replicas * d["ray_actor_options"]["num_cpus"]
     assert most <= 2  # the largest it scales to still fits the 2 cores of this machine
+
+
+def test_the_kuberay_manifest_runs_the_same_application():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    manifest = yaml.safe_load((ray_app.CONFIG.parents[2] / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    assert manifest["kind"] == "RayService" and manifest["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0"
+    cluster = ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"])).applications[0]
+    local = ServeDeploySchema.model_validate(yaml.safe_load(ray_app.CONFIG.read_text())).applications[0]
+    assert cluster.import_path == local.import_path
+    assert {k: v for k, v in cluster.args.items() if k != "onnx_dir"} == local.args  # onnx_dir: baked into the image
+    assert [d.name for d in cluster.deployments] == [d.name for d in local.deployments]
+    assert [d.user_config for d in cluster.deployments] == [d.user_config for d in local.deployments]
+    dockerfile = (ray_app.CONFIG.parents[2] / "deploy" / "kuberay" / "Dockerfile").read_text()
+    images = {
+        c["image"] for c in manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]
+    }
+    assert len(images) == 1 and images.pop() in dockerfile and "FROM rayproject/ray:2.60.0" in dockerfile

@@ -29,7 +29,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora week8 week9 export serve week10 week11 week12 tiny-models clean lavis-venv week2-lavis
+.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora week8 week9 export serve serve-ray week10 week11 week12 tiny-models clean lavis-venv week2-lavis
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -182,6 +182,12 @@ week9: export ## ONNX export with parity (`make export`), then the demo policy m
 serve: $(VENV)/.installed ## the moderation API on $(HOST):$(PORT) with the tiny models (Ctrl-C stops it)
 	$(OFFLINE) $(PY) -m uvicorn --factory stage3_moderation.app:create_app --host $(HOST) --port $(PORT)
 
+# serve run starts a local Ray cluster, deploys the config and stops both on Ctrl-C (SIGINT); the URL is
+# the config's http_options. On a cluster: serve deploy on the same file (docs/ray-serve.md).
+serve-ray: $(VENV)/.installed ## the same API on Ray Serve (configs/serve/moderation.yaml), http://127.0.0.1:8000 (Ctrl-C stops it)
+	@echo "moderation on Ray Serve: http://127.0.0.1:8000 once the log says the application is ready; Ctrl-C stops it"
+	$(OFFLINE) RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/serve run configs/serve/moderation.yaml
+
 # Starts the server in the background, waits for /readyz, runs week 10's curl examples (docs/week10.md), stops it.
 week10: $(VENV)/.installed ## the service: start it, the curl examples of docs/week10.md, stop it
 	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 4 --split test --out $(W10)/gallery
@@ -204,10 +210,11 @@ week12: $(VENV)/.installed ## interview: tensor drills, the question list, STAR 
 	$(OFFLINE) $(PY) -m interview.star --out outputs/week12/star.md
 	@echo "quiz yourself: $(PY) -m interview.drill"
 
-bench: $(VENV)/.installed ## benchmarks, as ratios measured in one run: training on 1 vs 2 processes, KV cache (week 5), engines and service (week 11)
+bench: $(VENV)/.installed ## benchmarks, as ratios measured in one run: training on 1 vs 2 processes, KV cache (week 5), engines, service, Ray Serve (week 11)
 	$(OFFLINE) $(PY) -m curriculum.train_bench --out outputs/bench
 	$(DECODING) bench --out outputs/bench/kv_cache.json
 	$(OFFLINE) $(PY) -m stage3_moderation.bench --out outputs/bench
+	$(OFFLINE) $(PY) -m stage3_moderation.ray_bench --out outputs/bench/ray.json
 
 # make train MODEL=clip NPROC=2 ARGS="--steps 300": one trainer on NPROC processes (accelerate launch),
 # written to outputs/train/MODEL unless ARGS names another --out; --resume continues a killed run.

@@ -613,6 +613,42 @@ table("week10.liveness", 10, "/healthz while the heaviest images the limits admi
 )
 
 
+RAY = "bench/ray.json"
+
+
+def ray_serve(r):
+    rows = [
+        [x["server"], x["concurrency"], x["requests_per_s"], x["p50_ms"], x["p99_ms"], x["errors"]] for x in r["rows"]
+    ]
+    return Table(["server", "concurrency", "requests/s", "p50 ms", "p99 ms", "errors"], rows)
+
+
+table("week11.ray_serve", 11, "The single process vs Ray Serve, same workload, one run", [RAY], "make bench")(
+    lambda results: ray_serve(results(RAY))
+)
+
+
+@value("week11.ray_workload", [RAY], "make bench")
+def ray_workload(results):
+    r = results(RAY)
+    return f"{r['workload']}, engine {r['engine']}, {r['cpus']} CPU cores"
+
+
+@value("week11.ray_costs", [RAY], "make bench")
+def ray_costs(results):
+    """Ray's cost at one client (latency added by its hops) and what a second BLIP-2 replica gives at 32."""
+    at = {(x["server"], x["concurrency"]): x for x in results(RAY)["rows"]}
+    one, ray1, ray2 = "single process (week 10)", "Ray Serve, 1 BLIP-2 replica", "Ray Serve, 2 BLIP-2 replicas"
+    c1, c32 = at[one, 1], at[one, 32]
+    return (
+        f"at one client, p50 {at[ray1, 1]['p50_ms']} ms on Ray against {c1['p50_ms']} ms in one process "
+        f"({at[ray1, 1]['requests_per_s'] / c1['requests_per_s']:.2f}× the requests/s); at 32 clients, "
+        f"{at[ray1, 32]['requests_per_s']} requests/s with one BLIP-2 replica and {at[ray2, 32]['requests_per_s']} "
+        f"with two, against {c32['requests_per_s']} in one process "
+        f"({at[ray2, 32]['requests_per_s'] / c32['requests_per_s']:.2f}×)"
+    )
+
+
 @value("week11.limits", [ENGINES], "make bench")
 def matmul_limits(results):
     e = results(ENGINES)

@@ -26,7 +26,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -73,6 +73,7 @@ class State:
     budget: PixelBudget
     api: Optional[Api] = None  # set once the models are loaded and warm
     load_error: Optional[str] = None
+    load: Optional[Callable[["State"], Moderator]] = None  # builds the moderator; default load_moderator
 
 
 def state(request: Request) -> State:
@@ -283,7 +284,7 @@ def load_moderator(service):
 
 async def load_in_background(service, decoder):
     try:
-        moderator = await asyncio.to_thread(load_moderator, service)
+        moderator = await asyncio.to_thread(service.load or load_moderator, service)
         names = {
             "moderations": f"{service.policy.name}/{service.settings.clip}",
             "embeddings": service.settings.clip,
@@ -307,9 +308,11 @@ async def lifespan(app):
             await service.api.moderator.stop()
 
 
-def create_app(settings: Optional[Settings] = None) -> FastAPI:
+def create_app(settings: Optional[Settings] = None, load: Optional[Callable[[State], Moderator]] = None) -> FastAPI:
     """The ASGI app (`uvicorn --factory stage3_moderation.app:create_app`); settings default to the
-    MODERATION_* environment's. Settings that cannot work stop the start with one line."""
+    MODERATION_* environment's. Settings that cannot work stop the start with one line. load(state)
+    builds the moderator in a worker thread (default `load_moderator`: the models in this process;
+    the Ray Serve ingress passes one whose models are deployments)."""
     try:
         settings = settings or Settings.from_environment()
         policy = policies.load(settings.policy)  # a bad policy file stops the start at once, with its reason
@@ -327,7 +330,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     )
     metrics, budget = Metrics(), PixelBudget(settings.max_pixels_in_flight)
     metrics.pixels_in_flight.set_function(lambda: budget.used)
-    app.state.moderation = State(settings, metrics, policy, budget)
+    app.state.moderation = State(settings, metrics, policy, budget, load=load)
     app.include_router(v1)
     app.include_router(operations)
     for exception in (ApiError, Overloaded, asyncio.TimeoutError):

@@ -103,24 +103,32 @@ class Metrics:
 
 
 class Moderator:
-    def __init__(self, engine, policy, options=None, metrics=None):
+    def __init__(self, engine, policy, options=None, metrics=None, stages=None):
+        """engine: the models, which embed the policy's concepts once here and count tokens (its CLIP
+        tokenizer); stages: how each item reaches a model in the hot path, {stage: async fn(item) ->
+        output}. By default one week-10 batcher per stage in this process, over the engine; the Ray
+        Serve app (ray_app.py) passes calls to its model deployments instead, which batch there."""
         self.engine, self.policy, self.options = engine, policy, options or Options()
         options = self.options
         self.metrics = metrics or Metrics()
         self.cache = LRUCache(options.cache_entries, options.cache_bytes)
-        fns = {
-            "clip_image": lambda images: list(engine.embed_images(images)),
-            "clip_text": lambda texts: list(engine.embed_texts(texts)),
-            "caption": engine.caption_images,
-        }
-        self.batchers = {
-            s: batching.Batcher(
-                s, fns[s], options.batching[s], self.metrics.on_batch, self.metrics.on_drop, self.metrics.on_item
-            )
-            for s in STAGES
-        }
-        for stage, batcher in self.batchers.items():
-            self.metrics.queue_depth.labels(stage).set_function(lambda b=batcher: b.depth)
+        self.batchers = {}
+        if stages is None:
+            fns = {
+                "clip_image": lambda images: list(engine.embed_images(images)),
+                "clip_text": lambda texts: list(engine.embed_texts(texts)),
+                "caption": engine.caption_images,
+            }
+            self.batchers = {
+                s: batching.Batcher(
+                    s, fns[s], options.batching[s], self.metrics.on_batch, self.metrics.on_drop, self.metrics.on_item
+                )
+                for s in STAGES
+            }
+            for stage, batcher in self.batchers.items():
+                self.metrics.queue_depth.labels(stage).set_function(lambda b=batcher: b.depth)
+            stages = {s: b.submit for s, b in self.batchers.items()}
+        self.stages = stages
         self.concepts = dict(zip(policy.concepts, engine.embed_texts(policy.concepts))) if policy.concepts else {}
         self.dimension = engine.embed_texts(["a"]).shape[1]
 
@@ -132,7 +140,7 @@ class Moderator:
         value = self.cache.get((stage, frame.key))
         self.metrics.cache.labels(stage, "hit" if value is not None else "miss").inc()
         if value is None:
-            value = await self.batchers[stage].submit(frame.image)
+            value = await self.stages[stage](frame.image)
             self.cache.put((stage, frame.key), value)
         return value
 
@@ -143,7 +151,7 @@ class Moderator:
         return await self._cached("caption", frame)
 
     async def embed_text(self, text):
-        return await self.batchers["clip_text"].submit(text)
+        return await self.stages["clip_text"](text)
 
     def count_tokens(self, texts):
         """CLIP tokens per text, as the model reads them (truncated to its context): OpenAI's usage."""

@@ -34,7 +34,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from curriculum import REPO_ROOT, zoo
 from curriculum.cli import UserError
-from stage3_moderation import engines, errors, export_onnx
+from stage3_moderation import engines, errors, export_onnx, timing
 from stage3_moderation.app import create_app
 from stage3_moderation.batching import Overloaded
 from stage3_moderation.loadgen import free_port
@@ -56,11 +56,12 @@ def settings_from(args):
 
 async def timed(fn, items):
     """fn(items) in a worker thread (the replica keeps answering), each output paired with its batch's
-    (size, seconds) on the first item only, so the ingress counts every batch once in its metrics."""
+    (size, seconds, first): `first` on one item only, so the ingress counts every batch once in its
+    metrics, while every request learns how long its batch's model call took (its Server-Timing)."""
     start = time.perf_counter()
     outputs = list(await asyncio.to_thread(fn, items))
-    batch = (len(items), time.perf_counter() - start)
-    return [(output, batch if i == 0 else None) for i, output in enumerate(outputs)]
+    seconds = time.perf_counter() - start
+    return [(output, (len(items), seconds, i == 0)) for i, output in enumerate(outputs)]
 
 
 class ModelDeployment:
@@ -130,8 +131,9 @@ def remote_stage(stage, method, metrics, timeout_s):
     overloaded, a replica that died under the request 503 replica_failed, too slow 504."""
 
     async def submit(item):
+        sent = time.perf_counter()
         try:
-            output, batch = await asyncio.wait_for(method.remote(item), timeout_s)
+            output, (size, seconds, first) = await asyncio.wait_for(method.remote(item), timeout_s)
         except BackPressureError as e:
             raise Overloaded(f"the {stage} deployment is overloaded: {e.message.strip().rstrip('.')}") from None
         except (RayActorError, ActorUnavailableError, DeploymentUnavailableError):
@@ -140,8 +142,12 @@ def remote_stage(stage, method, metrics, timeout_s):
                 "replica_failed",
                 1,
             ) from None
-        if batch:
-            metrics.on_batch(stage, *batch)
+        if first:
+            metrics.on_batch(stage, size, seconds)
+        if (request := timing.current.get()) is not None:
+            # the handle's round trip: the model call, and before it the queue, routing and transport
+            returned = time.perf_counter()
+            request.item(queued=sent, started=returned - seconds, finished=returned)
         return output
 
     return submit

@@ -631,7 +631,7 @@ table("week11.ray_serve", 11, "The single process vs Ray Serve, same workload, o
 @value("week11.ray_workload", [RAY], "make bench")
 def ray_workload(results):
     r = results(RAY)
-    return f"{r['workload']}, engine {r['engine']}, {r['cpus']} CPU cores"
+    return f"{r['workload']}, engine {r['engine']}; {r['cpus']} CPU cores, shared by the server and {r['client']}"
 
 
 @value("week11.ray_costs", [RAY], "make bench")
@@ -861,10 +861,11 @@ def cpu_bound(results):
 def service_cores(results):
     s = results(SERVICE)
 
-    def cores(cpus):
-        return "every core" if cpus == "all" else "core " + ", ".join(map(str, cpus))
-
     return f"server on {cores(s['server_cpus'])}, {s['client']} on {cores(s['client_cpus'])}"
+
+
+def cores(cpus):
+    return "every core" if cpus == "all" else "core " + ", ".join(map(str, cpus))
 
 
 @value("week11.workload", [SERVICE], "make bench")

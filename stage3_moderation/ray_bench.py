@@ -4,29 +4,24 @@ servers in one run (part of `make bench`), so the numbers are ratios within that
     servers   the week-10 app (one uvicorn process, its own batchers), and the same system on Ray
               Serve (configs/serve/moderation.yaml) with 1 and with 2 BLIP-2 replicas
     load      image+text moderation requests from week 11's `workload`, the cache off so every
-              request reaches the models, at concurrency 1, 8 and 32
+              request reaches the models, at concurrency 1, 8 and 32, from week 11's load
+              generator (wrk where installed), sharing every core with the server
 
-    python -m stage3_moderation.ray_bench                       # -> outputs/bench/ray.json
-    python -m stage3_moderation.ray_bench --n 96 --out /tmp/r.json   # a smoke run
+    python -m stage3_moderation.ray_bench                              # -> outputs/bench/ray.json
+    python -m stage3_moderation.ray_bench --seconds 2 --out /tmp/r.json   # a smoke run
 """
 
-import asyncio
 import os
 from contextlib import contextmanager
 
 from tqdm import tqdm
 
 from curriculum import OUTPUTS_DIR, cli, tables
-from stage3_moderation import engines, loadgen, ray_app
+from stage3_moderation import bench, engines, loadgen, ray_app
 from stage3_moderation.bench import CONCURRENCY
 
 OUT = OUTPUTS_DIR / "bench" / "ray.json"
 NO_CACHE = {"MODERATION_CACHE_ENTRIES": "0"}  # week 11's "batching on, cache off" configuration
-
-
-def drive(url, bodies, concurrency):
-    """One closed-loop run of the load generator: the one call to change for another generator."""
-    return asyncio.run(loadgen.drive(url, bodies, concurrency))
 
 
 @contextmanager
@@ -48,31 +43,35 @@ SERVERS = {
 }
 
 
-def bench_ray(n=960, pool=64):
+def bench_ray(seconds=8.0, n=960, pool=64):
+    """Week 11's closed loop (bench.closed_loop: wrk where installed). Every server gets every core,
+    as Ray's replicas need more than one to run side by side; wrk shares them, which it can afford
+    (week 11 measures its cost per request), where the Python client could not."""
     bodies = loadgen.workload("image", n, pool)
     rows = []
     for name, start in tqdm(SERVERS.items(), desc="servers"):
         with start() as url:  # one server at a time, stopped before the next starts
-            drive(url, bodies[:64], max(CONCURRENCY))  # warm up code paths, allocators and Ray's routers
+            bench.closed_loop(url, bodies, max(CONCURRENCY), 2)  # warm up code paths, allocators and Ray's routers
             for concurrency in CONCURRENCY:
-                result = drive(url, bodies, concurrency)
+                result = bench.closed_loop(url, bodies, concurrency, seconds)
                 keep = ("concurrency", "n", "errors", "requests_per_s", "p50_ms", "p99_ms")
                 rows.append({"server": name, **{k: result[k] for k in keep}})
     return {
-        "workload": f"{n} image+text moderation requests, {pool} distinct images, cache off",
+        "workload": f"image+text moderation requests ({pool} distinct images), cache off, {seconds:g} s per run",
         "engine": engines.DEFAULT_ENGINE,
         "cpus": os.cpu_count(),
+        "client": "wrk" if loadgen.have_wrk() else "python",
         "rows": rows,
     }
 
 
 def main(argv=None):
     p = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
-    p.add_argument("--n", type=cli.positive_int, default=960, help="requests per concurrency")
+    p.add_argument("--seconds", type=float, default=8.0, help="per server and concurrency")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    result = bench_ray(args.n)
+    result = bench_ray(args.seconds)
     cli.write_json(result, args.out)
     cli.emit(result, args.json, lambda r: print(tables.ray_serve(r).markdown()))
 

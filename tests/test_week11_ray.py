@@ -12,7 +12,7 @@ from test_week10_attacks import bad_bodies
 from test_week10_service import bad_inputs, image_part, png_bytes
 
 from curriculum import shapesworld
-from stage3_moderation import engines, ray_app
+from stage3_moderation import engines, ray_app, timing
 
 pytestmark = pytest.mark.week11
 # Small enough for one test to overflow: 2 BLIP-2 replicas x 16 running + 32 waiting (Ray counts a request
@@ -150,6 +150,15 @@ def test_blip2_batches_under_32_concurrent_requests(ray_url, ray_client):
     assert [status for _, status, _, _ in answers] == [200] * 64
     items, batches = (now - before for now, before in zip(caption_batches(ray_client), (items, batches)))
     assert items == 64 and items / batches > 1, (items, batches)
+
+
+def test_server_timing_holds_the_model_round_trip(ray_client):
+    """Through the handles too, the stages add up and the model call is counted (timing.py)."""
+    body = {"input": [{"type": "text", "text": "a red circle"}, image_part(scenes(1, seed=37)[0].image)]}
+    response = ray_client.post("/v1/moderations", json=body)
+    ms = timing.parse_header(response.headers["server-timing"])
+    assert response.status_code == 200 and ms["compute"] > 0 and ms["queue"] >= 0
+    assert sum(ms[s] for s in timing.STAGES) + ms["other"] == pytest.approx(ms["total"], abs=0.01)
 
 
 def test_overload_is_an_immediate_503_in_the_error_shape(ray_url, ray_client):

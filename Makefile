@@ -79,7 +79,7 @@ report: $(VENV)/.installed ## your lab notebook: outputs/report.html from whatev
 test-week%: $(VENV)/.installed ## run one milestone, e.g. make test-week1
 	$(OFFLINE) $(PYTEST) -m week$*
 
-week1: $(VENV)/.installed ## CLIP retrieval: gallery, index, text and image queries, recall table
+week1: $(VENV)/.installed ## CLIP retrieval: gallery, index, text and image queries, recall table, zero-shot classification
 	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 300 --split test --out $(W1)/gallery
 	$(RETRIEVAL) index --images $(W1)/gallery --out $(W1)/index
 	$(RETRIEVAL) search --index $(W1)/index --text "a red circle" --out $(W1)/text_red_circle.png
@@ -90,6 +90,7 @@ week1: $(VENV)/.installed ## CLIP retrieval: gallery, index, text and image quer
 	$(RETRIEVAL) search --index $(W1)/index --image $(W1)/gallery/test_00007.png \
 	  --out $(W1)/image_query.png
 	$(RETRIEVAL) eval --split test --out $(W1)/eval.json
+	$(OFFLINE) $(PY) -m stage1_demos.clip_zeroshot --out $(W1)/zeroshot.json
 	@echo "pictures: $(W1)/*.png"
 
 week2: $(VENV)/.installed ## BLIP-2 captioning: gallery captions, prompts side by side, explain, accuracy

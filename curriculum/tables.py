@@ -80,6 +80,31 @@ def retrieval_counts(results):
     )
 
 
+@table("week1.zeroshot", 1, "Zero-shot classification vs a linear probe", ["week1/zeroshot.json"], "make week1")
+def zeroshot(results):
+    r = results("week1/zeroshot.json")
+    rows = [
+        [
+            f"{row['task']} (`{r['phrases'][row['task']]}`)",
+            row["images"],
+            row["classes"],
+            f3(row["one_template"]),
+            f3(row["ensemble"]),
+            f3(row["linear_probe"]),
+            row["n"],
+        ]
+        for row in r["rows"]
+    ]
+    header = ["task (class phrase)", "test images", "classes", "one template", f"{len(r['ensemble'])} templates"]
+    return Table(header + ["linear probe", "n"], rows)
+
+
+@value("week1.zeroshot_setup", ["week1/zeroshot.json"], "make week1")
+def zeroshot_setup(results):
+    r = results("week1/zeroshot.json")
+    return f"{r['n_test']:,} single-object test images; the probe trained on {r['n_train_probe']:,} train images"
+
+
 # ---------------------------------------------------------------- week 2
 @table("week2.prompts", 2, "One image under every trained prompt", ["week2/prompts.json"], "make week2")
 def prompts(results):

@@ -4,6 +4,7 @@ loop of its own, and what the negatives (the batch) and the temperature do.
     python -m stage2_fundamentals.infonce_lab check [--json]
     python -m stage2_fundamentals.infonce_lab train [--steps 1200] [--batch-size 256] [--nproc 2]
     python -m stage2_fundamentals.infonce_lab negatives [--steps 300]
+    python -m stage2_fundamentals.infonce_lab lr [--steps 300]
 """
 
 import functools
@@ -69,13 +70,17 @@ class Run:
     negatives: bool = True  # False: positives_only, no denominator
     projection: bool = True  # False: compare the towers' features directly (both are 64-d here)
     lr: float = 1e-3
+    warmup: bool = True  # False: the full learning rate from the first step (then the same cosine decay)
     seed: int = 0
 
     def label(self):
         if not self.negatives:
             return f"no negatives, batch {self.batch_size}"
         tau = "learned τ" if self.temperature is None else f"τ = {self.temperature:g}"
-        return f"batch {self.batch_size}, {tau}" + ("" if self.projection else ", no projection heads")
+        label = f"batch {self.batch_size}, {tau}" + ("" if self.projection else ", no projection heads")
+        if self.lr != Run.lr or not self.warmup:
+            label += f", lr {self.lr:g}" + ("" if self.warmup else ", no warm-up")
+        return label
 
 
 def new_model(run):
@@ -105,7 +110,7 @@ def train(run, pool=30_000, options=training.Options()):
     data, images = training_pool(pool, run.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=0.1, betas=(0.9, 0.98))
-    model, optimizer = trainer.prepare(model, optimizer, training.warmup_cosine(optimizer, run.steps))
+    model, optimizer = trainer.prepare(model, optimizer, training.warmup_cosine(optimizer, run.steps, run.warmup))
     for _ in trainer.steps(run.steps):
         idx = trainer.rng.choice(pool, run.batch_size, replace=False)
         captions = [
@@ -178,11 +183,14 @@ def negatives(
     steps=300, out=OUT, batch_sizes=(16, 64, 256), temperatures=(0.01, 0.07, 0.5, 2.0), options=training.Options()
 ):
     """Same step budget each: R@1 and final loss against batch size (the number of negatives,
-    N - 1), against fixed temperatures, and with no negatives at all."""
+    N - 1), against fixed temperatures, and with no negatives at all. A bigger batch at the same
+    steps also sees more images, so the batch sizes run once more with the images seen held at
+    batch 64's (steps × batch constant): what is left is the effect of the negatives alone."""
     runs = (
         [Run(steps, b) for b in batch_sizes]
         + [Run(steps, 64, temperature=t) for t in temperatures]
         + [Run(steps, 64, negatives=False)]
+        + [Run(steps * 64 // b, b) for b in batch_sizes if b != 64]
     )
     training.start(options, "infonce negatives", [run.batch_size for run in runs], contrastive=True)
     rows = []
@@ -192,6 +200,8 @@ def negatives(
             rows.append(
                 {
                     "label": run.label(),
+                    "steps": run.steps,
+                    "images_seen": run.steps * run.batch_size,
                     "batch_size": run.batch_size,
                     "temperature": run.temperature,
                     "negatives": run.negatives,
@@ -202,7 +212,7 @@ def negatives(
             )
     if not training.is_main_process():
         return None
-    by_batch = [r for r in rows if r["negatives"] and r["temperature"] is None]
+    by_batch = [r for r in rows if r["negatives"] and r["temperature"] is None and r["steps"] == steps]
     by_tau = [r for r in rows if r["temperature"] is not None]
     plot = viz.panels(
         [
@@ -232,11 +242,73 @@ def negatives(
 
 def print_negatives(result):
     print(f"{result['steps']} training steps each; R@1 on 1000 test images; mean cos between images: 1 = collapsed\n")
-    print(f"{'run':<32}{'loss':>8}{'t->i R@1':>10}{'i->t R@1':>10}{'mean cos':>10}{'seconds':>9}")
+    print(f"{'run':<32}{'steps':>6}{'loss':>8}{'t->i R@1':>10}{'i->t R@1':>10}{'mean cos':>10}{'seconds':>9}")
     for r in result["rows"]:
         print(
-            f"{r['label']:<32}{r['final_loss']:>8.3f}{r['text_to_image_R@1']:>10.3f}{r['image_to_text_R@1']:>10.3f}"
+            f"{r['label']:<32}{r['steps']:>6}{r['final_loss']:>8.3f}{r['text_to_image_R@1']:>10.3f}{r['image_to_text_R@1']:>10.3f}"
             f"{r['mean_cos_between_images']:>10.3f}{r['seconds']:>9.1f}"
+        )
+    print(f"\nplot: {result['plot']}")
+
+
+# ---------------------------------------------------------------- learning rate and warm-up
+LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+
+def diverged(losses, batch_size):
+    """Worse than guessing at the end: the mean loss of the last 20 steps above log N, the loss of
+    uniform scores over the N candidates (or not a number at all)."""
+    end = float(np.mean(losses[-20:]))
+    return not math.isfinite(end) or end > math.log(batch_size)
+
+
+def learning_rates(steps=300, out=OUT, lrs=LEARNING_RATES, batch_size=64, options=training.Options()):
+    """The same tiny CLIP trained at each learning rate, with the 5% linear warm-up and without
+    (the full rate from step one, the same cosine decay): loss curves, R@1, where it diverges."""
+    runs = [Run(steps, batch_size, lr=lr, warmup=w) for w in (True, False) for lr in lrs]
+    training.start(options, "infonce learning rates", [batch_size], contrastive=True)
+    rows, curves = [], {True: {}, False: {}}
+    for run in runs:
+        model, processor, losses, seconds = train(run, options=options)
+        if training.is_main_process():
+            curves[run.warmup][f"lr {run.lr:g}"] = losses
+            rows.append(
+                {
+                    "lr": run.lr,
+                    "warmup": run.warmup,
+                    "first_loss": round(losses[0], 4),
+                    "max_loss": round(float(np.nanmax(losses)), 4),
+                    "final_loss": round(float(np.mean(losses[-20:])), 4),
+                    "diverged": diverged(losses, batch_size),
+                    "seconds": round(seconds, 1),
+                }
+                | evaluate(model, processor)
+            )
+    if not training.is_main_process():
+        return None
+    plot = viz.curve_panels(
+        [
+            (f"linear warm-up over {max(1, steps // 20)} steps, then cosine", curves[True]),
+            ("no warm-up: the full rate from step one, then cosine", curves[False]),
+        ],
+        f"{out}/learning_rates.png",
+        f"tiny CLIP from scratch, batch {batch_size}, {steps} steps, AdamW: training loss at each learning rate",
+        ylim=(0, 1.5 * math.log(batch_size)),  # a diverged run's spikes would flatten the rest
+    )
+    result = {"steps": steps, "batch_size": batch_size, "chance_loss": round(math.log(batch_size), 4)}
+    result |= {"rows": rows, "plot": str(plot)}
+    cli.write_json(result, f"{out}/learning_rates.json")
+    return result
+
+
+def print_learning_rates(result):
+    print(f"{result['steps']} steps, batch {result['batch_size']}; diverged = final loss above log N = ")
+    print(f"{result['chance_loss']:.2f} (guessing)\n")
+    print(f"{'lr':>8}{'warm-up':>9}{'max loss':>10}{'final loss':>12}{'t->i R@1':>10}  diverged")
+    for r in result["rows"]:
+        print(
+            f"{r['lr']:>8g}{'yes' if r['warmup'] else 'no':>9}{r['max_loss']:>10.3f}{r['final_loss']:>12.3f}"
+            f"{r['text_to_image_R@1']:>10.3f}  {'yes' if r['diverged'] else ''}"
         )
     print(f"\nplot: {result['plot']}")
 
@@ -254,10 +326,12 @@ def main(argv=None):
     fit.add_argument("--seed", type=int, default=0)
     sweep = sub.add_parser("negatives", help="R@1 against batch size, temperature, and no negatives")
     sweep.add_argument("--steps", type=cli.positive_int, default=300, help="training steps per run (default 300)")
-    for p in (fit, sweep):
+    lr = sub.add_parser("lr", help="loss curves and R@1 at 6 learning rates, with and without warm-up")
+    lr.add_argument("--steps", type=cli.positive_int, default=300, help="training steps per run (default 300)")
+    for p in (fit, sweep, lr):
         p.add_argument("--out", default=OUT, help="folder for the JSON result and the plot")
         training.add_run_args(p, checkpoints=False)
-    for p in (check, fit, sweep):
+    for p in (check, fit, sweep, lr):
         p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "check":
@@ -265,8 +339,10 @@ def main(argv=None):
     options = training.Options.from_args(args, __spec__.name, argv)
     if args.command == "train":
         result, show = train_command(Run(args.steps, args.batch_size, seed=args.seed), args.out, options), print_train
-    else:
+    elif args.command == "negatives":
         result, show = negatives(args.steps, args.out, options=options), print_negatives
+    else:
+        result, show = learning_rates(args.steps, args.out, options=options), print_learning_rates
     if result is not None:  # the main process's
         cli.emit(result, args.json, show)
 

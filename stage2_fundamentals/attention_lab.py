@@ -8,9 +8,9 @@ the demos ran on, and pictures of what attends where.
 CLIPAttention of the bundled tiny CLIP and one OPT attention of the bundled tiny BLIP-2, and
 compares outputs on real inputs; then the from-scratch decoder of `decoder.py` reproduces the tiny
 BLIP-2 language model's logits, and the encoder and decoder layers and positional encoding of
-`transformer.py` ("Attention Is All You Need" §3) equal torch's and XLM's. `show` draws what attends where: the ViT's [CLS] token over the
-image patches, layer by layer, and the BLIP-2 decoder's tokens over the image queries and the
-words before them.
+`transformer.py` ("Attention Is All You Need" §3) equal torch's and XLM's. `show` draws what
+attends where: the ViT's [CLS] token over the image patches, layer by layer, and the BLIP-2
+decoder's tokens over the image queries and the words before them.
 """
 
 import torch

@@ -254,14 +254,14 @@ def print_negatives(result):
 
 
 # ---------------------------------------------------------------- learning rate and warm-up
-LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 
 
 def diverged(losses, batch_size):
-    """Worse than guessing at the end: the mean loss of the last 20 steps above log N, the loss of
-    uniform scores over the N candidates (or not a number at all)."""
+    """No better than guessing at the end: the mean loss of the last 20 steps within 3% of log N,
+    the loss of uniform scores over the N candidates, or above it (or not a number at all)."""
     end = float(np.mean(losses[-20:]))
-    return not math.isfinite(end) or end > math.log(batch_size)
+    return not math.isfinite(end) or end > 0.97 * math.log(batch_size)
 
 
 def learning_rates(steps=150, out=OUT, lrs=LEARNING_RATES, batch_size=16, pool=5_000, options=training.Options()):

@@ -485,12 +485,15 @@ def qformer(results):
             row["prefix_tokens"],
             f"{row['decoder_input_tokens']:.0f}",
             f"{row['connector_parameters']:,}",
+            f"{row['connector_mflops']:.2f}",
+            f"{row['decoder_mflops']:.1f}",
             *(f3(row["seen"][k]) for k in ("color", "shape", "position", "exact")),
             f3(row["heldout"]["exact"]),
         ]
         for row in r["rows"]
     ]
     header = ["connector", "image tokens to the decoder", "decoder input (tokens)", "connector parameters"]
+    header += ["connector MFLOPs", "decoder MFLOPs"]
     return Table(header + ["colour", "shape", "position", "all four", "all four, held-out pairs"], rows)
 
 
@@ -498,18 +501,6 @@ def qformer(results):
 def qformer_setup(results):
     r = results("week7/qformer.json")
     return f"{r['steps']} steps × {r['batch_size']} images each, greedy captions of {r['n_test']} test images"
-
-
-@value("week7.qformer_cost", ["week7/qformer.json"], "make qformer")
-def qformer_cost(results):
-    rows = results("week7/qformer.json")["rows"]
-    base = rows[0]
-    parts = [
-        f"{row['design']}: {row['seconds_per_step'] / base['seconds_per_step']:.2f}× the training step, "
-        f"{row['decode_seconds'] / base['decode_seconds']:.2f}× the captioning time"
-        for row in rows[1:]
-    ]
-    return f"against {base['design']}, in the same run: " + "; ".join(parts)
 
 
 @table(
@@ -816,7 +807,7 @@ def kv_cache(results):
 
 
 # ---------------------------------------------------------------- the bundled models (their training.json)
-MODELS = ("tiny-clip", "tiny-blip2", "tiny-clip-zh", "tiny-sd")
+MODELS = ("tiny-clip", "tiny-blip2", "tiny-blip2-prompts", "tiny-clip-zh", "tiny-sd")
 
 
 @table(

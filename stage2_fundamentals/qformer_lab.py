@@ -18,12 +18,12 @@ frozen; the tiny BLIP-2's Q-Former and OPT decoder shapes; plain captions; same 
 learning rate and seed), then captions test images greedily.
 """
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import Blip2ForConditionalGeneration
 
 from curriculum import cli, shapesworld, training, viz, zoo
@@ -122,7 +122,7 @@ def new_captioner(design, processor):
 
 
 def train(design, options=training.Options()):
-    """Returns (captioner, processor, losses, seconds per step)."""
+    """Returns (captioner, processor, losses)."""
     trainer = training.Trainer(design.label(), None, design, options)
     processor = build_processor()
     model = new_captioner(design, processor)
@@ -144,8 +144,7 @@ def train(design, options=training.Options()):
             )
             # a mean over target tokens, and rows hold different numbers of them
             trainer.backward(trainer.share_of_mean(loss, int((labels[rows] != -100).sum()), total))
-    seconds = trainer.progress.seconds / max(1, trainer.progress.session_steps)
-    return trainer.unwrap().eval().cpu(), processor, trainer.progress.losses, seconds
+    return trainer.unwrap().eval().cpu(), processor, trainer.progress.losses
 
 
 def caption_accuracy(model, processor, samples, batch_size=100):
@@ -182,7 +181,7 @@ def compare(steps=300, batch_size=32, n_test=300, out=OUT, options=training.Opti
     samples = shapesworld.generate("test", n_test)
     rows, curves = [], {}
     for design in designs:
-        model, processor, losses, seconds = train(design, options)
+        model, processor, losses = train(design, options)
         if not training.is_main_process():
             continue
         groups, captions = caption_accuracy(model, processor, samples)
@@ -199,8 +198,7 @@ def compare(steps=300, batch_size=32, n_test=300, out=OUT, options=training.Opti
                 "connector_parameters": sum(
                     p.numel() for n, p in model.named_parameters() if not n.startswith(("vision.", "language_model."))
                 ),
-                "seconds_per_step": round(seconds, 3),
-                "decode_seconds": round(time_decoding(model, processor, samples[:50]), 2),
+                **forward_flops(model, processor, samples[0]),
                 "final_loss": round(float(np.mean(losses[-20:])), 4),
                 "seen": groups["seen"],
                 "heldout": groups["heldout"],
@@ -218,22 +216,32 @@ def compare(steps=300, batch_size=32, n_test=300, out=OUT, options=training.Opti
     return result
 
 
-def time_decoding(model, processor, samples):
-    """Seconds to caption the samples greedily (compare within one run only: the machine's speed drifts)."""
-    start = time.perf_counter()
-    caption_accuracy(model, processor, samples, batch_size=len(samples))
-    return time.perf_counter() - start
+def forward_flops(model, processor, sample):
+    """Compute, counted rather than timed (a shared machine's speed drifts): the forward pass of one
+    image and its caption, split into the connector (Q-Former or projector) and the decoder.
+    The frozen ViT costs the same in every design and is left out."""
+    pixel_values = pixels(np.asarray(sample.image)[None], processor.image_processor)
+    input_ids, attention_mask, labels = text_batch(processor.tokenizer, [caption(sample.objects)])
+    with FlopCounterMode(display=False) as whole:
+        model(pixel_values, input_ids, attention_mask, labels)
+    with FlopCounterMode(display=False) as vision:
+        model.vision(pixel_values=pixel_values)
+    with FlopCounterMode(display=False) as connector:
+        model.prefix(pixel_values)
+    connector_flops = connector.get_total_flops() - vision.get_total_flops()
+    decoder_flops = whole.get_total_flops() - connector.get_total_flops()
+    return {"connector_mflops": round(connector_flops / 1e6, 2), "decoder_mflops": round(decoder_flops / 1e6, 2)}
 
 
 def print_compare(result):
     print(f"{result['steps']} steps × {result['batch_size']} each; greedy captions of {result['n_test']} test images\n")
-    print(f"{'design':<32}{'prefix':>7}{'dec. len':>9}{'params':>9}{'s/step':>8}{'colour':>8}{'shape':>7}", end="")
+    print(f"{'design':<32}{'prefix':>7}{'dec. len':>9}{'params':>9}{'MFLOPs':>8}{'colour':>8}{'shape':>7}", end="")
     print(f"{'position':>9}{'all':>6}{'held-out all':>13}")
     for r in result["rows"]:
-        s = r["seen"]
+        s, flops = r["seen"], r["connector_mflops"] + r["decoder_mflops"]
         print(
             f"{r['design']:<32}{r['prefix_tokens']:>7}{r['decoder_input_tokens']:>9.1f}{r['connector_parameters']:>9,}"
-            f"{r['seconds_per_step']:>8.3f}{s['color']:>8.3f}{s['shape']:>7.3f}{s['position']:>9.3f}{s['exact']:>6.3f}"
+            f"{flops:>8.1f}{s['color']:>8.3f}{s['shape']:>7.3f}{s['position']:>9.3f}{s['exact']:>6.3f}"
             f"{r['heldout']['exact']:>13.3f}"
         )
     print(f"\nplot: {result['plot']}")

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.week1
 
 @pytest.fixture(scope="module")
 def result():
-    return {(r["task"], r["images"]): r for r in zs.evaluate("tiny", n=200, n_train=600, device="cpu")["rows"]}
+    return {(r["task"], r["images"]): r for r in zs.evaluate("tiny", n=150, n_train=400, device="cpu")["rows"]}
 
 
 def test_zero_shot_accuracy(result):

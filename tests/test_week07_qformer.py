@@ -37,10 +37,14 @@ def test_the_qformer_path_is_blip2s_own():
 def test_designs_hand_the_decoder_different_lengths():
     processor = qformer_lab.build_processor()
     x = torch.zeros(2, 3, 64, 64)
-    for design, length in ((Design("qformer", 8), 8), (Design("qformer", 2), 2), (Design("projector"), 17)):
+    sample = shapesworld.generate("test", 1)[0]
+    decoder_flops = []
+    for design, length in ((Design("qformer", 2), 2), (Design("qformer", 8), 8), (Design("projector"), 17)):
         model = qformer_lab.new_captioner(design, processor)
         assert model.prefix(x).shape == (2, length, 128), design
         assert not any(p.requires_grad for p in model.vision.parameters())  # the ViT stays frozen
+        decoder_flops.append(qformer_lab.forward_flops(model, processor, sample)["decoder_mflops"])
+    assert decoder_flops == sorted(decoder_flops)  # a longer prefix costs the decoder more
 
 
 def test_a_short_training_learns():

@@ -49,5 +49,5 @@ def test_designs_hand_the_decoder_different_lengths():
 
 def test_a_short_training_learns():
     design = Design("projector", steps=12, batch_size=8, pool=200)
-    _, _, losses, _ = qformer_lab.train(design, training.Options(progress=False))
+    _, _, losses = qformer_lab.train(design, training.Options(progress=False))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 1.0

@@ -254,7 +254,7 @@ def print_negatives(result):
 
 
 # ---------------------------------------------------------------- learning rate and warm-up
-LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
 def diverged(losses, batch_size):

@@ -13,7 +13,8 @@ five new things:
 Answers stay English: the tokenizer's merges were learned from English, so Chinese is read byte
 by byte (three tokens a character) and the decoder never learned to write it. The existence
 questions are balanced because the original mix drew a colour-shape pair at random, so "yes"
-was rare and the model learned to answer "no" without looking (week 9's visual-question rule).
+was rare and the model learned to answer "no" without looking (week 9's visual-question rule);
+this short fine-tune moves that prior but does not ground the answer (week 9 measures it).
 
     python -m curriculum.tiny_blip2_prompts --out data/models/tiny-blip2-prompts   (or: make tiny-blip2-prompts)
 

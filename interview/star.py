@@ -179,9 +179,9 @@ PROJECTS = (
         "A self-directed experiment on a tiny captioning model of a synthetic world: teach it a colour "
         "it had never seen, cheaply and without forgetting.",
         "Compare full fine-tuning, LoRA and prefix tuning on the same data and budget.",
-        "Implemented LoRA and prefix tuning from scratch, equal to PEFT; found that, on this tiny model "
-        "with tied embeddings, adapters did not make it emit a word whose embeddings never trained, "
-        "and trained those rows too.",
+        "Implemented LoRA and prefix tuning from scratch, equal to PEFT; found that LoRA on the attention's "
+        "q and v could not make this tiny model emit a word whose embeddings never trained, that training "
+        "those rows too could, and that LoRA on every linear layer could without them.",
         (
             (
                 "week7/new_concept.json",

@@ -96,6 +96,31 @@ def retrieval_counts(results):
     )
 
 
+@table("week1.zeroshot", 1, "Zero-shot classification vs a linear probe", ["week1/zeroshot.json"], "make week1")
+def zeroshot(results):
+    r = results("week1/zeroshot.json")
+    rows = [
+        [
+            f"{row['task']} (`{r['phrases'][row['task']]}`)",
+            row["images"],
+            row["classes"],
+            f3(row["one_template"]),
+            f3(row["ensemble"]),
+            f3(row["linear_probe"]),
+            row["n"],
+        ]
+        for row in r["rows"]
+    ]
+    header = ["task (class phrase)", "test images", "classes", "one template", f"{len(r['ensemble'])} templates"]
+    return Table(header + ["linear probe", "n"], rows)
+
+
+@value("week1.zeroshot_setup", ["week1/zeroshot.json"], "make week1")
+def zeroshot_setup(results):
+    r = results("week1/zeroshot.json")
+    return f"{r['n_test']:,} single-object test images; the probe trained on {r['n_train_probe']:,} train images"
+
+
 # ---------------------------------------------------------------- week 2
 @table("week2.prompts", 2, "One image under every trained prompt", ["week2/prompts.json"], "make week2")
 def prompts(results):
@@ -123,6 +148,47 @@ def caption_accuracy(results):
         for label, g in (("seen colour-shape pairs", "seen"), ("a held-out pair in the image", "heldout"))
     ]
     return Table(["test images", "colour", "shape", "size", "position", "all four", "QA", "n"], rows)
+
+
+@table(
+    "week2.prompt_styles",
+    2,
+    "The plan's prompt exercise, before and after teaching it",
+    ["week2/prompt_styles.json"],
+    "make week2",
+)
+def prompt_styles(results):
+    rows = [
+        [
+            row["model"],
+            f"`{row['prompt']}`",
+            row["asks"],
+            f"{row['words']:.1f}",
+            f"{row['shapes_named']:.2f}",
+            f3(row["says_where"]),
+            f3(row["says_size"]),
+            f3(row["pairs_right"]),
+        ]
+        for row in results("week2/prompt_styles.json")["rows"]
+    ]
+    header = ["model", "prompt", "asks for", "words", "shapes named", "says where", "says how big"]
+    return Table(header + ["colour-shape pairs right"], rows)
+
+
+@value("week2.prompt_styles_n", ["week2/prompt_styles.json"], "make week2")
+def prompt_styles_n(results):
+    return f"{results('week2/prompt_styles.json')['n']:,} test images, greedy decoding"
+
+
+@table(
+    "week2.fine_tuned_accuracy",
+    2,
+    "The fine-tuned model against week 2's thresholds",
+    ["week2/eval_prompts.json"],
+    "make tiny-blip2-prompts",
+)
+def fine_tuned_accuracy(results):
+    return caption_accuracy(lambda _: results("week2/eval_prompts.json"))
 
 
 @value("week2.n", ["week2/eval.json"], "make week2")
@@ -281,6 +347,68 @@ def negatives_steps(results):
     return str(results("week6/negatives.json")["steps"])
 
 
+@table(
+    "week6.learning_rates",
+    6,
+    "Learning rate and warm-up: where training stops converging",
+    ["week6/learning_rates.json"],
+    "make week6",
+)
+def learning_rates(results):
+    r = results("week6/learning_rates.json")
+    rows = [
+        [
+            f"{row['lr']:g}",
+            "yes" if row["warmup"] else "no",
+            f3(row["max_loss"]),
+            f3(row["final_loss"]),
+            f3(row["text_to_image_R@1"]),
+            "stuck at guessing" if row["diverged"] else "learned",
+        ]
+        for row in sorted(r["rows"], key=lambda row: (row["lr"], not row["warmup"]))
+    ]
+    return Table(["learning rate", "warm-up", "highest loss", "final loss", "text→image R@1", "verdict"], rows)
+
+
+@value("week6.lr_setup", ["week6/learning_rates.json"], "make week6")
+def learning_rate_setup(results):
+    r = results("week6/learning_rates.json")
+    return (
+        f"{r['steps']} steps × {r['batch_size']} from scratch each, a {r['pool']:,}-image pool; guessing scores "
+        f"log {r['batch_size']} = {r['chance_loss']:.2f}"
+    )
+
+
+@table(
+    "week6.towers",
+    6,
+    "The same contrastive recipe with a ViT and with a CNN image tower",
+    ["week6/towers.json"],
+    "make week6",
+)
+def towers(results):
+    r = results("week6/towers.json")
+    rows = [
+        [
+            {"vit": "ViT (CLIP's, 16 px patches)", "cnn": "CNN (4 stride-2 convolutions)"}[row["tower"]],
+            f"{row['parameters']:,}",
+            f3(row["final_loss"]),
+            f3(row["text_to_image_R@1"]),
+            f3(row["heldout_text_to_image_R@1"]),
+            f"{row['tokens'][0]} × {row['tokens'][1]}" + (" (the grid, flattened)" if row["tower"] == "cnn" else ""),
+        ]
+        for row in r["rows"]
+    ]
+    header = ["image tower", "parameters", "final loss", "R@1, seen pairs", "R@1, held-out pairs"]
+    return Table(header + ["tokens it hands on"], rows)
+
+
+@value("week6.towers_setup", ["week6/towers.json"], "make week6")
+def towers_setup(results):
+    r = results("week6/towers.json")
+    return f"{r['steps']} steps × {r['batch_size']} each, a {r['pool']:,}-image pool, the same seed"
+
+
 # ---------------------------------------------------------------- week 7
 @table(
     "week7.heads_inference",
@@ -361,6 +489,56 @@ def new_concept_setup(results):
         f"{r['steps']} steps × {r['batch_size']} images, seed 0) at its usual learning rate: {rates['full']} "
         f"full, {rates['lora']} LoRA, {rates['prefix']} prefix. Each is scored on {r['n_new_test']} new pink "
         f"images and on {r['n_old_test']} images of the old test split"
+    )
+
+
+@table("week7.qformer", 7, "Q-Former vs a projector of every patch, one recipe", ["week7/qformer.json"], "make qformer")
+def qformer(results):
+    r = results("week7/qformer.json")
+    rows = [
+        [
+            row["design"],
+            row["prefix_tokens"],
+            f"{row['decoder_input_tokens']:.0f}",
+            f"{row['connector_parameters']:,}",
+            f"{row['connector_mflops']:.2f}",
+            f"{row['decoder_mflops']:.1f}",
+            *(f3(row["seen"][k]) for k in ("color", "shape", "position", "exact")),
+            f3(row["heldout"]["exact"]),
+        ]
+        for row in r["rows"]
+    ]
+    header = ["connector", "image tokens to the decoder", "decoder input (tokens)", "connector parameters"]
+    header += ["connector MFLOPs", "decoder MFLOPs"]
+    return Table(header + ["colour", "shape", "position", "all four", "all four, held-out pairs"], rows)
+
+
+@value("week7.qformer_setup", ["week7/qformer.json"], "make qformer")
+def qformer_setup(results):
+    r = results("week7/qformer.json")
+    return f"{r['steps']} steps × {r['batch_size']} images each, greedy captions of {r['n_test']} test images"
+
+
+@table(
+    "week7.lora_all_layers",
+    7,
+    "LoRA on every linear layer of the Q-Former and the decoder",
+    ["week7/lora_all_layers/new_concept.json"],
+    "make lora",
+)
+def lora_all_layers(results):
+    r = results("week7/lora_all_layers/new_concept.json")
+    rows = [
+        [
+            row["method"],
+            f"{row['trainable']:,}",
+            *(f3(row[k]) for k in ("new_color", "new_exact", "old_color", "old_exact")),
+        ]
+        for row in r["rows"]
+        if row["method"].startswith("LoRA")
+    ]
+    return Table(
+        ["method (every linear layer)", "trainable", "pink: colours", "pink: exact", "old: colours", "old: exact"], rows
     )
 
 
@@ -460,6 +638,28 @@ def policy(results):
     r = results("week9/policy.json")
     rows = [[name, f3(c["accuracy"]), f3(c["precision"]), f3(c["recall"])] for name, c in r["categories"].items()]
     return Table(["category", "accuracy", "precision", "recall"], rows)
+
+
+@table(
+    "week9.vqa_rule",
+    9,
+    "Caption rule vs visual question, the same labelled scenes",
+    ["week9/vqa_rule.json"],
+    "make week9",
+)
+def vqa_rule(results):
+    rows = [
+        [row["category"], row["rule"], f3(row["precision"]), f3(row["recall"]), row["tp"], row["fp"], row["fn"]]
+        for row in results("week9/vqa_rule.json")["rows"]
+    ]
+    return Table(["category", "rule", "precision", "recall", "tp", "fp", "fn"], rows)
+
+
+@value("week9.vqa_setup", ["week9/vqa_rule.json"], "make week9")
+def vqa_setup(results):
+    r = results("week9/vqa_rule.json")
+    positives = ", ".join(f"{n} with a {c.replace('_', ' ')}" for c, n in r["positives"].items())
+    return f"{r['n']:,} generated test scenes (seed {r['seed']}): {positives}"
 
 
 @value("week9.mismatch", ["week9/policy.json"], "make week9")
@@ -711,7 +911,7 @@ def kv_cache(results):
 
 
 # ---------------------------------------------------------------- the bundled models (their training.json)
-MODELS = ("tiny-clip", "tiny-blip2", "tiny-clip-zh", "tiny-sd")
+MODELS = ("tiny-clip", "tiny-blip2", "tiny-blip2-prompts", "tiny-clip-zh", "tiny-sd")
 
 
 @table(

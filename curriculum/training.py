@@ -148,9 +148,10 @@ def without_option(argv, flag):
     return out
 
 
-def warmup_cosine(optimizer, steps):
-    """Learning rate: linear warm-up over the first 5% of steps, then cosine decay to zero."""
-    warmup = max(1, steps // 20)
+def warmup_cosine(optimizer, steps, warmup=True):
+    """Learning rate: linear warm-up over the first 5% of steps (unless warmup=False), then cosine
+    decay to zero."""
+    warmup = max(1, steps // 20) if warmup else 1
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     )

@@ -169,6 +169,40 @@ def lines(series, out, title, xlabel, ylabel):
     return _save_figure(fig, out)
 
 
+def curve_panels(panels, out, title, ylabel="loss", ylim=None):
+    """Side-by-side panels of several curves each, one per (title, {label: ys}), sharing the y axis, as PNG."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False, sharey=True)
+    for ax, (name, series) in zip(axes[0], panels):
+        for label, ys in series.items():
+            ax.plot(range(1, len(ys) + 1), ys, label=label, linewidth=1)
+        ax.set(title=name, xlabel="step", ylim=ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, out)
+
+
+def precision_recall(panels, out, title):
+    """One panel per {name: {label: [(recall, precision), ...] as a curve, or (recall, precision) as a point}}."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (name, series) in zip(axes[0], panels.items()):
+        for label, values in series.items():
+            if isinstance(values, list):
+                ax.plot(*zip(*values), marker=".", label=label)
+            else:
+                ax.plot(*values, marker="o", linestyle="none", markersize=9, label=label)
+        ax.set(title=name, xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save_figure(fig, out)
+
+
 def grouped_bars(groups, out, title):
     """One group of bars per key of `groups` ({group: {series: value in [0, 1]}}), as PNG."""
     plt = _pyplot()

@@ -52,7 +52,8 @@ def passed(data):
 PROJECTS = (
     Project(
         "Image-text retrieval with CLIP",
-        "A photo library needed search by description and by example, offline and on a CPU.",
+        "A self-directed learning project: search images by description and by example, offline on a "
+        "CPU, on a synthetic world of coloured shapes (ShapesWorld) with tiny models trained for it.",
         "Index images with CLIP, search them by text or by image, measure retrieval honestly, and "
         "let Chinese queries use the same index.",
         "Trained a small CLIPModel on a synthetic world with a contrastive loss that allows several "
@@ -87,7 +88,8 @@ PROJECTS = (
     ),
     Project(
         "Captioning with BLIP-2, and its repeated-text problem",
-        "A captioning model wrote fluent text, but when it had to keep writing it looped.",
+        "A self-directed learning project on ShapesWorld (synthetic shapes, tiny models): a captioning "
+        "model wrote fluent text, but when it had to keep writing it looped.",
         "Caption images with controllable prompts, understand generation well enough to fix the "
         "repetition, and make decoding fast.",
         "Trained a small BLIP-2 (frozen ViT, Q-Former, OPT decoder); rewrote attention, the decoder and "
@@ -126,7 +128,8 @@ PROJECTS = (
     ),
     Project(
         "Text-to-image with Stable Diffusion, and its samplers from scratch",
-        "Generated images had to match their prompts, and the sampler settings were a black box.",
+        "A self-directed learning project on ShapesWorld (synthetic shapes, a tiny pipeline): generated "
+        "images had to match their prompts, and the sampler settings were a black box.",
         "Generate from text with a latent diffusion pipeline, measure prompt fidelity, and explain what "
         "schedulers and step counts change.",
         "Trained a small VAE and cross-attention UNet as a diffusers pipeline; judged fidelity with CLIP; "
@@ -154,7 +157,8 @@ PROJECTS = (
     ),
     Project(
         "Transformer internals, re-derived and proved",
-        "Libraries hid how attention and decoding work, and interviews ask for both.",
+        "A self-directed learning project: libraries hid how attention and decoding work, and "
+        "interviews ask for both; checked on tiny models trained on synthetic shapes.",
         "Write attention, a decoder and decoding loops plainly, and prove them equal to the libraries on real models.",
         "Copied weights from the library layers into the from-scratch modules and compared outputs on "
         "real inputs; made the checks fail on purpose to make sure they can.",
@@ -172,10 +176,12 @@ PROJECTS = (
     ),
     Project(
         "Teaching a model a new concept with LoRA",
-        "A captioning model had to learn a colour it had never seen, cheaply and without forgetting.",
+        "A self-directed experiment on a tiny captioning model of a synthetic world: teach it a colour "
+        "it had never seen, cheaply and without forgetting.",
         "Compare full fine-tuning, LoRA and prefix tuning on the same data and budget.",
-        "Implemented LoRA and prefix tuning from scratch, equal to PEFT; found that adapters cannot emit "
-        "a word whose embeddings never trained, and trained those rows too.",
+        "Implemented LoRA and prefix tuning from scratch, equal to PEFT; found that LoRA on the attention's "
+        "q and v could not make this tiny model emit a word whose embeddings never trained, that training "
+        "those rows too could, and that LoRA on every linear layer could without them.",
         (
             (
                 "week7/new_concept.json",
@@ -190,7 +196,8 @@ PROJECTS = (
     ),
     Project(
         "A multimodal moderation service",
-        "User uploads (images with text) had to be screened automatically, on CPUs, under load.",
+        "A self-directed project with no real users: a moderation service for images with text, on "
+        "CPUs, under generated load, with tiny models and stand-in categories of a synthetic world.",
         "Serve CLIP and BLIP-2 behind an API with production techniques: ONNX, batching, caching, "
         "and prove each one with a measurement.",
         "Exported CLIP and BLIP-2 (with a KV-cached decoder) to ONNX and checked parity; wrote the policy "

@@ -286,7 +286,8 @@ def add_generation_args(p):
         "--repetition-penalty",
         type=cli.positive_float,
         default=1.0,
-        help="divide the score of tokens already generated; 1.0 = off (default)",
+        help="make tokens already generated less likely: a positive score is divided by it, a negative one "
+        "multiplied; 1.0 = off (default)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed for --do-sample (default 0)")
     add_backend_arg(p)

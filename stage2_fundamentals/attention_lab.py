@@ -7,19 +7,22 @@ the demos ran on, and pictures of what attends where.
 `check` loads weights copied from torch.nn.MultiheadAttention (with and without biases), one
 CLIPAttention of the bundled tiny CLIP and one OPT attention of the bundled tiny BLIP-2, and
 compares outputs on real inputs; then the from-scratch decoder of `decoder.py` reproduces the tiny
-BLIP-2 language model's logits. `show` draws what attends where: the ViT's [CLS] token over the
-image patches, layer by layer, and the BLIP-2 decoder's tokens over the image queries and the
-words before them.
+BLIP-2 language model's logits, and the encoder and decoder layers and positional encoding of
+`transformer.py` ("Attention Is All You Need" §3) equal torch's and XLM's. `show` draws what
+attends where: the ViT's [CLS] token over the image patches, layer by layer, and the BLIP-2
+decoder's tokens over the image queries and the words before them.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.xlm.modeling_xlm import create_sinusoidal_embeddings
 
 from curriculum import checks, cli, shapesworld, viz, zoo
 from curriculum.images import load_image
 from stage2_fundamentals.attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
 from stage2_fundamentals.decoder import Decoder, blip2_decoder_inputs
+from stage2_fundamentals.transformer import DecoderLayer, EncoderLayer, sinusoidal_positions
 
 
 def additive(mask):
@@ -134,6 +137,48 @@ def check_blip2(model, processor):
     ]
 
 
+@torch.no_grad()
+def check_transformer_layers(gen):
+    """§3 complete: the encoder and decoder layers of transformer.py vs torch's, in the paper's
+    post-norm order and in the pre-norm order, with padding in the encoder's input."""
+    x, memory = torch.randn(2, 6, 32, generator=gen), torch.randn(2, 5, 32, generator=gen)
+    lengths = [5, 3]
+    results = []
+    for norm_first in (False, True):
+        order = "pre-norm" if norm_first else "post-norm, as in the paper"
+        torch.manual_seed(0)
+        encoder = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True, norm_first=norm_first).eval()
+        decoder = nn.TransformerDecoderLayer(32, 4, 64, dropout=0.0, batch_first=True, norm_first=norm_first).eval()
+        ignore = ~padding_mask(lengths, 5)[:, 0, 0]  # torch: True = ignore
+        real = padding_mask(lengths, 5)[:, 0, 0]  # padded rows are never read
+        results += [
+            checks.record(
+                f"EncoderLayer vs torch.nn.TransformerEncoderLayer ({order}, padding)",
+                EncoderLayer.from_torch(encoder)(memory, mask=padding_mask(lengths, 5)),
+                encoder(memory, src_key_padding_mask=ignore),
+                where=real,
+            ),
+            checks.record(
+                f"DecoderLayer vs torch.nn.TransformerDecoderLayer ({order}, causal + cross-attention)",
+                DecoderLayer.from_torch(decoder)(x, memory, memory_mask=padding_mask(lengths, 5)),
+                decoder(x, memory, tgt_mask=~causal_mask(6, 6), memory_key_padding_mask=ignore),
+            ),
+        ]
+    return results
+
+
+@torch.no_grad()
+def check_positions():
+    """§3.5 vs XLM's sinusoidal embeddings in transformers (the paper's interleaved sin/cos layout)."""
+    theirs = torch.empty(50, 64)
+    create_sinusoidal_embeddings(50, 64, theirs)
+    return [
+        checks.record(
+            "sinusoidal_positions vs transformers XLM sinusoidal embeddings", sinusoidal_positions(50, 64), theirs
+        )
+    ]
+
+
 def run_checks(clip_name="tiny", blip2_name="tiny"):
     gen = torch.Generator().manual_seed(0)
     clip, clip_processor = zoo.load_clip(clip_name, "cpu")
@@ -144,6 +189,8 @@ def run_checks(clip_name="tiny", blip2_name="tiny"):
         + check_torch_mha(gen, bias=False)
         + check_clip(clip.float(), clip_processor)
         + check_blip2(blip2.float(), blip2_processor)
+        + check_transformer_layers(gen)
+        + check_positions()
     }
 
 

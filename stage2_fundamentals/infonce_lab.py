@@ -4,6 +4,8 @@ loop of its own, and what the negatives (the batch) and the temperature do.
     python -m stage2_fundamentals.infonce_lab check [--json]
     python -m stage2_fundamentals.infonce_lab train [--steps 1200] [--batch-size 256] [--nproc 2]
     python -m stage2_fundamentals.infonce_lab negatives [--steps 300]
+    python -m stage2_fundamentals.infonce_lab lr [--steps 150]
+    python -m stage2_fundamentals.infonce_lab towers [--steps 300]
 """
 
 import functools
@@ -20,6 +22,7 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 from curriculum import checks, cli, shapesworld, training, viz, zoo
 from curriculum.tiny_clip import build_config, contrastive_loss, pixels
 from stage1_demos.clip_retrieval import embed_images, embed_texts, recall_table
+from stage2_fundamentals.cnn_tower import ConvTower
 from stage2_fundamentals.infonce import info_nce, positives_only
 
 OUT = "outputs/week6"
@@ -69,19 +72,26 @@ class Run:
     negatives: bool = True  # False: positives_only, no denominator
     projection: bool = True  # False: compare the towers' features directly (both are 64-d here)
     lr: float = 1e-3
+    warmup: bool = True  # False: the full learning rate from the first step (then the same cosine decay)
+    tower: str = "vit"  # the image tower: "vit" (CLIP's) or "cnn" (cnn_tower.ConvTower)
     seed: int = 0
 
     def label(self):
         if not self.negatives:
             return f"no negatives, batch {self.batch_size}"
         tau = "learned τ" if self.temperature is None else f"τ = {self.temperature:g}"
-        return f"batch {self.batch_size}, {tau}" + ("" if self.projection else ", no projection heads")
+        label = f"batch {self.batch_size}, {tau}" + ("" if self.projection else ", no projection heads")
+        if self.lr != Run.lr or not self.warmup:
+            label += f", lr {self.lr:g}" + ("" if self.warmup else ", no warm-up")
+        return label + (", CNN image tower" if self.tower == "cnn" else "")
 
 
 def new_model(run):
     processor = zoo.load_clip("tiny", "cpu")[1]
     torch.manual_seed(run.seed)
     model = CLIPModel(build_config(processor.tokenizer))
+    if run.tower == "cnn":  # same width out (64), so the same projection head follows
+        model.vision_model = ConvTower(hidden=model.config.vision_config.hidden_size)
     if not run.projection:  # v and t compared as the towers give them: only possible when widths match
         model.visual_projection, model.text_projection = nn.Identity(), nn.Identity()
     if run.temperature is not None:
@@ -105,7 +115,7 @@ def train(run, pool=30_000, options=training.Options()):
     data, images = training_pool(pool, run.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=run.lr, weight_decay=0.1, betas=(0.9, 0.98))
-    model, optimizer = trainer.prepare(model, optimizer, training.warmup_cosine(optimizer, run.steps))
+    model, optimizer = trainer.prepare(model, optimizer, training.warmup_cosine(optimizer, run.steps, run.warmup))
     for _ in trainer.steps(run.steps):
         idx = trainer.rng.choice(pool, run.batch_size, replace=False)
         captions = [
@@ -137,6 +147,7 @@ def evaluate(model, processor, n=1000, samples=None):
     table = recall_table(samples, image_vectors, text_vectors)
     return {
         "text_to_image_R@1": table["text_to_image"]["R@1"],
+        "heldout_text_to_image_R@1": table["heldout_combinations"]["R@1"],
         "image_to_text_R@1": table["image_to_text"]["R@1"],
         "mean_cos_between_images": round(float(off_diagonal), 4),
     }
@@ -178,7 +189,8 @@ def negatives(
     steps=300, out=OUT, batch_sizes=(16, 64, 256), temperatures=(0.01, 0.07, 0.5, 2.0), options=training.Options()
 ):
     """Same step budget each: R@1 and final loss against batch size (the number of negatives,
-    N - 1), against fixed temperatures, and with no negatives at all."""
+    N - 1), against fixed temperatures, and with no negatives at all. A bigger batch at the same
+    steps also sees more images: this sweep does not separate the two."""
     runs = (
         [Run(steps, b) for b in batch_sizes]
         + [Run(steps, 64, temperature=t) for t in temperatures]
@@ -241,6 +253,125 @@ def print_negatives(result):
     print(f"\nplot: {result['plot']}")
 
 
+# ---------------------------------------------------------------- learning rate and warm-up
+LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+
+def diverged(losses, batch_size):
+    """No better than guessing at the end: the mean loss of the last 20 steps within 3% of log N,
+    the loss of uniform scores over the N candidates, or above it (or not a number at all)."""
+    end = float(np.mean(losses[-20:]))
+    return not math.isfinite(end) or end > 0.97 * math.log(batch_size)
+
+
+def learning_rates(steps=150, out=OUT, lrs=LEARNING_RATES, batch_size=16, pool=5_000, options=training.Options()):
+    """The same tiny CLIP trained at each learning rate, with the 5% linear warm-up and without
+    (the full rate from step one, the same cosine decay): loss curves, R@1, where it diverges."""
+    runs = [Run(steps, batch_size, lr=lr, warmup=w) for w in (True, False) for lr in lrs]
+    training.start(options, "infonce learning rates", [batch_size], contrastive=True)
+    rows, curves = [], {True: {}, False: {}}
+    for run in runs:
+        model, processor, losses, seconds = train(run, pool, options)
+        if training.is_main_process():
+            curves[run.warmup][f"lr {run.lr:g}"] = losses
+            rows.append(
+                {
+                    "lr": run.lr,
+                    "warmup": run.warmup,
+                    "first_loss": round(losses[0], 4),
+                    "max_loss": round(float(np.nanmax(losses)), 4),
+                    "final_loss": round(float(np.mean(losses[-20:])), 4),
+                    "diverged": diverged(losses, batch_size),
+                    "seconds": round(seconds, 1),
+                }
+                | evaluate(model, processor)
+            )
+    if not training.is_main_process():
+        return None
+    plot = viz.curve_panels(
+        [
+            (f"linear warm-up over {max(1, steps // 20)} steps, then cosine", curves[True]),
+            ("no warm-up: the full rate from step one, then cosine", curves[False]),
+        ],
+        f"{out}/learning_rates.png",
+        f"tiny CLIP from scratch, batch {batch_size}, {steps} steps, AdamW: training loss at each learning rate",
+        ylim=(0, 1.5 * math.log(batch_size)),  # a diverged run's spikes would flatten the rest
+    )
+    result = {"steps": steps, "batch_size": batch_size, "pool": pool, "chance_loss": round(math.log(batch_size), 4)}
+    result |= {"rows": rows, "plot": str(plot)}
+    cli.write_json(result, f"{out}/learning_rates.json")
+    return result
+
+
+def print_learning_rates(result):
+    print(f"{result['steps']} steps, batch {result['batch_size']}; diverged = final loss above log N = ")
+    print(f"{result['chance_loss']:.2f} (guessing)\n")
+    print(f"{'lr':>8}{'warm-up':>9}{'max loss':>10}{'final loss':>12}{'t->i R@1':>10}  diverged")
+    for r in result["rows"]:
+        print(
+            f"{r['lr']:>8g}{'yes' if r['warmup'] else 'no':>9}{r['max_loss']:>10.3f}{r['final_loss']:>12.3f}"
+            f"{r['text_to_image_R@1']:>10.3f}  {'yes' if r['diverged'] else ''}"
+        )
+    print(f"\nplot: {result['plot']}")
+
+
+# ---------------------------------------------------------------- a CNN image tower vs the ViT
+@torch.no_grad()
+def tower_outputs(model):
+    """What a language model could cross-attend to: the vision tower's last hidden state for one
+    image (tokens × width), and the pooled vector CLIP's loss uses."""
+    out = model.vision_model(pixel_values=torch.zeros(1, 3, 64, 64))
+    return {"tokens": list(out.last_hidden_state.shape[1:]), "pooled": list(out.pooler_output.shape[1:])}
+
+
+def towers(steps=300, batch_size=32, pool=5_000, out=OUT, options=training.Options()):
+    """The same contrastive recipe (data, steps, batch, learning rate, text tower, projection
+    heads) with CLIP's ViT and with a CNN of about as many parameters: R@1 on seen and held-out
+    colour-shape pairs, and what each tower hands on."""
+    training.start(options, "infonce towers", [batch_size], contrastive=True)
+    rows = []
+    for tower in ("vit", "cnn"):
+        run = Run(steps, batch_size, tower=tower)
+        model, processor, losses, seconds = train(run, pool, options)
+        if training.is_main_process():
+            rows.append(
+                {
+                    "tower": tower,
+                    "parameters": sum(p.numel() for p in model.vision_model.parameters()),
+                    "final_loss": round(float(np.mean(losses[-20:])), 4),
+                    "seconds": round(seconds, 1),
+                    "losses": [round(x, 4) for x in losses],
+                }
+                | tower_outputs(model)
+                | evaluate(model, processor)
+            )
+    if not training.is_main_process():
+        return None
+    plot = viz.lines(
+        {f"{r['tower'].upper()} image tower": r["losses"] for r in rows},
+        f"{out}/towers.png",
+        f"tiny CLIP, ViT vs CNN image tower: {steps} steps × {batch_size}",
+        "step",
+        "contrastive loss",
+    )
+    result = {"steps": steps, "batch_size": batch_size, "pool": pool, "rows": rows, "plot": str(plot)}
+    cli.write_json(result, f"{out}/towers.json")
+    return result
+
+
+def print_towers(result):
+    print(
+        f"{result['steps']} steps × {result['batch_size']} each, the same recipe; R@1 text->image on 1000 test images"
+    )
+    print(f"{'tower':<6}{'params':>9}{'loss':>8}{'seen R@1':>10}{'held-out R@1':>14}  hands on")
+    for r in result["rows"]:
+        print(
+            f"{r['tower']:<6}{r['parameters']:>9,}{r['final_loss']:>8.3f}{r['text_to_image_R@1']:>10.3f}"
+            f"{r['heldout_text_to_image_R@1']:>14.3f}  {r['tokens'][0]} tokens × {r['tokens'][1]}"
+        )
+    print(f"\nplot: {result['plot']}")
+
+
 # ---------------------------------------------------------------- command line
 def main(argv=None):
     parser = cli.Parser(
@@ -254,10 +385,14 @@ def main(argv=None):
     fit.add_argument("--seed", type=int, default=0)
     sweep = sub.add_parser("negatives", help="R@1 against batch size, temperature, and no negatives")
     sweep.add_argument("--steps", type=cli.positive_int, default=300, help="training steps per run (default 300)")
-    for p in (fit, sweep):
+    lr = sub.add_parser("lr", help="loss curves and R@1 at 5 learning rates, with and without warm-up")
+    lr.add_argument("--steps", type=cli.positive_int, default=150, help="training steps per run (default 150)")
+    vs = sub.add_parser("towers", help="the same recipe with a CNN image tower vs the ViT: R@1, seen and held out")
+    vs.add_argument("--steps", type=cli.positive_int, default=300, help="training steps per tower (default 300)")
+    for p in (fit, sweep, lr, vs):
         p.add_argument("--out", default=OUT, help="folder for the JSON result and the plot")
         training.add_run_args(p, checkpoints=False)
-    for p in (check, fit, sweep):
+    for p in (check, fit, sweep, lr, vs):
         p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "check":
@@ -265,8 +400,12 @@ def main(argv=None):
     options = training.Options.from_args(args, __spec__.name, argv)
     if args.command == "train":
         result, show = train_command(Run(args.steps, args.batch_size, seed=args.seed), args.out, options), print_train
-    else:
+    elif args.command == "negatives":
         result, show = negatives(args.steps, args.out, options=options), print_negatives
+    elif args.command == "lr":
+        result, show = learning_rates(args.steps, args.out, options=options), print_learning_rates
+    else:
+        result, show = towers(args.steps, out=args.out, options=options), print_towers
     if result is not None:  # the main process's
         cli.emit(result, args.json, show)
 

@@ -130,3 +130,14 @@ def test_the_report_opens_in_chromium_with_every_picture_loaded(tmp_path):
     probe = json.loads(re.search(r'data-probe="([^"]*)"', dom).group(1).replace("&quot;", '"'))
     assert len(probe["widths"]) == 2 and all(width > 0 for width in probe["widths"])
     assert probe["errors"] == []
+
+
+def test_reading_guide_quotes_the_lines_it_links():
+    """Each row of docs/reading-guides.md quotes a line of code and links its line number: the line
+    must still be there, so the guide cannot drift from the code."""
+    guide = docs.DOCS_DIR / "reading-guides.md"
+    rows = re.findall(r"\| `([^`]+)` \| \[[^\]]*\]\(\.\./([^#)]+)#L(\d+)\) \|", guide.read_text(encoding="utf-8"))
+    assert len(rows) >= 40
+    for snippet, path, line in rows:
+        lines = (docs.REPO_ROOT / path).read_text(encoding="utf-8").splitlines()
+        assert snippet in lines[int(line) - 1], (path, line, snippet)

@@ -1,6 +1,7 @@
 """Week 4 milestone: attention from scratch equals torch and the tiny models' own layers."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from curriculum.cli import UserError
 from stage2_fundamentals import attention, attention_lab
 from stage2_fundamentals.attention import KVCache, MultiHeadAttention, causal_mask, scaled_dot_product_attention
 from stage2_fundamentals.decoder import Decoder, blip2_decoder_inputs
+from stage2_fundamentals.transformer import EncoderLayer, sinusoidal_positions
 
 pytestmark = pytest.mark.week4
 
@@ -30,6 +32,11 @@ def checks():
         "CLIP text CLIPAttention",
         "OPTAttention",
         "from-scratch Decoder",
+        "TransformerEncoderLayer (post-norm",
+        "TransformerDecoderLayer (post-norm",
+        "TransformerEncoderLayer (pre-norm",
+        "TransformerDecoderLayer (pre-norm",
+        "sinusoidal_positions",
     ],
 )
 def test_each_check_within_tolerance(checks, part):
@@ -138,7 +145,7 @@ def test_from_torch_copies_a_layer_without_biases():
 def test_check_json_shape(cli_runner):
     code, out, _ = cli_runner(attention_lab.main, ["check", "--json"])
     result = json.loads(out)
-    assert code == 0 and len(result["checks"]) == 12
+    assert code == 0 and len(result["checks"]) == 17
     assert all(set(c) == {"name", "max_abs_diff", "ok"} for c in result["checks"])
 
 
@@ -156,3 +163,23 @@ def test_show_draws_cls_and_decoder_attention(tmp_path, cli_runner):
 def test_missing_image_is_a_clear_error(tmp_path, cli_runner):
     code, _, err = cli_runner(attention_lab.main, ["show", "--image", str(tmp_path / "nope.png")])
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: no image at")
+
+
+def test_layer_order_matters():
+    """The encoder check can fail: the pre-norm order on the post-norm layer's weights is far off."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True).eval()
+    x = torch.randn(2, 5, 32)
+    ours = EncoderLayer.from_torch(layer)
+    with torch.no_grad():
+        assert record("post", ours(x), layer(x))["ok"]
+        ours.attn_block.norm_first = ours.ff_block.norm_first = True
+        assert not record("pre on post", ours(x), layer(x))["ok"]
+
+
+def test_positions_follow_the_paper():
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(same), at a few hand-picked entries."""
+    pe = sinusoidal_positions(100, 16)
+    assert pe[0, 0::2].abs().max() == 0 and (pe[0, 1::2] == 1).all()
+    assert pe[7, 2].item() == pytest.approx(math.sin(7 / 10000 ** (2 / 16)), abs=1e-6)
+    assert pe[7, 3].item() == pytest.approx(math.cos(7 / 10000 ** (2 / 16)), abs=1e-6)

@@ -61,3 +61,39 @@ def test_fixed_temperature_is_not_trained():
 def test_run_labels():
     assert Run(batch_size=64, temperature=0.5).label() == "batch 64, τ = 0.5"
     assert Run(batch_size=64, negatives=False).label() == "no negatives, batch 64"
+
+
+def test_warmup_can_be_switched_off():
+    for warmup, first in ((True, 1e-3 / 5), (False, 1e-3)):
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        training.warmup_cosine(optimizer, 100, warmup)
+        assert math.isclose(optimizer.param_groups[0]["lr"], first, rel_tol=1e-6)
+
+
+def test_a_far_too_large_learning_rate_diverges():
+    """The sweep's verdict: lr 1 ends no better than guessing (log N); a loss well below it learned."""
+    wild = infonce_lab.train(Run(steps=30, batch_size=16, lr=1.0), pool=500, options=QUIET)[2]
+    assert infonce_lab.diverged(wild, 16)
+    assert infonce_lab.diverged([math.nan] * 20, 16) and not infonce_lab.diverged([0.5] * 20, 16)
+    assert infonce_lab.diverged([math.log(16)] * 20, 16) and not infonce_lab.diverged([0.9 * math.log(16)] * 20, 16)
+
+
+def test_the_cnn_tower_fits_clip_and_matches_the_vits_size():
+    model, _ = infonce_lab.new_model(Run(tower="cnn"))
+    vit, _ = infonce_lab.new_model(Run())
+    count = lambda m: sum(p.numel() for p in m.vision_model.parameters())  # noqa: E731
+    assert abs(count(model) - count(vit)) / count(vit) < 0.05
+    assert infonce_lab.tower_outputs(model) == {"tokens": [16, 64], "pooled": [64]}  # a 4×4 grid, flattened
+    assert infonce_lab.tower_outputs(vit) == {"tokens": [17, 64], "pooled": [64]}  # [CLS] + 16 patches
+    out = model(input_ids=torch.tensor([[1, 2]]), pixel_values=torch.zeros(1, 3, 64, 64))
+    assert out.image_embeds.shape == (1, 64)
+
+
+def test_the_cnn_tower_learns_with_the_same_recipe():
+    losses = infonce_lab.train(Run(steps=30, batch_size=16, tower="cnn"), pool=500, options=QUIET)[2]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
+
+
+def test_new_run_labels():
+    assert Run(batch_size=16, lr=0.03, warmup=False).label() == "batch 16, learned τ, lr 0.03, no warm-up"
+    assert Run(batch_size=32, tower="cnn").label() == "batch 32, learned τ, CNN image tower"

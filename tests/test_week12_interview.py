@@ -142,3 +142,14 @@ def test_no_number_in_the_prose_is_typed_by_hand():
     for p in star.PROJECTS:
         for text in (p.title, p.situation, p.task, p.action):
             assert not re.search(r"\d", text.replace("BLIP-2", "BLIP").replace("3-gram", "")), text
+
+
+def test_no_demo_reads_another_weeks_outputs():
+    """A quiz demo runs on its own: it may write under outputs/ but reads only committed files."""
+    for q in drill.load():
+        argv = q.demo.split()
+        for option, value in zip(argv, argv[1:]):
+            if value.startswith("outputs/"):
+                assert option == "--out", q.demo
+            if value.startswith("data/"):
+                assert Path(value).exists(), q.demo

@@ -1,0 +1,128 @@
+"""Teach the bundled tiny BLIP-2 the plan's prompt exercise: a short fine-tune, saved beside it.
+
+The bundled model learned "Describe the image in detail." but never a request for brevity, and
+no Chinese prompt, so the plan's comparison ("请详细描述" vs "用一句话描述") could not be seen.
+This continues its training (vision tower still frozen) on a mix of what it already knew and
+five new things:
+
+    Describe the image in one sentence.   a red circle and a blue square         (what, not where or how big)
+    请详细描述                              two shapes: in the top left there is ...  (the detailed answer)
+    用一句话描述                             a red circle and a blue square
+    Question: is there a red cross? Answer:   yes / no, asked about a shape in the image half the time
+
+Answers stay English: the tokenizer's merges were learned from English, so Chinese is read byte
+by byte (three tokens a character) and the decoder never learned to write it. The existence
+questions are balanced because the original mix drew a colour-shape pair at random, so "yes"
+was rare and the model learned to answer "no" without looking (week 9's visual-question rule);
+this short fine-tune moves that prior but does not ground the answer (week 9 measures it).
+
+    python -m curriculum.tiny_blip2_prompts --out data/models/tiny-blip2-prompts   (or: make tiny-blip2-prompts)
+
+A new folder, not the bundled one: every other week's reference numbers (parity, decoding,
+ONNX, benchmarks) were measured on data/models/tiny-blip2 and stay valid.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from curriculum import MODELS_DIR, cli, shapesworld, training, zoo
+from curriculum.tiny_blip2 import (
+    DETAIL_PROMPT,
+    IMAGE_SIZE,
+    batch_tokens,
+    detailed_caption,
+    photo_caption,
+    qa_prompt,
+    target_tokens,
+    training_example,
+)
+from curriculum.tiny_clip import pixels
+
+ONE_SENTENCE_PROMPT = "Describe the image in one sentence."
+DETAIL_PROMPT_ZH = "请详细描述"
+ONE_SENTENCE_PROMPT_ZH = "用一句话描述"
+# prompt -> what it asks for; the comparison of week 2 runs these four
+PROMPT_STYLES = {
+    DETAIL_PROMPT: "detail",
+    ONE_SENTENCE_PROMPT: "one sentence",
+    DETAIL_PROMPT_ZH: "detail",
+    ONE_SENTENCE_PROMPT_ZH: "one sentence",
+}
+
+
+def existence_question(objects, rng):
+    """'is there a <colour> <shape>?', about a shape in the image half the time: (question, yes/no)."""
+    if rng.random() < 0.5:
+        o = objects[int(rng.integers(len(objects)))]
+        color, shape = o.color, o.shape
+    else:
+        color, shape = str(rng.choice(list(shapesworld.COLORS))), str(rng.choice(list(shapesworld.SHAPES)))
+    present = any((x.color, x.shape) == (color, shape) for x in objects)
+    return f"is there a {color} {shape}?", "yes" if present else "no"
+
+
+def example(objects, rng):
+    """(prompt, target): the new styles 40% of the time, the bundled model's own mix otherwise."""
+    style = rng.choice(["old", "new prompt", "exists"], p=[0.6, 0.3, 0.1])
+    if style == "old":
+        return training_example(objects, rng)
+    if style == "exists":
+        question, answer = existence_question(objects, rng)
+        return qa_prompt(question), answer
+    prompt = list(PROMPT_STYLES)[int(rng.integers(len(PROMPT_STYLES)))]
+    return prompt, detailed_caption(objects) if PROMPT_STYLES[prompt] == "detail" else photo_caption(objects)
+
+
+@dataclass(frozen=True)
+class Config:
+    """What is learnt (a resumed checkpoint must match it)."""
+
+    steps: int = 400
+    batch_size: int = 64
+    pool: int = 10_000
+    lr: float = 3e-4
+    seed: int = 0
+    base: str = "tiny"  # the BLIP-2 fine-tuned (its vision tower stays frozen)
+
+
+def train(out, config=Config(), options=training.Options()):
+    trainer = training.Trainer("tiny-blip2-prompts", out, config, options)
+    model, processor = zoo.load_blip2(config.base, "cpu")
+    model = model.float().train()
+    model.vision_model.requires_grad_(False)
+    data = shapesworld.generate(
+        "train", config.pool, seed=config.seed, size=IMAGE_SIZE, progress=trainer.is_main and options.progress
+    )
+    images = np.stack([np.asarray(s.image) for s in data])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.05, betas=(0.9, 0.98))
+    model, optimizer = trainer.prepare(model, optimizer, training.warmup_cosine(optimizer, config.steps))
+    for _ in trainer.steps(config.steps):
+        idx = trainer.rng.choice(config.pool, config.batch_size, replace=False)
+        prompts, targets = zip(*(example(data[i].objects, trainer.rng) for i in idx))
+        input_ids, attention_mask, labels = batch_tokens(processor, prompts, targets)
+        for rows in trainer.micro_batches(config.batch_size):
+            loss = model(
+                pixel_values=pixels(images[idx[rows]], processor.image_processor).to(trainer.device),
+                input_ids=input_ids[rows].to(trainer.device),
+                attention_mask=attention_mask[rows].to(trainer.device),
+                labels=labels[rows].to(trainer.device),
+            ).loss
+            trainer.backward(trainer.share_of_mean(loss, target_tokens(labels[rows]), target_tokens(labels)))
+    trainer.save([model, processor], "tiny BLIP-2, fine-tuned on the prompt exercise: captioning loss")
+    return trainer
+
+
+def main(argv=None):
+    args = training.parser(__doc__, MODELS_DIR / "tiny-blip2-prompts", Config, "images per step").parse_args(argv)
+    train(
+        args.out,
+        Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),
+        training.Options.from_args(args, __spec__.name, argv),
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main)

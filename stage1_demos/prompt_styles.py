@@ -1,0 +1,89 @@
+"""Week 2: the plan's prompt exercise, measured. "请详细描述" (describe in detail) against "用一句话描述"
+(describe in one sentence), and the same two requests in English, on many test images: does the
+answer change the way the prompt asks?
+
+    python -m stage1_demos.prompt_styles [--n 200] [--out outputs/week2/prompt_styles.json] [--json]
+
+For each prompt: how long the answers are (words), how many shapes they name, how often they say
+where a shape is and how big it is, and how often the colour-shape pairs named are exactly the
+image's. The bundled tiny BLIP-2 never learned the one-sentence or Chinese prompts; the model
+fine-tuned by `make tiny-blip2-prompts` did (curriculum/tiny_blip2_prompts.py). Both are measured.
+"""
+
+import re
+
+import numpy as np
+
+from curriculum import MODELS_DIR, cli, shapesworld, viz, zoo
+from curriculum.tiny_blip2_prompts import PROMPT_STYLES
+from stage1_demos.blip2_caption import GREEDY, caption_images
+
+FINE_TUNED = MODELS_DIR / "tiny-blip2-prompts"
+PAIR = re.compile(rf"\b({'|'.join(shapesworld.COLORS)}) ({'|'.join(shapesworld.SHAPES)})\b")
+POSITION = re.compile(rf"\b({'|'.join(shapesworld.POSITIONS)})\b")
+SIZE = re.compile(rf"\b({'|'.join(shapesworld.SIZES)})\b")
+
+
+def measure(answer, objects):
+    """What one answer says: words, shapes named, whether it says where / how big, pairs right."""
+    pairs = PAIR.findall(answer)
+    return {
+        "words": len(answer.split()),
+        "shapes_named": len(pairs),
+        "says_where": bool(POSITION.search(answer)),
+        "says_size": bool(SIZE.search(answer)),
+        "pairs_right": sorted(pairs) == sorted((o.color, o.shape) for o in objects),
+    }
+
+
+def compare(models, n=200, seed=0):
+    samples = shapesworld.generate("test", n, seed)
+    images = [s.image for s in samples]
+    rows, examples = [], {}
+    for label, name in models.items():
+        model, processor = zoo.load_blip2(name, "cpu")
+        for prompt, asks in PROMPT_STYLES.items():
+            answers = caption_images(model, processor, images, [prompt] * n, GREEDY, batch_size=50)
+            measured = [measure(a, s.objects) for a, s in zip(answers, samples)]
+            rows.append(
+                {"model": label, "prompt": prompt, "asks": asks}
+                | {key: round(float(np.mean([m[key] for m in measured])), 4) for key in measured[0]}
+            )
+            examples[f"{label}: {prompt}"] = answers[1]
+    return {"n": n, "seed": seed, "models": {k: str(v) for k, v in models.items()}, "rows": rows}, examples, images[1]
+
+
+def print_result(result):
+    print(f"{result['n']} test images, greedy decoding\n")
+    print(f"{'model':<12}{'prompt':<38}{'words':>7}{'shapes':>8}{'where':>7}{'size':>6}{'pairs right':>12}")
+    for r in result["rows"]:
+        print(
+            f"{r['model']:<12}{r['prompt']:<38}{r['words']:>7.1f}{r['shapes_named']:>8.2f}{r['says_where']:>7.2f}"
+            f"{r['says_size']:>6.2f}{r['pairs_right']:>12.2f}"
+        )
+    if "picture" in result:
+        print(f"\npicture: {result['picture']}")
+
+
+def main(argv=None):
+    parser = cli.Parser(prog="python -m stage1_demos.prompt_styles", description=__doc__, formatter_class=cli.RawHelp)
+    parser.add_argument("--n", type=cli.positive_int, default=200, help="test images (default 200)")
+    parser.add_argument(
+        "--model", default=str(FINE_TUNED), help="the fine-tuned BLIP-2 (default data/models/tiny-blip2-prompts)"
+    )
+    parser.add_argument("--out", help="write the result JSON here, and one image's answers beside it (.png)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.model == str(FINE_TUNED) and not zoo.is_saved(FINE_TUNED):
+        raise cli.UserError(f"no fine-tuned model at {FINE_TUNED}: run `make tiny-blip2-prompts` first")
+    result, examples, image = compare({"bundled": "tiny", "fine-tuned": args.model}, args.n)
+    if args.out:
+        lines = [f"{prompt} -> {answer}" for prompt, answer in examples.items()]
+        result["picture"] = str(viz.captioned_image(image, lines, str(args.out).removesuffix(".json") + ".png", 640))
+        result["examples"] = examples
+        cli.write_json(result, args.out)
+    cli.emit(result, args.json, print_result)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,157 @@
+"""Week 9: "text compliance" with BLIP-2, two ways, measured on the same labelled scenes.
+
+The demo policy (data/policies/shapesworld.yaml) judges an image by CLIP concept scores and by
+rules on BLIP-2's caption: a caption that names "red cross" flags the image. A caption names what
+the model chose to say, so the rule misses what it left out. A visual-question rule asks instead,
+once per category, and reads the answer's probability rather than its text:
+
+    p(yes) = P("yes" | image, "Question: is there a red cross? Answer:")
+             normalised over the two answers: p_yes / (p_yes + p_no)     flag when p(yes) ≥ threshold
+
+The question is one forward pass (the answer's first token), the format the tiny BLIP-2 was
+trained on. This compares, per category and on the scenes `policy evaluate` uses: CLIP concepts
+alone, the caption rule alone, the visual question, and the policy as deployed (concepts or caption).
+
+    python -m stage3_moderation.vqa_rule [--n 600] [--out outputs/week9/vqa_rule.json] [--json]
+"""
+
+import numpy as np
+import torch
+
+from curriculum import MODELS_DIR, cli, shapesworld, viz, zoo
+from curriculum.tiny_blip2 import qa_prompt
+from stage1_demos.blip2_caption import caption_images
+from stage1_demos.clip_retrieval import embed_images, embed_texts
+from stage3_moderation import policy as policies
+
+# One yes/no question per category of the demo policy, in the trained question format.
+QUESTIONS = {"red_cross": "is there a red cross?", "purple_cross": "is there a purple cross?"}
+FINE_TUNED = MODELS_DIR / "tiny-blip2-prompts"
+
+
+@torch.no_grad()
+def yes_probability(model, processor, images, question, batch_size=64):
+    """p(yes) = p_yes / (p_yes + p_no) for the answer's first token, one forward pass per image."""
+    tokenizer = processor.tokenizer
+    yes, no = (tokenizer(f" {word}", add_special_tokens=False).input_ids for word in ("yes", "no"))
+    if len(yes) != 1 or len(no) != 1:
+        raise cli.UserError("this BLIP-2's tokenizer splits ' yes' or ' no' into several tokens: not a yes/no model")
+    out = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i : i + batch_size]
+        inputs = processor(images=chunk, text=[qa_prompt(question)] * len(chunk), padding=True, return_tensors="pt")
+        logits = model(**inputs.to(model.device, model.dtype)).logits[:, -1].float()  # left padding: last = next
+        two = logits[:, [yes[0], no[0]]].softmax(dim=-1)  # p_yes / (p_yes + p_no): the shared softmax cancels
+        out.append(two[:, 0].cpu())
+    return torch.cat(out).numpy()
+
+
+def confusion(predicted, expected):
+    tp = int((predicted & expected).sum())
+    fp = int((predicted & ~expected).sum())
+    fn = int((~predicted & expected).sum())
+    return {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": round(tp / max(1, tp + fp), 4),
+        "recall": round(tp / max(1, tp + fn), 4),
+    }
+
+
+def compare(n=600, seed=1, threshold=0.5, askers=None, policy_path=policies.DEFAULT_POLICY):
+    """askers: {label: BLIP-2 name or folder} asked the questions; the captions are the bundled model's,
+    as the service's."""
+    askers = askers or {"bundled": "tiny"}
+    policy = policies.load(policy_path)
+    samples = shapesworld.generate("test", n, seed)  # the scenes of `policy evaluate`
+    images = [s.image for s in samples]
+    clip, clip_processor = zoo.load_clip(policy.model, "cpu")
+    blip2, blip2_processor = zoo.load_blip2("tiny", "cpu")
+    vectors = embed_images(clip, clip_processor, images)
+    concepts = dict(zip(policy.concepts, embed_texts(clip, clip_processor, policy.concepts)))
+    captions = caption_images(blip2, blip2_processor, images, [""] * n, batch_size=64, progress=True)
+    asked = {name: {} for name in QUESTIONS}
+    for label, name in askers.items():
+        model, processor = zoo.load_blip2(name, "cpu")
+        for category, question in QUESTIONS.items():
+            asked[category][label] = yes_probability(model, processor, images, question)
+    rows, curves = [], {}
+    for category in policy.categories:
+        if category.name not in QUESTIONS:
+            continue
+        expected = np.array([policies.truth(policy.name, s.objects)[category.name] for s in samples])
+        concept_score = np.max(vectors @ np.stack([concepts[c] for c in category.concepts]).T, axis=1)
+        by_concepts = concept_score >= category.threshold
+        by_caption = np.array([bool(category.text_hits(c)) for c in captions])
+        rules = {
+            "CLIP concepts": by_concepts,
+            "caption rule": by_caption,
+            "deployed policy (concepts or caption)": by_concepts | by_caption,
+        }
+        curves[category.name] = {}
+        for label, p_yes in asked[category.name].items():
+            rules[f"visual question to the {label} BLIP-2, p(yes) ≥ {threshold:g}"] = p_yes >= threshold
+            sweep = [confusion(p_yes >= t, expected) for t in np.linspace(0.05, 0.95, 19)]
+            curves[category.name][f"{label}: p(yes) at every threshold"] = [
+                (c["recall"], c["precision"]) for c in sweep
+            ]
+        for rule, predicted in rules.items():
+            rows.append({"category": category.name, "rule": rule} | confusion(predicted, expected))
+            if not rule.startswith("visual question"):
+                curves[category.name][rule] = (rows[-1]["recall"], rows[-1]["precision"])
+    return {
+        "n": n,
+        "seed": seed,
+        "threshold": threshold,
+        "questions": QUESTIONS,
+        "askers": {k: str(v) for k, v in askers.items()},
+        "positives": {c: int(sum(policies.truth(policy.name, s.objects)[c] for s in samples)) for c in QUESTIONS},
+        "rows": rows,
+        "curves": curves,
+    }
+
+
+def print_result(result):
+    print(f"{result['n']} test scenes (seed {result['seed']}); positives: {result['positives']}\n")
+    print(f"{'category':<14}{'rule':<60}{'precision':>10}{'recall':>8}{'tp':>5}{'fp':>5}{'fn':>5}")
+    for r in result["rows"]:
+        print(
+            f"{r['category']:<14}{r['rule']:<60}{r['precision']:>10.3f}{r['recall']:>8.3f}{r['tp']:>5}{r['fp']:>5}"
+            f"{r['fn']:>5}"
+        )
+    if "picture" in result:
+        print(f"\npicture: {result['picture']}")
+
+
+def main(argv=None):
+    parser = cli.Parser(prog="python -m stage3_moderation.vqa_rule", description=__doc__, formatter_class=cli.RawHelp)
+    parser.add_argument("--n", type=cli.positive_int, default=600, help="generated test scenes (default 600)")
+    parser.add_argument("--seed", type=int, default=1, help="ShapesWorld seed (default 1, as `policy evaluate`)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="flag when p(yes) >= this (default 0.5)")
+    parser.add_argument("--out", help="write the result JSON here, and the precision-recall picture beside it")
+    parser.add_argument(
+        "--fine-tuned",
+        default=str(FINE_TUNED),
+        help="a BLIP-2 taught balanced yes/no questions, asked too if it exists (default: make tiny-blip2-prompts')",
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if not 0 < args.threshold < 1:
+        raise cli.UserError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    askers = {"bundled": "tiny"} | ({"fine-tuned": args.fine_tuned} if zoo.is_saved(args.fine_tuned) else {})
+    result = compare(args.n, args.seed, args.threshold, askers)
+    if args.out:
+        result["picture"] = str(
+            viz.precision_recall(
+                result["curves"],
+                str(args.out).removesuffix(".json") + ".png",
+                f"{result['n']} test scenes: the visual question at every threshold vs the fixed rules",
+            )
+        )
+        cli.write_json(result, args.out)
+    cli.emit(result, args.json, print_result)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,47 @@
+"""Week 9: the visual-question rule against the caption rule (stage3_moderation/vqa_rule.py)."""
+
+import numpy as np
+import pytest
+
+from curriculum import shapesworld, zoo
+from curriculum.tiny_blip2 import qa_prompt
+from stage1_demos.blip2_caption import QA, caption_images
+from stage3_moderation import vqa_rule
+
+pytestmark = pytest.mark.week9
+
+
+@pytest.fixture(scope="module")
+def fine_tuned():
+    return zoo.load_blip2(str(vqa_rule.FINE_TUNED), "cpu")
+
+
+def scenes(n=60, seed=1):
+    samples = shapesworld.generate("test", n, seed)
+    has = np.array([any((o.color, o.shape) == ("red", "cross") for o in s.objects) for s in samples])
+    return [s.image for s in samples], has
+
+
+def test_confusion_arithmetic():
+    r = vqa_rule.confusion(np.array([True, True, False, False]), np.array([True, False, True, False]))
+    assert (r["tp"], r["fp"], r["fn"], r["precision"], r["recall"]) == (1, 1, 1, 0.5, 0.5)
+
+
+def test_p_yes_agrees_with_the_models_own_answer(fine_tuned):
+    images, _ = scenes(20)
+    question = vqa_rule.QUESTIONS["red_cross"]
+    p_yes = vqa_rule.yes_probability(*fine_tuned, images, question)
+    answers = caption_images(*fine_tuned, images, [qa_prompt(question)] * len(images), QA)
+    assert all(0 <= p <= 1 for p in p_yes)
+    assert [p >= 0.5 for p in p_yes] == [a == "yes" for a in answers]
+
+
+def test_the_comparison_counts_every_rule_on_the_same_scenes():
+    result = vqa_rule.compare(n=80, askers={"bundled": "tiny", "fine-tuned": str(vqa_rule.FINE_TUNED)})
+    rules = {(r["category"], r["rule"]): r for r in result["rows"]}
+    assert len(rules) == 2 * 5
+    for (category, rule), r in rules.items():
+        assert r["tp"] + r["fn"] == result["positives"][category] > 0, (category, rule)
+    assert rules[("red_cross", "caption rule")]["recall"] >= 0.9  # the captions name the crosses they see
+    deployed = rules[("red_cross", "deployed policy (concepts or caption)")]
+    assert deployed["tp"] >= rules[("red_cross", "caption rule")]["tp"]  # an OR never finds fewer

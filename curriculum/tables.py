@@ -1051,7 +1051,7 @@ def cpu_bound(results):
     a, b = off["server_cpu_ms_per_request"], on["server_cpu_ms_per_request"]
     return (
         f"without batching the server spends {a} ms of CPU per request, with it {b} ms, so on its one core "
-        f"batching can raise throughput at most {a / b:.1f}× (measured: "
+        f"batching can raise throughput about {a / b:.1f}× (measured: "
         f"{on['requests_per_s'] / off['requests_per_s']:.1f}×); the models alone need "
         f"{s['engines_alone_cpu_ms_per_request']} ms per request in batches of 16"
     )

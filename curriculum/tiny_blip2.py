@@ -280,21 +280,32 @@ def train(out, config=Config(), options=training.Options()):
     copy_clip_vision(clip_vision, model.vision_model)
     model.vision_model.requires_grad_(False)
     init_qformer(model)
+
+    def schedule(optimizer):  # linear warm-up, then linear decay to a tenth
+        warmup = max(1, config.steps // 20)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min((s + 1) / warmup, 1 - 0.9 * min(s, config.steps) / config.steps)
+        )
+
+    model = fit_captions(trainer, model, processor, config, training_example, schedule, options)
+    trainer.save([model, processor], "tiny BLIP-2: captioning loss (next-token cross-entropy)")
+    return trainer
+
+
+def fit_captions(trainer, model, processor, config, example, schedule, options):
+    """The captioning loop of both BLIP-2 trainers: config.steps AdamW steps (the frozen parts left
+    out) of config.batch_size (prompt, target) pairs that example(objects, rng) writes for scenes of
+    a seeded pool of config.pool; schedule(optimizer) sets the learning rate. Returns the prepared model."""
     data = shapesworld.generate(
         "train", config.pool, seed=config.seed, size=IMAGE_SIZE, progress=trainer.is_main and options.progress
     )
     images = np.stack([np.asarray(s.image) for s in data])
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.05, betas=(0.9, 0.98))
-    warmup = max(1, config.steps // 20)
-    # linear warm-up, then linear decay to a tenth
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, 1 - 0.9 * min(s, config.steps) / config.steps)
-    )
-    model, optimizer = trainer.prepare(model, optimizer, schedule)
+    model, optimizer = trainer.prepare(model, optimizer, schedule(optimizer))
     for _ in trainer.steps(config.steps):
         idx = trainer.rng.choice(config.pool, config.batch_size, replace=False)
-        prompts, targets = zip(*(training_example(data[i].objects, trainer.rng) for i in idx))
+        prompts, targets = zip(*(example(data[i].objects, trainer.rng) for i in idx))
         input_ids, attention_mask, labels = batch_tokens(processor, prompts, targets)
         for rows in trainer.micro_batches(config.batch_size):
             loss = model(
@@ -305,8 +316,7 @@ def train(out, config=Config(), options=training.Options()):
             ).loss
             # the loss is a mean over the target tokens, and rows hold different numbers of them
             trainer.backward(trainer.share_of_mean(loss, target_tokens(labels[rows]), target_tokens(labels)))
-    trainer.save([model, processor], "tiny BLIP-2: captioning loss (next-token cross-entropy)")
-    return trainer
+    return model
 
 
 def target_tokens(labels):

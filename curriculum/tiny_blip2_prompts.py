@@ -24,21 +24,15 @@ ONNX, benchmarks) were measured on data/models/tiny-blip2 and stay valid.
 
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-
 from curriculum import MODELS_DIR, cli, shapesworld, training, zoo
 from curriculum.tiny_blip2 import (
     DETAIL_PROMPT,
-    IMAGE_SIZE,
-    batch_tokens,
     detailed_caption,
+    fit_captions,
     photo_caption,
     qa_prompt,
-    target_tokens,
     training_example,
 )
-from curriculum.tiny_clip import pixels
 
 ONE_SENTENCE_PROMPT = "Describe the image in one sentence."
 DETAIL_PROMPT_ZH = "请详细描述"
@@ -92,25 +86,15 @@ def train(out, config=Config(), options=training.Options()):
     model, processor = zoo.load_blip2(config.base, "cpu")
     model = model.float().train()
     model.vision_model.requires_grad_(False)
-    data = shapesworld.generate(
-        "train", config.pool, seed=config.seed, size=IMAGE_SIZE, progress=trainer.is_main and options.progress
+    model = fit_captions(
+        trainer,
+        model,
+        processor,
+        config,
+        example,
+        lambda optimizer: training.warmup_cosine(optimizer, config.steps),
+        options,
     )
-    images = np.stack([np.asarray(s.image) for s in data])
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.05, betas=(0.9, 0.98))
-    model, optimizer = trainer.prepare(model, optimizer, training.warmup_cosine(optimizer, config.steps))
-    for _ in trainer.steps(config.steps):
-        idx = trainer.rng.choice(config.pool, config.batch_size, replace=False)
-        prompts, targets = zip(*(example(data[i].objects, trainer.rng) for i in idx))
-        input_ids, attention_mask, labels = batch_tokens(processor, prompts, targets)
-        for rows in trainer.micro_batches(config.batch_size):
-            loss = model(
-                pixel_values=pixels(images[idx[rows]], processor.image_processor).to(trainer.device),
-                input_ids=input_ids[rows].to(trainer.device),
-                attention_mask=attention_mask[rows].to(trainer.device),
-                labels=labels[rows].to(trainer.device),
-            ).loss
-            trainer.backward(trainer.share_of_mean(loss, target_tokens(labels[rows]), target_tokens(labels)))
     trainer.save([model, processor], "tiny BLIP-2, fine-tuned on the prompt exercise: captioning loss")
     return trainer
 

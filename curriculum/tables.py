@@ -785,32 +785,25 @@ def liveness(r):
     return Table(["/healthz", "p50 ms", "p99 ms", "max ms", "samples"], rows)
 
 
+def bench_table(name, week, title, file, render):
+    """A table that render(data) draws from one result file of `make bench`."""
+    table(name, week, title, [file], "make bench")(lambda results: render(results(file)))
+
+
 ENGINES, SERVICE, LIVENESS = (
     "bench/moderation_engines.json",
     "bench/moderation_service.json",
     "bench/moderation_liveness.json",
 )
-table("week11.towers", 11, "One image tower under each engine", [ENGINES], "make bench")(
-    lambda results: engine_towers(results(ENGINES))
+bench_table("week11.towers", 11, "One image tower under each engine", ENGINES, engine_towers)
+bench_table("week11.tiny_engines", 11, "The full engines on the tiny models", ENGINES, tiny_engines)
+bench_table("week11.service", 11, "The service under load, batching and cache on and off", SERVICE, service)
+bench_table(
+    "week11.breakdown", 11, "Where a request's time goes, by the server's own clock", SERVICE, service_breakdown
 )
-table("week11.tiny_engines", 11, "The full engines on the tiny models", [ENGINES], "make bench")(
-    lambda results: tiny_engines(results(ENGINES))
-)
-table("week11.service", 11, "The service under load, batching and cache on and off", [SERVICE], "make bench")(
-    lambda results: service(results(SERVICE))
-)
-table("week11.breakdown", 11, "Where a request's time goes, by the server's own clock", [SERVICE], "make bench")(
-    lambda results: service_breakdown(results(SERVICE))
-)
-table("week11.open_loop", 11, "Latency at fixed arrival rates (open loop)", [SERVICE], "make bench")(
-    lambda results: service_open_loop(results(SERVICE))
-)
-table("week11.targets", 11, "The service's targets, as ratios of one run", [SERVICE], "make bench")(
-    lambda results: service_targets(results(SERVICE))
-)
-table("week10.liveness", 10, "/healthz while the heaviest images the limits admit arrive", [LIVENESS], "make bench")(
-    lambda results: liveness(results(LIVENESS))
-)
+bench_table("week11.open_loop", 11, "Latency at fixed arrival rates (open loop)", SERVICE, service_open_loop)
+bench_table("week11.targets", 11, "The service's targets, as ratios of one run", SERVICE, service_targets)
+bench_table("week10.liveness", 10, "/healthz while the heaviest images the limits admit arrive", LIVENESS, liveness)
 
 
 RAY = "bench/ray.json"
@@ -823,9 +816,7 @@ def ray_serve(r):
     return Table(["server", "concurrency", "requests/s", "p50 ms", "p99 ms", "errors"], rows)
 
 
-table("week11.ray_serve", 11, "The single process vs Ray Serve, same workload, one run", [RAY], "make bench")(
-    lambda results: ray_serve(results(RAY))
-)
+bench_table("week11.ray_serve", 11, "The single process vs Ray Serve, same workload, one run", RAY, ray_serve)
 
 
 @value("week11.ray_workload", [RAY], "make bench")

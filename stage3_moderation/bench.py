@@ -22,6 +22,7 @@ Three measurements, each as ratios within one run (these machines are noisy):
 
 import asyncio
 import copy
+import io
 import os
 import re
 import tempfile
@@ -31,12 +32,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from curriculum import OUTPUTS_DIR, cli, runtime, shapesworld, tables, viz, zoo
 from stage1_demos.clip_retrieval import recall_table
-from stage3_moderation import engines, export_onnx, graphs, loadgen
+from stage3_moderation import engines, export_onnx, graphs, inputs, loadgen
 from stage3_moderation.settings import Settings
 
 OUT = OUTPUTS_DIR / "bench"
@@ -206,9 +208,11 @@ def engines_alone(bodies, cpus, batch=16):
     """Requests/s of the models called directly on the service's cores, no HTTP: each image+text
     request's image embedding, caption and text embedding, in batches of `batch` (the service's
     largest), with the service's threads. The ceiling the service is measured against."""
-    scenes = {s.caption_en: s.image for s in shapesworld.generate("test", 64, 0)}
     texts = [body["input"][0]["text"] for body in bodies]
-    images = [scenes[text] for text in texts]
+    images = [  # the very images the service decodes, read from the bodies
+        Image.open(io.BytesIO(inputs.read_data_url(body["input"][1]["image_url"]["url"], "input")[0])).convert("RGB")
+        for body in bodies
+    ]
     engine = engines.load(engines.DEFAULT_ENGINE, threads=Settings().threads)
     engine.warm_up(batch)
     before = os.sched_getaffinity(0)

@@ -63,8 +63,8 @@ class Observe:
         request_id = request_id if REQUEST_ID.fullmatch(request_id) else uuid.uuid4().hex
         status, start = None, time.perf_counter()
         api = scope["path"] in API_PATHS
-        stages = timing.Timing()
-        token = timing.current.set(stages if api else None)
+        stages = timing.Timing() if api else None  # /healthz, /metrics and the docs are not timed
+        token = timing.current.set(stages)
 
         async def send_with_id(message):
             nonlocal status

@@ -12,3 +12,8 @@ OUTPUTS_DIR = REPO_ROOT / "outputs"
 # the CPU build of torch). Every stage package imports curriculum first, so this comes before any
 # library loads.
 logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
+
+# Ctrl-C while the libraries import (the first seconds of every command): one line, exit 130.
+from curriculum import cli  # noqa: E402  (after the constants cli reads)
+
+cli.quiet_interrupt_while_importing()

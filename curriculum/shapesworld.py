@@ -229,14 +229,13 @@ def generate(split, n, seed=0, size=64, progress=False):
 
 
 def export(split, n, out, seed=0, size=64):
-    """Write n PNGs plus captions.jsonl (one line per image, paths relative to `out`)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "captions.jsonl", "w", encoding="utf-8") as f:
+    """Write n PNGs plus captions.jsonl (one line per image, paths relative to `out`), as one folder
+    that appears whole when every file is written (cli.atomic_folder)."""
+    with cli.atomic_folder(out) as staging, open(staging / "captions.jsonl", "w", encoding="utf-8") as f:
         for i in tqdm(range(n), desc=f"export {split}"):
             s = sample(split, i, seed, size)
             name = f"{split}_{i:05d}.png"
-            s.image.save(out / name)
+            s.image.save(staging / name)
             f.write(
                 json.dumps(
                     {"path": name, "caption_en": s.caption_en, "caption_zh": s.caption_zh, "labels": s.labels},
@@ -244,7 +243,7 @@ def export(split, n, out, seed=0, size=64):
                 )
                 + "\n"
             )
-    return out
+    return Path(out)
 
 
 def read_captions(folder):
@@ -256,20 +255,35 @@ def read_captions(folder):
     return {r["path"]: r for r in records}
 
 
-def main(argv=None):
-    parser = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
+def add_world_args(parser, n_default):
+    parser.add_argument(
+        "--n", type=cli.Count(1, 100_000), default=n_default, help=f"number of images, up to 100,000 (default {n_default})"
+    )
+    parser.add_argument("--split", choices=list(SPLITS), default="test", help="which split (default test)")
+    parser.add_argument("--seed", type=cli.Seed(), default=0, help="world seed (default 0)")
+    parser.add_argument("--size", type=cli.Count(16, 1024), default=64, help="image side in pixels, 16-1024 (default 64)")
+
+
+def build_parser():
+    parser = cli.Parser(prog="python -m curriculum.shapesworld", description=__doc__, formatter_class=cli.RawHelp)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in (
-        ("export", "write PNGs and captions.jsonl to a folder"),
-        ("grid", "write one PNG of n samples with their captions"),
-    ):
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("--n", type=cli.positive_int, default=16, help="number of images (default 16)")
-        p.add_argument("--split", choices=list(SPLITS), default="test", help="which split (default test)")
-        p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
-        p.add_argument("--size", type=cli.positive_int, default=64, help="image side in pixels (default 64)")
-        p.add_argument("--out", required=True, help="output folder (export) or PNG path (grid)")
-    args = parser.parse_args(argv)
+    p = sub.add_parser("export", help="write PNGs and captions.jsonl to a new folder")
+    add_world_args(p, 16)
+    p.add_argument(
+        "--out",
+        type=cli.OutFolder(replace=True, marker="captions.jsonl"),
+        required=True,
+        help="folder to write; an earlier export there is replaced, any other folder only with --force",
+    )
+    cli.add_force_arg(p)
+    p = sub.add_parser("grid", help="write one PNG of n samples with their captions")
+    add_world_args(p, 16)
+    p.add_argument("--out", type=cli.OutFile(".png"), required=True, help="PNG to write")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.command == "export":
         out = export(args.split, args.n, args.out, args.seed, args.size)
         print(f"wrote {args.n} images and captions.jsonl to {out}")

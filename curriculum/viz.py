@@ -5,6 +5,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from curriculum import cli
+
 TILE = 160  # px: small images are upscaled (nearest) so shapes stay crisp
 
 
@@ -32,10 +34,7 @@ def image_grid(images, captions, out, cols=None, tile=TILE):
         x, y = (i % cols) * tile, (i // cols) * (tile + text_h)
         grid.paste(image.convert("RGB").resize((tile - 4, tile - 4), Image.NEAREST), (x + 2, y + 2))
         draw.multiline_text((x + 4, y + tile + 2), "\n".join(caption), fill="black", font=_font())
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
-    return out
+    return save_picture(grid, out)
 
 
 def captioned_image(image, lines, out, width=480):
@@ -45,10 +44,7 @@ def captioned_image(image, lines, out, width=480):
     canvas = Image.new("RGB", (width, side + 16 * len(wrapped) + 12), "white")
     canvas.paste(image.convert("RGB").resize((side, side), Image.NEAREST), ((width - side) // 2, 4))
     ImageDraw.Draw(canvas).multiline_text((8, side + 10), "\n".join(wrapped), fill="black", font=_font(12), spacing=4)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
-    return out
+    return save_picture(canvas, out)
 
 
 def compare_rows(images, columns, out, thumb=96, width=300):
@@ -72,10 +68,7 @@ def compare_rows(images, columns, out, thumb=96, width=300):
         for j, cell in enumerate(cells):
             draw.multiline_text((thumb + 12 + j * width, y + 2), cell, fill=colour, font=_font(12), spacing=4)
         y += height
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
-    return out
+    return save_picture(canvas, out)
 
 
 def _pyplot():
@@ -87,12 +80,18 @@ def _pyplot():
     return plt
 
 
+def save_picture(image, out):
+    """A PIL image to `out`, whole or not at all (cli.atomic_paths). Returns the path."""
+    with cli.atomic_paths(out) as temp:
+        image.save(temp)
+    return Path(out)
+
+
 def _save_figure(fig, out):
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    with cli.atomic_paths(out) as temp:
+        fig.savefig(temp, dpi=100)
     _pyplot().close(fig)
-    return out
+    return Path(out)
 
 
 def heatmap_overlays(image, maps, out, title):

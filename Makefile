@@ -239,12 +239,12 @@ train: $(VENV)/.installed ## train a tiny model on NPROC processes: make train M
 	@test -n "$(TRAINER_$(MODEL))" || { echo "error: MODEL=$(MODEL) is none of clip, blip2, sd, clip-zh" >&2; exit 2; }
 	$(OFFLINE) $(PY) -m $(TRAINER_$(MODEL)) --out outputs/train/$(MODEL) --nproc $(NPROC) $(ARGS)
 
-tiny-models: $(VENV)/.installed ## retrain the bundled checkpoints in data/models (fixed seed)
-	$(PY) -m curriculum.tiny_clip --out data/models/tiny-clip --seed 0
-	$(PY) -m stage2_fundamentals.crosslingual train --out data/models/tiny-clip-zh --seed 0
-	$(PY) -m curriculum.tiny_blip2 --out data/models/tiny-blip2 --seed 0
-	$(PY) -m curriculum.tiny_blip2_prompts --out data/models/tiny-blip2-prompts --seed 0
-	$(PY) -m curriculum.tiny_sd --out data/models/tiny-sd --seed 0
+tiny-models: $(VENV)/.installed ## retrain the bundled checkpoints in data/models (fixed seed; --force: they replace the bundled ones)
+	$(PY) -m curriculum.tiny_clip --out data/models/tiny-clip --seed 0 --force
+	$(PY) -m stage2_fundamentals.crosslingual train --out data/models/tiny-clip-zh --seed 0 --force
+	$(PY) -m curriculum.tiny_blip2 --out data/models/tiny-blip2 --seed 0 --force
+	$(PY) -m curriculum.tiny_blip2_prompts --out data/models/tiny-blip2-prompts --seed 0 --force
+	$(PY) -m curriculum.tiny_sd --out data/models/tiny-sd --seed 0 --force
 
 # The bundled BLIP-2 fine-tuned on the plan's prompt exercise (week 2) and balanced yes/no questions (week 9),
 # then held to week 2's accuracy thresholds; committed, so this runs only when asked or when it is missing.
@@ -252,7 +252,7 @@ $(PROMPTS_MODEL):
 	$(MAKE) --no-print-directory tiny-blip2-prompts
 
 tiny-blip2-prompts: $(VENV)/.installed ## fine-tune the bundled BLIP-2 on the plan's prompts (seed 0), then its accuracy table
-	$(PY) -m curriculum.tiny_blip2_prompts --out data/models/tiny-blip2-prompts --seed 0
+	$(PY) -m curriculum.tiny_blip2_prompts --out data/models/tiny-blip2-prompts --seed 0 --force
 	$(CAPTION) eval --split test --model data/models/tiny-blip2-prompts --out $(W2)/eval_prompts.json
 
 clean: ## remove outputs/ (keeps .venv and data/models)

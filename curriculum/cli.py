@@ -122,9 +122,9 @@ class Number(Kind):
         self.minimum, self.maximum, self.above, self.below = minimum, maximum, above, below
 
     def range_text(self):
-        low = f"above {self.above}" if self.above is not None else f"from {self.minimum}" if self.minimum is not None else ""
-        high = f"below {self.below}" if self.below is not None else f"to {self.maximum}" if self.maximum is not None else ""
-        return " ".join(x for x in (low, high) if x)
+        low = f"above {self.above}" if self.above is not None else f"from {self.minimum}" * (self.minimum is not None)
+        high = f"below {self.below}" if self.below is not None else f"to {self.maximum}" * (self.maximum is not None)
+        return f"{low} {high}".strip()
 
     def __call__(self, text):
         try:

@@ -257,11 +257,16 @@ def read_captions(folder):
 
 def add_world_args(parser, n_default):
     parser.add_argument(
-        "--n", type=cli.Count(1, 100_000), default=n_default, help=f"number of images, up to 100,000 (default {n_default})"
+        "--n",
+        type=cli.Count(1, 100_000),
+        default=n_default,
+        help=f"number of images, up to 100,000 (default {n_default})",
     )
     parser.add_argument("--split", choices=list(SPLITS), default="test", help="which split (default test)")
     parser.add_argument("--seed", type=cli.Seed(), default=0, help="world seed (default 0)")
-    parser.add_argument("--size", type=cli.Count(16, 1024), default=64, help="image side in pixels, 16-1024 (default 64)")
+    parser.add_argument(
+        "--size", type=cli.Count(16, 1024), default=64, help="image side in pixels, 16-1024 (default 64)"
+    )
 
 
 def build_parser():

@@ -70,3 +70,22 @@ def test_export_writes_pngs_and_caption_lines(tmp_path, cli_runner):
         for obj in record["labels"]["objects"]:
             assert set(obj) == {"color", "shape", "size", "position"}
             assert obj["color"] in sw.COLORS and obj["position"] in sw.POSITIONS
+
+
+def test_export_never_empties_a_folder_it_did_not_write(tmp_path, cli_runner):
+    gallery, notes = tmp_path / "gallery", tmp_path / "notes"
+    assert cli_runner(sw.main, ["export", "--n", "3", "--out", str(gallery)])[0] == 0
+    captions = (gallery / "captions.jsonl").read_text(encoding="utf-8")
+    for bad in (["--seed", "-1"], ["--n", "100000000"], ["--size", "100000000"]):  # refused before any file is touched
+        code, _, err = cli_runner(sw.main, ["export", *bad, "--out", str(gallery)])
+        assert code == 2 and err.count("\n") == 1
+        assert (gallery / "captions.jsonl").read_text(encoding="utf-8") == captions
+    notes.mkdir()
+    (notes / "week1.md").write_text("my notes")
+    for out in (str(notes), "", "."):
+        assert cli_runner(sw.main, ["export", "--n", "3", "--out", out])[0] == 2
+    assert [p.name for p in notes.iterdir()] == ["week1.md"]
+    assert cli_runner(sw.main, ["export", "--n", "2", "--out", str(notes), "--force"])[0] == 0
+    assert sorted(p.name for p in notes.iterdir()) == ["captions.jsonl", "test_00000.png", "test_00001.png"]
+    assert cli_runner(sw.main, ["export", "--n", "2", "--split", "val", "--out", str(gallery)])[0] == 0  # its own
+    assert sorted(p.name for p in gallery.iterdir()) == ["captions.jsonl", "val_00000.png", "val_00001.png"]

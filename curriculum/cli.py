@@ -354,7 +354,10 @@ class Model(Kind):
             self.refuse(f"{text} is a file; pass a model folder, a hub id or tiny")
         if HUB_ID.fullmatch(text) and not text.startswith((".", "/", "~")) and text.count("/") == 1:
             return text  # loaded from the hub cache (zoo.from_pretrained explains a miss)
-        self.refuse(f"no model folder at {text!r}: pass tiny, a hub id like org/name, or a save_pretrained folder")
+        also = ", none" if self.none else ""
+        self.refuse(
+            f"no model folder at {text!r}: pass tiny{also}, a hub id like org/name, or a save_pretrained folder"
+        )
 
 
 # ---------------------------------------------------------------- writing whole files and folders

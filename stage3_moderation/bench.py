@@ -36,7 +36,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from curriculum import OUTPUTS_DIR, cli, runtime, shapesworld, tables, viz, zoo
+from curriculum import OUTPUTS_DIR, REPO_ROOT, cli, runtime, shapesworld, tables, viz, zoo
 from stage1_demos.clip_retrieval import recall_table
 from stage3_moderation import engines, export_onnx, graphs, inputs, loadgen
 from stage3_moderation.settings import Settings
@@ -476,14 +476,23 @@ def print_report(result):
     print(markdown(result.get("engines"), result.get("service"), result.get("liveness")))
 
 
-def main(argv=None):
-    p = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
+def build_parser():
+    p = cli.Parser(prog="python -m stage3_moderation.bench", description=__doc__, formatter_class=cli.RawHelp)
     p.add_argument("what", nargs="?", default="all", choices=("all", "engines", "service", "liveness"))
-    p.add_argument("--out", default=str(OUT), help="folder for moderation_*.json, moderation.md, moderation.png")
+    p.add_argument(
+        "--out",
+        type=cli.OutFolder(),
+        default=str(OUT),
+        help=f"folder for moderation_*.json, moderation.md, moderation.png (default {OUT.relative_to(REPO_ROOT)})",
+    )
     p.add_argument("--quick", action="store_true", help="0.5 s per measurement instead of 3 (a smoke run)")
     p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    out = Path(args.out)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    out = args.out
     result = {}
     if args.what in ("all", "engines"):
         result["engines"] = bench_engines(0.5 if args.quick else 3.0)
@@ -494,8 +503,9 @@ def main(argv=None):
     if args.what in ("all", "liveness"):
         result["liveness"] = bench_liveness(requests=24 if args.quick else 200)
         cli.write_json(result["liveness"], out / "moderation_liveness.json")
-    (out / "moderation.md").write_text(markdown(result.get("engines"), result.get("service"), result.get("liveness")))
-    plot(result.get("engines"), result.get("service"), out / "moderation.png")
+    with cli.atomic_paths(out / "moderation.md", out / "moderation.png") as (md, png):  # the report: both or neither
+        md.write_text(markdown(result.get("engines"), result.get("service"), result.get("liveness")), encoding="utf-8")
+        plot(result.get("engines"), result.get("service"), png)
     cli.emit(result, args.json, print_report)
     print(f"wrote {out}/moderation.md and moderation.png")
 

@@ -25,6 +25,10 @@ Parity is checked after every export and written to manifest.json: cosine of eve
 PyTorch's (target >= 0.9999) and greedy captions identical to transformers' `generate()` on the
 ShapesWorld test split.
 
+The folder is built beside --out and put in its place only when every file is written, so a failed
+or interrupted export leaves the previous one as it was. An earlier export (it holds manifest.json)
+is replaced; any other folder only with --force.
+
     python -m stage3_moderation.export_onnx                 # tiny models -> outputs/onnx/tiny
     python -m stage3_moderation.export_onnx --clip openai/clip-vit-base-patch32 \\
         --blip2 Salesforce/blip2-opt-2.7b --out outputs/onnx/real
@@ -176,9 +180,14 @@ def passes(report):
 
 
 def export(clip_name="tiny", blip2_name="tiny", out=None, n=100, int8=True):
-    """Export the four graphs (and int8 copies), check parity, write manifest.json; returns it."""
-    out = Path(out or default_dir(clip_name, blip2_name))
-    out.mkdir(parents=True, exist_ok=True)
+    """Export the five graphs (and int8 copies), check parity, write manifest.json; returns it.
+    The folder is built beside `out` and put in its place whole (cli.atomic_folder): a failed or
+    interrupted export leaves the previous one as it was."""
+    with cli.atomic_folder(out or default_dir(clip_name, blip2_name)) as staging:
+        return export_into(staging, clip_name, blip2_name, n, int8)
+
+
+def export_into(out, clip_name, blip2_name, n, int8):
     clip, clip_processor = zoo.load_clip(clip_name, "cpu")
     blip2, blip2_processor = zoo.load_blip2(blip2_name, "cpu")
     clip, blip2 = clip.float(), blip2.float()  # export fp32; int8 and bf16 are derived from it
@@ -200,7 +209,7 @@ def export(clip_name="tiny", blip2_name="tiny", out=None, n=100, int8=True):
         timings[name] = round(time.perf_counter() - start, 2)
     np.save(out / EMBED_TOKENS, blip2.get_input_embeddings().weight.detach().numpy())
     # written twice: the engine under test reads image_token_id (where the greedy loop writes the
-    # image queries) from it; only the second write, with the parity verdict, marks the export done
+    # image queries) from it; the second write adds the parity verdict
     manifest = {
         "clip": clip_name,
         "blip2": blip2_name,
@@ -223,6 +232,7 @@ def ensure_exported(clip_name="tiny", blip2_name="tiny", folder=None):
     and the benchmark call this before they load an ONNX engine."""
     folder = Path(folder or default_dir(clip_name, blip2_name))
     if not is_exported(folder):
+        OUT.check_replace(folder, force=False)  # an incomplete export is replaced, a folder of other files never
         log.warning(
             "no complete ONNX export of clip=%s blip2=%s in %s: exporting now (once)", clip_name, blip2_name, folder
         )
@@ -245,16 +255,40 @@ def print_report(manifest):
     print(f"\nfp32 parity (cosine >= {PARITY_COSINE}, every caption identical): {verdict}")
 
 
-def main(argv=None):
-    p = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
-    p.add_argument("--clip", default="tiny", help="CLIP: tiny (bundled), a hub id or a folder")
-    p.add_argument("--blip2", default="tiny", help="BLIP-2: tiny (bundled), a hub id or a folder")
-    p.add_argument("--out", help="export folder (default outputs/onnx/<models>)")
-    p.add_argument("--n", type=cli.positive_int, default=100, help="test images for the caption parity check")
+# the export folder is the output: an earlier export there (it holds manifest.json) is replaced
+OUT = cli.OutFolder(replace=True, marker=MANIFEST)
+
+
+def build_parser():
+    p = cli.Parser(prog="python -m stage3_moderation.export_onnx", description=__doc__, formatter_class=cli.RawHelp)
+    p.add_argument("--clip", type=cli.Model("clip"), default="tiny", help="CLIP: tiny (bundled), a hub id or a folder")
+    p.add_argument(
+        "--blip2", type=cli.Model("blip2"), default="tiny", help="BLIP-2: tiny (bundled), a hub id or a folder"
+    )
+    p.add_argument(
+        "--out",
+        type=OUT,
+        help="export folder (default outputs/onnx/<models>); an earlier export there is replaced, "
+        "any other folder only with --force",
+    )
+    cli.add_force_arg(p)
+    p.add_argument(
+        "--n",
+        type=cli.Count(1, 10_000),
+        default=100,
+        help="test images for the caption parity check, up to 10,000 (default 100)",
+    )
     p.add_argument("--no-int8", action="store_true", help="skip the int8 copies")
     p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    manifest = export(args.clip, args.blip2, args.out, args.n, int8=not args.no_int8)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    out = args.out or default_dir(args.clip, args.blip2)
+    if args.out is None:  # the parser checked a folder it was given, not the default
+        OUT.check_replace(out, args.force)
+    manifest = export(args.clip, args.blip2, out, args.n, int8=not args.no_int8)
     cli.emit(manifest, args.json, print_report)
     if not manifest["fp32_parity_ok"]:
         raise SystemExit(1)

@@ -361,29 +361,51 @@ def print_result(r):
     )
 
 
-def main(argv=None):
-    p = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
+def build_parser():
+    p = cli.Parser(
+        prog="python -m stage3_moderation.loadgen",
+        description=__doc__,
+        epilog="Exits with code 1 when no request succeeded (the result is still printed, and written with --out).",
+        formatter_class=cli.RawHelp,
+    )
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
+    where.add_argument("--url", type=cli.Url(), help="a running server, e.g. http://127.0.0.1:8000")
     where.add_argument("--serve", action="store_true", help="start uvicorn on a free loopback port first")
-    p.add_argument("--n", type=cli.positive_int, default=500)
-    p.add_argument("--concurrency", type=cli.positive_int, default=32)
+    p.add_argument("--n", type=cli.Count(1, 100_000), default=500, help="requests, up to 100,000 (default 500)")
+    p.add_argument("--concurrency", type=cli.Count(1, 500), default=32, help="clients at once, up to 500 (default 32)")
     p.add_argument("--kind", default="mixed", choices=KINDS)
-    p.add_argument("--pool", type=cli.positive_int, default=64, help="distinct images (repeats hit the cache)")
-    p.add_argument("--api-key", help="sent as Authorization: Bearer <key>")
-    p.add_argument("--out", help="also write the JSON result here")
+    p.add_argument(
+        "--pool",
+        type=cli.Count(1, 1_000),
+        default=64,
+        help="distinct images, up to 1,000 (default 64; repeats hit the cache)",
+    )
+    p.add_argument("--api-key", type=cli.Text(), help="sent as Authorization: Bearer <key>")
+    p.add_argument("--out", type=cli.OutFile(".json"), help="also write the JSON result here")
     p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     bodies = workload(args.kind, args.n, args.pool)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+    url = args.url
     if args.serve:
         with server() as (url, _):
             result = asyncio.run(drive(url, bodies, args.concurrency, headers))
     else:
-        result = asyncio.run(drive(args.url, bodies, args.concurrency, headers))
+        result = asyncio.run(drive(url, bodies, args.concurrency, headers))
     if args.out:
         cli.write_json(result, args.out)
     cli.emit(result, args.json, print_result)
+    if result["ok"] == 0:  # a load test that measured nothing but failures failed
+        print(
+            f"error: all {result['n']} requests failed {result['statuses']}: "
+            f"is the server at {url} up, and does it need --api-key?",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

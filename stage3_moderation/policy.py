@@ -20,18 +20,83 @@ A text rule that matches scores 1.0. The result has OpenAI's moderation shape, p
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal, Optional
 
 import numpy as np
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from curriculum import REPO_ROOT, cli, shapesworld
 from curriculum.cli import UserError
 
 POLICIES_DIR = REPO_ROOT / "data" / "policies"
 DEFAULT_POLICY = POLICIES_DIR / "shapesworld.yaml"
+DEMO = "shapesworld-demo"  # the policy whose truth `evaluate` knows
 INPUT_TYPES = ("text", "image")
-CATEGORY_KEYS = {"description", "input_types", "concepts", "threshold", "terms", "patterns"}
-POLICY_KEYS = {"name", "description", "model", "mismatch_threshold", "categories"}
+
+
+def not_blank(text):
+    if not text.strip():  # a blank term compiles to \b\b, a blank pattern matches everywhere
+        raise ValueError("is blank, so it would match every text")
+    return text
+
+
+Words = Annotated[str, AfterValidator(not_blank)]
+Cosine = Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)]
+
+
+# The file's schema: types and ranges (strict: YAML's 5 is no text, its "abc" no number). What
+# depends on several fields (a threshold needed by concepts, ...) is checked by `_category`.
+class CategorySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    description: str = ""
+    input_types: list[Literal[INPUT_TYPES]] = Field(list(INPUT_TYPES), min_length=1)
+    concepts: list[Words] = []
+    threshold: Optional[Cosine] = None
+    terms: list[Words] = []
+    patterns: list[Words] = []
+
+
+class PolicySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Optional[Words] = None
+    description: str = ""
+    model: Words = "tiny"
+    mismatch_threshold: Cosine = -1.0
+    categories: dict[Words, CategorySpec]
+
+
+# what to write instead, by the field's name
+FIXES = {
+    "name": "a short name, e.g. my-policy",
+    "description": "one line of text",
+    "model": "the CLIP its thresholds were calibrated for: tiny or a hub id",
+    "mismatch_threshold": "a number from -1 to 1 (a CLIP cosine), e.g. 0.45",
+    "threshold": "a number from -1 to 1 (a CLIP cosine), e.g. 0.6",
+    "input_types": f"a list drawn from {list(INPUT_TYPES)}, e.g. [image, text]",
+    "concepts": "a list of prompts, e.g. ['a red cross']",
+    "terms": "a list of words or phrases, e.g. ['buy now', 'click here']",
+    "patterns": "a list of quoted regular expressions, e.g. ['https?://\\S+']",
+    "category": f"a mapping of {', '.join(CategorySpec.model_fields)}",
+}
+
+
+def schema_error(path, error):
+    """pydantic's first complaint as one line: the file, the field, what is wrong and what to write."""
+    e, more = error.errors()[0], error.error_count() - 1
+    loc = [str(part) for part in e["loc"] if part != "[key]"]
+    field = ".".join(loc)
+    names = [part for part in loc if part in FIXES]
+    is_category = len(loc) == 2 and loc[0] == "categories"
+    if e["type"] == "extra_forbidden":
+        allowed = CategorySpec.model_fields if len(loc) > 1 else PolicySpec.model_fields
+        where = f" in {'.'.join(loc[:-1])}" if len(loc) > 1 else ""
+        message = f"unknown keys [{loc[-1]!r}]{where}; allowed: {sorted(allowed)}"
+    else:
+        fix = FIXES["category" if is_category else names[-1]] if names or is_category else None
+        problem = re.sub(r" or instance of \w+", "", e["msg"].removeprefix("Value error, "))
+        message = f"{field} = {e['input']!r}: {problem}" + (f"; write {fix}" if fix else "")
+    return UserError(f"{path}: {message}" + (f" (and {more} more)" if more else ""))
 
 
 @dataclass
@@ -62,57 +127,55 @@ class Policy:
 
 
 def _category(name, spec, where):
-    if not isinstance(spec, dict):
-        raise UserError(f"{where}: category {name!r} must be a mapping of {', '.join(sorted(CATEGORY_KEYS))}")
-    unknown = set(spec) - CATEGORY_KEYS
-    if unknown:
-        raise UserError(
-            f"{where}: category {name!r} has unknown keys {sorted(unknown)}; allowed: {sorted(CATEGORY_KEYS)}"
-        )
-    types = tuple(spec.get("input_types", INPUT_TYPES))
-    if not types or set(types) - set(INPUT_TYPES):
-        raise UserError(f"{where}: category {name!r} input_types must be a list drawn from {list(INPUT_TYPES)}")
-    concepts = tuple(spec.get("concepts", ()))
-    if concepts and "image" not in types:
+    types = tuple(spec.input_types)
+    if spec.concepts and "image" not in types:
         raise UserError(f"{where}: category {name!r} has concepts but does not judge images (add image to input_types)")
-    threshold = spec.get("threshold", 1.0 if not concepts else None)
-    if not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
+    if spec.concepts and spec.threshold is None:
         raise UserError(f"{where}: category {name!r} needs a threshold between -1 and 1 (a CLIP cosine)")
+    threshold = 1.0 if spec.threshold is None else spec.threshold  # text rules alone: a hit scores 1.0
     # a term matches as whole words, with any run of spaces between them
-    rules = [
-        re.compile(r"\b" + r"\s+".join(map(re.escape, t.split())) + r"\b", re.IGNORECASE) for t in spec.get("terms", ())
-    ]
-    for pattern in spec.get("patterns", ()):
+    rules = [re.compile(r"\b" + r"\s+".join(map(re.escape, t.split())) + r"\b", re.IGNORECASE) for t in spec.terms]
+    for pattern in spec.patterns:
         try:
-            rules.append(re.compile(pattern, re.IGNORECASE))
+            rule = re.compile(pattern, re.IGNORECASE)
         except re.error as e:
             raise UserError(f"{where}: category {name!r} has a bad regular expression {pattern!r}: {e}") from None
-    if not concepts and not rules:
+        if any((m := rule.search(text)) and not m.group() for text in ("", "any text at all")):
+            raise UserError(
+                f"{where}: category {name!r} has the pattern {pattern!r}, which matches an empty string and so "
+                "would flag every text: make it match at least one character"
+            )
+        rules.append(rule)
+    if not spec.concepts and not rules:
         raise UserError(f"{where}: category {name!r} has neither concepts nor terms / patterns: it can never flag")
-    return Category(name, spec.get("description", ""), types, concepts, float(threshold), tuple(rules))
+    return Category(name, spec.description, types, tuple(spec.concepts), float(threshold), tuple(rules))
 
 
 def load(path=DEFAULT_POLICY):
-    """Read and validate a policy file; every mistake is a UserError naming the file and the fix."""
+    """Read and validate a policy file (the schema above, then `_category`); every mistake is a
+    one-line UserError naming the file, the field and the fix. The service loads its policy here too."""
     path = Path(path)
     if not path.is_file():
         choices = ", ".join(str(p.relative_to(REPO_ROOT)) for p in sorted(POLICIES_DIR.glob("*.yaml")))
         raise UserError(f"no policy file {path}: choose one of {choices}")
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text file: a policy is YAML (see {DEFAULT_POLICY.name})") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML: {e}") from None
+        raise UserError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("categories"), dict) or not spec["categories"]:
         raise UserError(f"{path}: a policy is a mapping with a non-empty `categories` mapping")
-    unknown = set(spec) - POLICY_KEYS
-    if unknown:
-        raise UserError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(POLICY_KEYS)}")
+    try:
+        spec = PolicySpec.model_validate(spec)
+    except ValidationError as e:
+        raise schema_error(path, e) from None
     return Policy(
-        spec.get("name", path.stem),
-        spec.get("description", ""),
-        spec.get("model", "tiny"),
-        float(spec.get("mismatch_threshold", -1.0)),
-        tuple(_category(n, c, path) for n, c in spec["categories"].items()),
+        spec.name or path.stem,
+        spec.description,
+        spec.model,
+        spec.mismatch_threshold,
+        tuple(_category(n, c, path) for n, c in spec.categories.items()),
     )
 
 
@@ -163,8 +226,8 @@ def worst(results):
 # ---------------------------------------------------------------- the ShapesWorld demo, measured
 def truth(policy_name, objects):
     """What the ShapesWorld demo policy should decide for a scene: the categories it contains."""
-    if policy_name != "shapesworld-demo":
-        raise UserError("`evaluate` knows the truth only for the ShapesWorld demo policy")
+    if policy_name != DEMO:
+        raise UserError(f"`evaluate` knows the truth only for the ShapesWorld demo policy ({DEFAULT_POLICY.name})")
     return {
         "red_cross": any(o.color == "red" and o.shape == "cross" for o in objects),
         "purple_cross": any(o.color == "purple" and o.shape == "cross" for o in objects),
@@ -239,28 +302,43 @@ def print_policy(policy):
             print(f"    {where}: {[r.pattern for r in c.rules]}")
 
 
-def main(argv=None):
-    p = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
+def build_parser():
+    from stage3_moderation import engines  # its engine names
+
+    p = cli.Parser(prog="python -m stage3_moderation.policy", description=__doc__, formatter_class=cli.RawHelp)
     sub = p.add_subparsers(dest="command", required=True)
+    policy_file = cli.InFile(".yaml", ".yml")
     s = sub.add_parser("show", help="print a policy after validating it")
-    s.add_argument("policy", nargs="?", default=str(DEFAULT_POLICY))
+    s.add_argument(
+        "policy", nargs="?", type=policy_file, default=str(DEFAULT_POLICY), help="a policy YAML (default: the demo's)"
+    )
     e = sub.add_parser("evaluate", help="decide on generated ShapesWorld scenes and count right / wrong")
-    e.add_argument("--policy", default=str(DEFAULT_POLICY))
-    e.add_argument("--engine", default=None, help="an engine from stage3_moderation.engines (default: its default)")
-    e.add_argument("--n", type=cli.positive_int, default=300)
-    e.add_argument("--seed", type=int, default=1)
-    e.add_argument("--out", help="also write the JSON result here")
+    e.add_argument(
+        "--policy", type=policy_file, default=str(DEFAULT_POLICY), help="a policy YAML (default: the demo's)"
+    )
+    e.add_argument(
+        "--engine", choices=engines.ENGINES, default=engines.DEFAULT_ENGINE, help=f"default {engines.DEFAULT_ENGINE}"
+    )
+    e.add_argument(
+        "--n", type=cli.Count(1, 10_000), default=300, help="generated test scenes, up to 10,000 (default 300)"
+    )
+    e.add_argument("--seed", type=cli.Seed(), default=1, help="ShapesWorld seed (default 1)")
+    e.add_argument("--out", type=cli.OutFile(".json"), help="also write the JSON result here")
     e.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     policy = load(args.policy)
     if args.command == "show":
         return print_policy(policy)
+    truth(policy.name, [])  # refuses another policy before the models load
     from stage3_moderation import engines, export_onnx
 
-    engine = args.engine or engines.DEFAULT_ENGINE
-    if engine.startswith("onnx"):
+    if args.engine.startswith("onnx"):
         export_onnx.ensure_exported()
-    result = evaluate(engines.load(engine), policy, args.n, args.seed)
+    result = evaluate(engines.load(args.engine), policy, args.n, args.seed)
     if args.out:
         cli.write_json(result, args.out)
     cli.emit(result, args.json, print_evaluation)

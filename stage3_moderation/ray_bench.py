@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from tqdm import tqdm
 
-from curriculum import OUTPUTS_DIR, cli, tables
+from curriculum import OUTPUTS_DIR, REPO_ROOT, cli, tables
 from stage3_moderation import bench, engines, loadgen, ray_app
 from stage3_moderation.bench import CONCURRENCY
 
@@ -65,12 +65,26 @@ def bench_ray(seconds=8.0, n=960, pool=64):
     }
 
 
-def main(argv=None):
-    p = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
-    p.add_argument("--seconds", type=float, default=8.0, help="per server and concurrency")
-    p.add_argument("--out", default=str(OUT))
+def build_parser():
+    p = cli.Parser(prog="python -m stage3_moderation.ray_bench", description=__doc__, formatter_class=cli.RawHelp)
+    p.add_argument(
+        "--seconds",
+        type=cli.Number(minimum=1, maximum=300),
+        default=8.0,
+        help="per server and concurrency, 1 to 300 (default 8)",
+    )
+    p.add_argument(
+        "--out",
+        type=cli.OutFile(".json"),
+        default=str(OUT),
+        help=f"the JSON result (default {OUT.relative_to(REPO_ROOT)})",
+    )
     p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     result = bench_ray(args.seconds)
     cli.write_json(result, args.out)
     cli.emit(result, args.json, lambda r: print(tables.ray_serve(r).markdown()))

@@ -18,7 +18,7 @@ alone, the caption rule alone, the visual question, and the policy as deployed (
 import numpy as np
 import torch
 
-from curriculum import MODELS_DIR, cli, shapesworld, viz, zoo
+from curriculum import MODELS_DIR, REPO_ROOT, cli, shapesworld, viz, zoo
 from curriculum.tiny_blip2 import qa_prompt
 from stage1_demos.blip2_caption import caption_images
 from stage1_demos.clip_retrieval import embed_images, embed_texts
@@ -124,32 +124,48 @@ def print_result(result):
         print(f"\npicture: {result['picture']}")
 
 
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(prog="python -m stage3_moderation.vqa_rule", description=__doc__, formatter_class=cli.RawHelp)
-    parser.add_argument("--n", type=cli.positive_int, default=600, help="generated test scenes (default 600)")
-    parser.add_argument("--seed", type=int, default=1, help="ShapesWorld seed (default 1, as `policy evaluate`)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="flag when p(yes) >= this (default 0.5)")
-    parser.add_argument("--out", help="write the result JSON here, and the precision-recall picture beside it")
+    parser.add_argument(
+        "--n", type=cli.Count(1, 10_000), default=600, help="generated test scenes, up to 10,000 (default 600)"
+    )
+    parser.add_argument("--seed", type=cli.Seed(), default=1, help="ShapesWorld seed (default 1, as `policy evaluate`)")
+    parser.add_argument(
+        "--threshold",
+        type=cli.Number(above=0, below=1),
+        default=0.5,
+        help="flag when p(yes) >= this, between 0 and 1 (default 0.5)",
+    )
+    parser.add_argument(
+        "--out",
+        type=cli.OutFile(".json"),
+        help="write the result JSON here, and the precision-recall picture beside it",
+    )
     parser.add_argument(
         "--fine-tuned",
-        default=str(FINE_TUNED),
-        help="a BLIP-2 taught balanced yes/no questions, asked too if it exists (default: make tiny-blip2-prompts')",
+        type=cli.Model("blip2", none=True),
+        default=str(FINE_TUNED) if zoo.is_saved(FINE_TUNED) else "none",
+        help="a BLIP-2 taught balanced yes/no questions, asked too; none: only the bundled one "
+        f"(default {FINE_TUNED.relative_to(REPO_ROOT)} where `make tiny-blip2-prompts` made it, else none)",
     )
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    if not 0 < args.threshold < 1:
-        raise cli.UserError(f"--threshold must be between 0 and 1, got {args.threshold}")
-    askers = {"bundled": "tiny"} | ({"fine-tuned": args.fine_tuned} if zoo.is_saved(args.fine_tuned) else {})
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    askers = {"bundled": "tiny"} | ({"fine-tuned": args.fine_tuned} if args.fine_tuned != "none" else {})
     result = compare(args.n, args.seed, args.threshold, askers)
     if args.out:
-        result["picture"] = str(
+        picture = cli.beside(args.out, ".png")
+        result["picture"] = str(picture)
+        with cli.atomic_paths(args.out, picture) as (json_path, png_path):  # both or neither
             viz.precision_recall(
                 result["curves"],
-                str(args.out).removesuffix(".json") + ".png",
+                png_path,
                 f"{result['n']} test scenes: the visual question at every threshold vs the fixed rules",
             )
-        )
-        cli.write_json(result, args.out)
+            cli.write_json(result, json_path)
     cli.emit(result, args.json, print_result)
 
 

@@ -155,3 +155,38 @@ def test_engine_names_and_missing_exports(tmp_path):
 def test_export_cli_help(cli_runner):
     code, out, _ = cli_runner(export_onnx.main, ["--help"])
     assert code == 0 and "blip2_step.onnx" in out and "--no-int8" in out
+
+
+def test_a_failed_export_leaves_the_previous_one(tmp_path, monkeypatch):
+    out = tmp_path / "onnx"
+    out.mkdir()
+    (out / graphs.MANIFEST).write_text("{}")  # an earlier export
+
+    def failing(staging, *args):
+        (staging / "clip_image.onnx").write_text("half an export")
+        raise RuntimeError("the exporter failed")
+
+    monkeypatch.setattr(export_onnx, "export_into", failing)
+    with pytest.raises(RuntimeError):
+        export_onnx.export("tiny", "tiny", out)
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]  # no staging folder left beside it
+    assert [p.name for p in out.iterdir()] == [graphs.MANIFEST]
+
+
+def test_export_replaces_an_earlier_export_but_no_other_folder(tmp_path, monkeypatch, cli_runner):
+    earlier, notes = tmp_path / "earlier", tmp_path / "notes"
+    earlier.mkdir()
+    (earlier / graphs.MANIFEST).write_text("{}")
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    parser = export_onnx.build_parser()
+    assert parser.parse_args(["--out", str(earlier)]).out == earlier
+    assert parser.parse_args(["--out", str(notes), "--force"]).out == notes
+    code, _, err = cli_runner(export_onnx.main, ["--out", str(notes)])
+    assert code == 2 and "--force" in err and err.count("\n") == 1
+    monkeypatch.setattr(export_onnx, "default_dir", lambda *models: notes)  # the default folder is checked too
+    code, _, err = cli_runner(export_onnx.main, [])
+    assert code == 2 and "--force" in err
+    with pytest.raises(UserError, match="did not write"):
+        export_onnx.ensure_exported(folder=notes)  # nor does the service's start-up replace it
+    assert [p.name for p in notes.iterdir()] == ["todo.txt"]

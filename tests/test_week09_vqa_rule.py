@@ -45,3 +45,29 @@ def test_the_comparison_counts_every_rule_on_the_same_scenes():
     assert rules[("red_cross", "caption rule")]["recall"] >= 0.9  # the captions name the crosses they see
     deployed = rules[("red_cross", "deployed policy (concepts or caption)")]
     assert deployed["tp"] >= rules[("red_cross", "caption rule")]["tp"]  # an OR never finds fewer
+
+
+def fake_compare(n, seed, threshold, askers):
+    """compare()'s shape without the models: the CLI's writing is what is tested."""
+    return {
+        "n": n,
+        "seed": seed,
+        "positives": {},
+        "rows": [],
+        "askers": askers,
+        "curves": {"red_cross": {"a": (0.5, 0.5)}},
+    }
+
+
+def test_the_json_and_its_picture_are_written_together(tmp_path, monkeypatch, cli_runner):
+    out = tmp_path / "vqa_rule.json"
+    monkeypatch.setattr(vqa_rule, "compare", fake_compare)
+    code, _, _ = cli_runner(vqa_rule.main, ["--n", "4", "--fine-tuned", "none", "--out", str(out)])
+    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["vqa_rule.json", "vqa_rule.png"]
+    assert '"fine-tuned"' not in out.read_text()  # none: only the bundled model is asked
+    for p in tmp_path.iterdir():
+        p.unlink()
+    monkeypatch.setattr(vqa_rule, "compare", lambda *a: fake_compare(*a) | {"rows": [object()]})  # JSON fails
+    with pytest.raises(TypeError):
+        vqa_rule.main(["--n", "4", "--out", str(out)])
+    assert list(tmp_path.iterdir()) == []  # no picture without its JSON

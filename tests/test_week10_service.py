@@ -46,11 +46,36 @@ def write(tmp_path, text):
         ("categories: {x: {concepts: [a cat], threshold: 0.3, input_types: [text]}}", "does not judge images"),
         ("categories: {x: {terms: [a], input_types: [audio]}}", "input_types"),
         ("categories: {x: [unclosed", "not valid YAML"),
+        # wrong types: one line naming the field and what to write
+        ("categories: {x: {terms: 5}}", r"categories.x.terms = 5: Input should be a valid list; write a list of words"),
+        ("categories: {x: {patterns: [5]}}", r"categories.x.patterns.0 = 5: .* valid string; write a list of quoted"),
+        ("mismatch_threshold: abc\ncategories: {x: {terms: [a]}}", r"mismatch_threshold = 'abc': .*number from -1"),
+        ("categories: {x: {concepts: [a], threshold: 2}}", r"threshold = 2: .*less than or equal to 1"),
+        ("categories: {x: 5}", r"categories.x = 5: .*write a mapping of description"),
+        # rules that would flag every text
+        ("categories: {x: {terms: ['']}}", r"terms.0 = '': is blank, so it would match every text"),
+        ("categories: {x: {terms: ['  ']}}", "is blank"),
+        ("categories: {x: {patterns: ['.*']}}", "matches an empty string and so would flag every text"),
+        ("categories: {x: {patterns: ['\\b']}}", "matches an empty string"),
     ],
 )
 def test_policy_file_mistakes_are_explained(tmp_path, text, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as error:
         policy.load(write(tmp_path, text))
+    assert str(error.value).startswith(str(tmp_path / "p.yaml")) and "\n" not in str(error.value)
+
+
+def test_a_policy_that_is_not_text_is_one_line(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(UserError, match="p.yaml is not a text file"):
+        policy.load(path)
+
+
+def test_the_service_refuses_a_bad_policy_at_start_in_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"^moderation service: .*p.yaml: categories.x.terms = 5") as stop:
+        create_app(Settings(policy=write(tmp_path, "categories: {x: {terms: 5}}")))
+    assert "\n" not in str(stop.value.code)
 
 
 def test_bundled_policies_load():
@@ -465,11 +490,15 @@ def test_not_ready_until_loaded(onnx_export):
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
 
 
-def test_policy_cli(cli_runner):
+def test_policy_cli(cli_runner, tmp_path):
     code, out, _ = cli_runner(policy.main, ["show", str(policy.POLICIES_DIR / "real-world.yaml")])
     assert code == 0 and "weapons" in out
     code, _, err = cli_runner(policy.main, ["show", "missing.yaml"])
-    assert code == 2 and "no policy file" in err
+    assert code == 2 and "no file at 'missing.yaml'" in err and err.count("\n") == 1
+    code, _, err = cli_runner(policy.main, ["show", str(write(tmp_path, "categories: {x: {terms: 5}}"))])
+    assert code == 2 and "categories.x.terms = 5" in err and err.count("\n") == 1
+    code, _, err = cli_runner(policy.main, ["evaluate", "--policy", str(policy.POLICIES_DIR / "real-world.yaml")])
+    assert code == 2 and "knows the truth only for the ShapesWorld demo policy" in err  # before any model loads
 
 
 def test_the_pages_curl_examples_are_the_ones_make_week10_runs():

@@ -41,10 +41,19 @@ def test_real_server_enforces_api_keys(server_url):
 
 
 def test_loadgen_cli_reports_errors(server_url, cli_runner):
-    code, out, _ = cli_runner(
+    code, out, err = cli_runner(
         loadgen.main, ["--url", server_url, "--n", "20", "--concurrency", "4", "--kind", "text", "--json"]
     )
-    assert code == 0 and '"401": 20' in out and '"errors": 20' in out  # no key: every request refused, counted
+    assert '"401": 20' in out and '"errors": 20' in out  # no key: every request refused, counted
+    assert code == 1 and err.startswith("error: all 20 requests failed") and err.count("\n") == 1
+
+
+def test_loadgen_fails_when_no_request_succeeded(tmp_path, cli_runner):
+    out = tmp_path / "load.json"
+    argv = ["--url", f"http://127.0.0.1:{loadgen.free_port()}", "--n", "4", "--kind", "text", "--out", str(out)]
+    code, _, err = cli_runner(loadgen.main, argv)  # nothing listens there
+    assert code == 1 and "all 4 requests failed {'ConnectError': 4}" in err and err.count("\n") == 1
+    assert out.exists()  # the result still records what happened
 
 
 def test_engine_benchmark_rows_on_the_tiny_tower():

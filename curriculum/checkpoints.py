@@ -31,6 +31,16 @@ def listed(folder):
     return sorted(p for p in Path(folder).glob("step-*") if (p / RECORD).exists())
 
 
+def records(out):
+    """The run records of every complete checkpoint under OUT/checkpoints, of any trainer."""
+    return sorted((Path(out) / FOLDER).glob(f"**/step-*/{RECORD}"))
+
+
+def unfinished(out):
+    """Whether `out` holds a run's checkpoints: a run that was stopped before it saved its model."""
+    return bool(records(out))
+
+
 def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -64,7 +74,7 @@ def to_resume(out, name, config, resume):
     run/part (tiny-sd/vae, tiny-sd/unet); checkpoints of another run in the same folder are refused,
     and without --resume an unfinished run's checkpoints are never overwritten."""
     folder = Path(out) / FOLDER
-    found = sorted(p.parent for p in folder.glob(f"**/step-*/{RECORD}"))
+    found = [p.parent for p in records(out)]
     for path in found:
         theirs = read_record(path).get("name", "?")
         if theirs.split("/")[0] != name.split("/")[0]:
@@ -112,8 +122,3 @@ def save(accelerator, out, name, step, config):
         for old in listed(folder)[:-2]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
-
-
-def remove(out):
-    """A finished run's checkpoints: its weights are saved, nothing is left to resume."""
-    shutil.rmtree(Path(out) / FOLDER, ignore_errors=True)

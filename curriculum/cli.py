@@ -8,8 +8,8 @@ value is one line on stderr and exit code 2; so is a `UserError` raised later (`
 Nothing is lost or half-written: every file is written to a temporary name and renamed into place
 (`atomic_paths`), a folder made whole is built beside its destination and swapped in
 (`atomic_folder`). An existing folder is replaced only when it is empty, holds what this command
-wrote there before, or with --force; never the current directory, the repository or a folder
-above either, and a bundled checkpoint (data/models) only with --force. Ctrl-C at any moment:
+wrote there before, or with --force; never the current directory, the repository, data/models or
+a folder above one of them, and a bundled checkpoint (data/models/*) only with --force. Ctrl-C at any moment:
 'interrupted', exit code 130.
 """
 
@@ -230,7 +230,12 @@ class OutFolder(Kind):
             self.refuse(str(e))
         if self.replace:
             resolved = path.resolve()
-            for keep, name in ((Path.cwd().resolve(), "the current folder"), (REPO_ROOT, "the repository")):
+            never = (
+                (Path.cwd().resolve(), "the current folder"),
+                (REPO_ROOT, "the repository"),
+                (MODELS_DIR, "data/models"),
+            )
+            for keep, name in never:
                 if resolved == keep or resolved in keep.parents:
                     self.refuse(f"{text} is {name} or a folder above it: name a new folder for this output")
         return path

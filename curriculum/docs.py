@@ -45,7 +45,10 @@ class Results:
         path = self.root / name if self.root == RESULTS_DIR else source(name, self.root)
         if not path.is_file():
             raise cli.UserError(f"{path} is missing: `{tables.MAKES[name]}` writes it")
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise cli.UserError(f"{path} is not readable JSON ({e}): `{tables.MAKES[name]}` writes it again") from None
 
 
 def render(kind, name, results, indent=""):
@@ -78,16 +81,15 @@ def rewrite(text, page, results):
 
 
 def build(check=False, results=None):
-    """Rewrite (or, with check, only compare) every page; returns the pages that differ."""
+    """Rewrite (or, with check, only compare) every page; returns the pages that differ. Every page is
+    rendered before any is written, so a missing result or renderer leaves them all as they were."""
     results = results or Results()
-    differ = []
-    for page in pages():
-        text = page.read_text(encoding="utf-8")
-        new = rewrite(text, page, results)
-        if new != text:
-            differ.append(page)
-            if not check:
-                page.write_text(new, encoding="utf-8")
+    old = {page: page.read_text(encoding="utf-8") for page in pages()}
+    new = {page: rewrite(text, page, results) for page, text in old.items()}
+    differ = [page for page in old if new[page] != old[page]]
+    if not check:
+        for page in differ:
+            cli.write_text(new[page], page)
     return differ
 
 
@@ -110,9 +112,9 @@ def collect(outputs=OUTPUTS_DIR, results=RESULTS_DIR, pictures=PICTURES_DIR):
         makes = tables.MAKES | tables.PICTURES
         targets = sorted({makes[name] for name in missing})
         raise cli.UserError(f"no {', '.join(missing)}: run {', '.join(targets)} first")
-    for target, path in wanted.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+    with cli.atomic_paths(*wanted) as temps:  # the run's files replace the reference's all together
+        for temp, path in zip(temps, wanted.values()):
+            shutil.copyfile(path, temp)
     return sorted(tables.MAKES) + sorted(tables.PICTURES)
 
 
@@ -150,8 +152,8 @@ def broken_links(page, text=None):
     return broken
 
 
-def main(argv=None):
-    p = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
+def build_parser():
+    p = cli.Parser(prog="python -m curriculum.docs", description=__doc__, formatter_class=cli.RawHelp)
     p.add_argument(
         "command",
         nargs="?",
@@ -160,7 +162,11 @@ def main(argv=None):
         help="build (default): rewrite the docs' tables from results/; collect: outputs/ -> results/",
     )
     p.add_argument("--check", action="store_true", help="build: write nothing, exit 1 if a page would change")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.command == "collect":
         names = collect()
         print(f"copied {len(names)} result files from outputs/ into results/; now run `make docs`")

@@ -41,7 +41,11 @@ def milestone_status(junit):
     """{week: 'passed' | 'failed' | 'untested', ...} and counts, from pytest's JUnit XML."""
     counts = {n: Counter() for n in WEEKS}
     if junit.is_file():
-        for case in ET.parse(junit).getroot().iter("testcase"):
+        try:
+            root = ET.parse(junit).getroot()
+        except (ET.ParseError, OSError) as e:
+            raise cli.UserError(f"{junit} is not readable JUnit XML ({e}): `make test` writes it again") from None
+        for case in root.iter("testcase"):
             m = re.search(r"test_week(\d+)_", case.get("classname", ""))
             if not m or int(m.group(1)) not in counts:
                 continue
@@ -117,18 +121,24 @@ def build(outputs=OUTPUTS_DIR, out=None):
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Lab notebook</title>'
         f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    cli.write_text(page, out)
     return out
 
 
+def build_parser():
+    p = cli.Parser(prog="python -m curriculum.report", description=__doc__, formatter_class=cli.RawHelp)
+    p.add_argument(
+        "--outputs",
+        type=cli.InFolder(hint="run a week first, e.g. `make week1`"),
+        default=str(OUTPUTS_DIR),
+        help="the folder your runs wrote (default outputs/)",
+    )
+    p.add_argument("--out", type=cli.OutFile(".html"), help="the page to write (default OUTPUTS/report.html)")
+    return p
+
+
 def main(argv=None):
-    p = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
-    p.add_argument("--outputs", default=str(OUTPUTS_DIR), help="the folder your runs wrote (default outputs/)")
-    p.add_argument("--out", help="the page to write (default OUTPUTS/report.html)")
-    args = p.parse_args(argv)
-    if not Path(args.outputs).is_dir():
-        raise cli.UserError(f"{args.outputs} does not exist: run a week first, e.g. `make week1`")
+    args = build_parser().parse_args(argv)
     out = build(args.outputs, args.out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): open it in a browser")
 

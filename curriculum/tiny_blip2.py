@@ -5,8 +5,8 @@ Image -> ViT (Blip2VisionModel) -> Q-Former (learned query tokens cross-attend t
 first words of the text. Saved with `save_pretrained` next to a `Blip2Processor`, so scripts load
 it exactly like `Salesforce/blip2-opt-2.7b`.
 
-    python -m curriculum.tiny_blip2 --out data/models/tiny-blip2      (or: make tiny-models)
-    python -m curriculum.tiny_blip2 --out outputs/train/blip2 --nproc 2 [--resume]   (docs/training.md)
+    python -m curriculum.tiny_blip2 [--out outputs/train/tiny-blip2] [--nproc 2] [--resume]   (docs/training.md)
+    python -m curriculum.tiny_blip2 --out data/models/tiny-blip2 --force   (make tiny-models: replaces the bundled one)
 
 It learns four prompt styles, so that prompts visibly steer it:
     (no prompt)                       a small red circle in the top left and ...
@@ -34,7 +34,7 @@ from transformers import (
     GPT2Tokenizer,
 )
 
-from curriculum import MODELS_DIR, bpe, cli, shapesworld, training, zoo
+from curriculum import OUTPUTS_DIR, bpe, cli, shapesworld, training, zoo
 from curriculum.tiny_clip import pixels
 
 IMAGE_SIZE = 64
@@ -324,8 +324,14 @@ def target_tokens(labels):
     return int((labels[:, 1:] != -100).sum())
 
 
+def build_parser():
+    return training.parser(
+        __doc__, OUTPUTS_DIR / "train" / "tiny-blip2", Config, "images per step", prog="python -m curriculum.tiny_blip2"
+    )
+
+
 def main(argv=None):
-    args = training.parser(__doc__, MODELS_DIR / "tiny-blip2", Config, "images per step").parse_args(argv)
+    args = build_parser().parse_args(argv)
     train(
         args.out,
         Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),

@@ -16,7 +16,8 @@ questions are balanced because the original mix drew a colour-shape pair at rand
 was rare and the model learned to answer "no" without looking (week 9's visual-question rule);
 this short fine-tune moves that prior but does not ground the answer (week 9 measures it).
 
-    python -m curriculum.tiny_blip2_prompts --out data/models/tiny-blip2-prompts   (or: make tiny-blip2-prompts)
+    python -m curriculum.tiny_blip2_prompts           writes outputs/train/tiny-blip2-prompts
+    python -m curriculum.tiny_blip2_prompts --out data/models/tiny-blip2-prompts --force   (make tiny-blip2-prompts)
 
 A new folder, not the bundled one: every other week's reference numbers (parity, decoding,
 ONNX, benchmarks) were measured on data/models/tiny-blip2 and stay valid.
@@ -24,7 +25,7 @@ ONNX, benchmarks) were measured on data/models/tiny-blip2 and stay valid.
 
 from dataclasses import dataclass
 
-from curriculum import MODELS_DIR, cli, shapesworld, training, zoo
+from curriculum import OUTPUTS_DIR, cli, shapesworld, training, zoo
 from curriculum.tiny_blip2 import (
     DETAIL_PROMPT,
     detailed_caption,
@@ -99,8 +100,18 @@ def train(out, config=Config(), options=training.Options()):
     return trainer
 
 
+def build_parser():
+    return training.parser(
+        __doc__,
+        OUTPUTS_DIR / "train" / "tiny-blip2-prompts",
+        Config,
+        "images per step",
+        prog="python -m curriculum.tiny_blip2_prompts",
+    )
+
+
 def main(argv=None):
-    args = training.parser(__doc__, MODELS_DIR / "tiny-blip2-prompts", Config, "images per step").parse_args(argv)
+    args = build_parser().parse_args(argv)
     train(
         args.out,
         Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),

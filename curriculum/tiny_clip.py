@@ -3,8 +3,8 @@
 It learns ShapesWorld with CLIP's contrastive loss (several positives allowed) and is saved with
 `save_pretrained`, so every script loads it exactly like `openai/clip-vit-base-patch32`.
 
-    python -m curriculum.tiny_clip --out data/models/tiny-clip      (or: make tiny-models)
-    python -m curriculum.tiny_clip --out outputs/train/clip --nproc 2 [--resume]   (docs/training.md)
+    python -m curriculum.tiny_clip [--out outputs/train/tiny-clip] [--nproc 2] [--resume]   (docs/training.md)
+    python -m curriculum.tiny_clip --out data/models/tiny-clip --force   (make tiny-models: replaces the bundled one)
 
 The tokenizer is a real `CLIPTokenizer` (byte-level BPE, `</w>` word ends) whose merges are
 learned from ShapesWorld captions, so every caption word is one token and any other text still
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from curriculum import MODELS_DIR, bpe, cli, shapesworld, training
+from curriculum import OUTPUTS_DIR, bpe, cli, shapesworld, training
 
 IMAGE_SIZE = 64
 MAX_TOKENS = 32
@@ -182,8 +182,19 @@ def train(out, config=Config(), options=training.Options()):
     return trainer
 
 
+def build_parser():
+    return training.parser(
+        __doc__,
+        OUTPUTS_DIR / "train" / "tiny-clip",
+        Config,
+        "contrastive batch",
+        prog="python -m curriculum.tiny_clip",
+        min_batch=2,
+    )
+
+
 def main(argv=None):
-    args = training.parser(__doc__, MODELS_DIR / "tiny-clip", Config, "contrastive batch").parse_args(argv)
+    args = build_parser().parse_args(argv)
     train(
         args.out,
         Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),

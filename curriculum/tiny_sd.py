@@ -11,8 +11,8 @@ with DDPM's noise-prediction loss, with 10% of prompts dropped to "" so that cla
 guidance has an unconditional model to push away from. Saved as a `StableDiffusionPipeline` folder
 (no safety checker), which loads exactly like stable-diffusion-v1-5/stable-diffusion-v1-5.
 
-    python -m curriculum.tiny_sd --out data/models/tiny-sd      (or: make tiny-models)
-    python -m curriculum.tiny_sd --out outputs/train/sd --nproc 2 [--resume]   (docs/training.md)
+    python -m curriculum.tiny_sd [--out outputs/train/tiny-sd] [--nproc 2] [--resume]   (docs/training.md)
+    python -m curriculum.tiny_sd --out data/models/tiny-sd --force   (make tiny-models: replaces the bundled one)
 """
 
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusi
 from tqdm import tqdm
 from transformers import CLIPTextModel
 
-from curriculum import MODELS_DIR, cli, shapesworld, training, viz, zoo
+from curriculum import OUTPUTS_DIR, cli, shapesworld, training, zoo
 
 IMAGE_SIZE = 64
 LATENT_SIZE = IMAGE_SIZE // 8  # SD's f = 8
@@ -237,11 +237,10 @@ def train(out, config=Config(), options=training.Options()):
         requires_safety_checker=False,
     )
     vae_losses = vae_trainer.progress.losses
-    if unet_trainer.is_main:
-        viz.curve(vae_losses, f"{out}/vae_loss.png", "tiny SD VAE: weighted L1 + KL")
     unet_trainer.save(
         [pipe],
         "tiny SD UNet: noise-prediction MSE",
+        curves=[("vae_loss.png", vae_losses, "tiny SD VAE: weighted L1 + KL")],
         vae_final_loss=float(np.mean(vae_losses[-50:])),
         scaling_factor=vae.config.scaling_factor,
         vae_precision=vae_trainer.precision,
@@ -250,15 +249,21 @@ def train(out, config=Config(), options=training.Options()):
     return unet_trainer
 
 
-def main(argv=None):
-    p = training.parser(__doc__, MODELS_DIR / "tiny-sd", Config, "UNet batch")
+def build_parser():
+    p = training.parser(
+        __doc__, OUTPUTS_DIR / "train" / "tiny-sd", Config, "UNet batch", prog="python -m curriculum.tiny_sd"
+    )
     p.add_argument(
         "--vae-steps",
-        type=cli.positive_int,
+        type=cli.Count(1, training.MAX_STEPS),
         default=Config.vae_steps,
-        help=f"VAE optimiser steps (default {Config.vae_steps})",
+        help=f"VAE optimiser steps, up to {training.MAX_STEPS:,} (default {Config.vae_steps})",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     train(
         args.out,
         Config(vae_steps=args.vae_steps, steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from curriculum import OUTPUTS_DIR, REPO_ROOT, cli
 
+POOL = 4096  # training images of each run: the largest batch
 RUNS = (("1 process", 1, False), ("2 processes", 2, False), ("2 processes, communication timed", 2, True))
 
 
@@ -42,11 +43,12 @@ def measure(nproc, time_comm, steps, batch_size, pool, folder):
     ]
     proc = subprocess.run(command + ["--time-comm"] * time_comm, cwd=REPO_ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise cli.UserError(f"the training on {nproc} process(es) failed: {proc.stderr.strip().splitlines()[-1]}")
+        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise cli.UserError(f"the training on {nproc} process(es) failed: {last}")
     return json.loads((Path(folder) / "training.json").read_text())
 
 
-def bench(steps=40, batch_size=256, pool=4096):
+def bench(steps=40, batch_size=256, pool=POOL):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, nproc, time_comm) in enumerate(RUNS):
@@ -86,16 +88,38 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    p = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
-    p.add_argument("--steps", type=cli.positive_int, default=40)
-    p.add_argument("--batch-size", type=cli.positive_int, default=256)
-    p.add_argument("--out", default=str(OUTPUTS_DIR / "bench"), help="folder for training.json and training.md")
+def build_parser():
+    p = cli.Parser(prog="python -m curriculum.train_bench", description=__doc__, formatter_class=cli.RawHelp)
+    p.add_argument(
+        "--steps",
+        type=cli.Count(1, 10_000),
+        default=40,
+        help="steps of each of the 3 trainings, up to 10,000 (default 40)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=cli.Count(2, POOL),
+        default=256,
+        help=f"global batch, even (it splits over 2 processes), 2 to {POOL:,} (default 256)",
+    )
+    p.add_argument(
+        "--out",
+        type=cli.OutFolder(),
+        default=str(OUTPUTS_DIR / "bench"),
+        help="folder to write training.json and training.md into (default outputs/bench)",
+    )
     p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    result = bench(args.steps, args.batch_size)
-    cli.write_json(result, Path(args.out) / "training.json")
-    (Path(args.out) / "training.md").write_text(markdown(result))
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.batch_size % 2:
+        raise cli.UserError(f"--batch-size {args.batch_size} does not split over 2 processes: make it even")
+    result = bench(args.steps, args.batch_size, POOL)
+    with cli.atomic_paths(args.out / "training.json", args.out / "training.md") as (as_json, as_markdown):
+        cli.write_json(result, as_json)
+        as_markdown.write_text(markdown(result), encoding="utf-8")
     cli.emit(result, args.json, lambda r: print(markdown(r)))
 
 

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from accelerate import Accelerator
 from accelerate.utils import AutocastKwargs, DataLoaderConfiguration
 from tqdm import tqdm
 
-from curriculum import checkpoints, cli, runtime, viz
+from curriculum import MODELS_DIR, REPO_ROOT, checkpoints, cli, runtime, viz
 from curriculum.checkpoints import jsonable
 
 
@@ -70,20 +69,25 @@ class Options:
         )
 
 
+MAX_STEPS = 100_000  # a few hours of the tiny models on a GPU; the defaults are 400 to 2,200
+MAX_BATCH = 4096
+MAX_POOL = 100_000  # ShapesWorld images held in memory: about 1.2 GB at 64 px
+
+
 def add_run_args(parser, checkpoints=True):
     """--device, --nproc, --grad-accum, --time-comm and, for trainers that save, --save-every and --resume."""
     cli.add_device_arg(parser)
     parser.add_argument(
         "--nproc",
-        type=cli.positive_int,
+        type=cli.Count(1, 64),
         default=1,
-        help="processes: N > 1 starts `accelerate launch --num_processes N` on this command (default 1)",
+        help="processes, up to 64: N > 1 starts `accelerate launch --num_processes N` on this command (default 1)",
     )
     parser.add_argument(
         "--grad-accum",
-        type=cli.positive_int,
+        type=cli.Count(1, MAX_BATCH),
         default=1,
-        help="micro-batches per optimiser step: the same result in less memory (default 1)",
+        help="micro-batches per optimiser step, a divisor of the batch: the same result in less memory (default 1)",
     )
     parser.add_argument(
         "--precision",
@@ -99,9 +103,9 @@ def add_run_args(parser, checkpoints=True):
     if checkpoints:
         parser.add_argument(
             "--save-every",
-            type=cli.positive_int,
+            type=cli.Count(1, MAX_STEPS),
             default=100,
-            help="steps between checkpoints in OUT/checkpoints (default 100)",
+            help=f"steps between checkpoints in OUT/checkpoints, up to {MAX_STEPS:,}, and one at the end (default 100)",
         )
         parser.add_argument(
             "--resume",
@@ -110,27 +114,51 @@ def add_run_args(parser, checkpoints=True):
         )
 
 
-def parser(doc, default_out, config, batch_help):
+class RunFolder(cli.OutFolder):
+    """A trainer's --out: a folder it finished (training.json) or left unfinished (its checkpoints, for
+    --resume; checkpoints.to_resume checks whose they are) is its own; any other needs --force."""
+
+    def __init__(self):
+        super().__init__(replace=True, marker="training.json")
+
+    def check_replace(self, path, force):
+        bundled = MODELS_DIR.resolve() in Path(path).resolve().parents
+        super().check_replace(path, force or (checkpoints.unfinished(path) and not bundled))
+
+
+def parser(doc, default_out, config, batch_help, prog=None, min_batch=1):
     """A model trainer's command line: --out, --steps, --batch-size, --pool, --seed (defaults from its
-    Config) and the run flags."""
-    p = cli.Parser(description=doc, formatter_class=cli.RawHelp)
-    p.add_argument("--out", default=str(default_out), help="checkpoint folder")
+    Config) and the run flags. default_out: outputs/train/<model>, never a bundled checkpoint."""
+    p = cli.Parser(prog=prog, description=doc, formatter_class=cli.RawHelp)
+    shown = Path(default_out).relative_to(REPO_ROOT) if Path(default_out).is_relative_to(REPO_ROOT) else default_out
     p.add_argument(
-        "--steps", type=cli.positive_int, default=config.steps, help=f"optimiser steps (default {config.steps})"
+        "--out",
+        type=RunFolder(),
+        default=str(default_out),
+        help=f"the model folder to write (default {shown}); an earlier run's is replaced when this one ends. "
+        "A bundled checkpoint (data/models/..., what every other command loads) or a folder of other files: "
+        "only with --force",
+    )
+    cli.add_force_arg(p)
+    p.add_argument(
+        "--steps",
+        type=cli.Count(1, MAX_STEPS),
+        default=config.steps,
+        help=f"optimiser steps, up to {MAX_STEPS:,} (default {config.steps})",
     )
     p.add_argument(
         "--batch-size",
-        type=cli.positive_int,
+        type=cli.Count(min_batch, MAX_BATCH),
         default=config.batch_size,
-        help=f"{batch_help}, over all processes (default {config.batch_size})",
+        help=f"{batch_help}, over all processes, {min_batch} to {MAX_BATCH:,} (default {config.batch_size})",
     )
     p.add_argument(
         "--pool",
-        type=cli.positive_int,
+        type=cli.Count(1, MAX_POOL),
         default=config.pool,
-        help=f"ShapesWorld training images (default {config.pool})",
+        help=f"ShapesWorld training images, at least the batch, up to {MAX_POOL:,} (default {config.pool})",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=cli.Seed(), default=0, help=f"random seed, 0 to {cli.SEED_MAX} (default 0)")
     add_run_args(p)
     return p
 
@@ -437,26 +465,21 @@ class Trainer:
             "comm_share": round(p.comm_seconds / seconds, 3) if self.options.time_comm and p.session_steps else None,
         }
 
-    def save(self, parts, title, **extra):
-        """save_pretrained each part (model, processor, pipeline) into `out` with loss.png and
-        training.json, written beside it first and then moved in; the run's checkpoints go."""
+    def save(self, parts, title, curves=(), **extra):
+        """save_pretrained each part (model, processor, pipeline) with loss.png, the `curves` (more
+        pictures: (file name, losses, title)) and training.json into a new folder that takes the
+        place of `out` when every file is written (cli.atomic_folder): the run's checkpoints go with
+        the old folder, and a crash before that leaves them for --resume."""
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            partial = self.out / ".saving"
-            shutil.rmtree(partial, ignore_errors=True)
-            for part in parts:
-                (self.unwrap(part) if isinstance(part, torch.nn.Module) else part).save_pretrained(partial)
-            viz.curve(self.progress.losses, partial / "loss.png", title)
             final_loss = float(np.mean(self.progress.losses[-50:]))
             record = {**jsonable(self.config), **extra, "final_loss": final_loss, **self.record()}
-            (partial / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-            for file in partial.rglob("*"):
-                if file.is_file():
-                    target = self.out / file.relative_to(partial)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(file, target)
-            shutil.rmtree(partial)
-            checkpoints.remove(self.out)
+            with cli.atomic_folder(self.out) as staging:
+                for part in parts:
+                    (self.unwrap(part) if isinstance(part, torch.nn.Module) else part).save_pretrained(staging)
+                for name, losses, curve_title in [("loss.png", self.progress.losses, title), *curves]:
+                    viz.curve(losses, staging / name, curve_title)
+                (staging / "training.json").write_text(json.dumps(record, indent=2) + "\n")
             print(
                 f"saved {self.out} ({record['train_minutes']:.1f} min on {plural(self.num_processes, 'process')}, "
                 f"final loss {final_loss:.3f}); loss curve: {self.out / 'loss.png'}"

@@ -31,8 +31,12 @@ class Question:
 
 def load(path=QUESTIONS):
     """Each '## ' heading is a question; its paragraphs the answer; a 'Demo: `cmd`' line the demo."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise cli.UserError(f"{path} is not UTF-8 text: save it as UTF-8") from None
     questions = []
-    for block in re.split(r"^## ", Path(path).read_text(encoding="utf-8"), flags=re.M)[1:]:
+    for block in re.split(r"^## ", text, flags=re.M)[1:]:
         heading, _, body = block.partition("\n")
         demo = re.search(r"^Demo: `([^`]+)`", body, flags=re.M)
         answer = re.sub(r"^Demo:.*$", "", body, flags=re.M).strip()
@@ -79,14 +83,22 @@ def order(questions, seed, n):
     return shuffled[:n] if n else shuffled
 
 
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(prog="python -m interview.drill", description=__doc__, formatter_class=cli.RawHelp)
     parser.add_argument("--list", action="store_true", help="print the questions and stop")
     parser.add_argument("--no-input", action="store_true", help="print questions and answers, ask nothing")
-    parser.add_argument("--n", type=cli.positive_int, help="how many questions (default all)")
-    parser.add_argument("--seed", type=int, help="question order (default: a new one each time)")
-    parser.add_argument("--questions", default=str(QUESTIONS), help="a questions file in the same format")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--n", type=cli.Count(1, 1000), help="how many questions, up to 1,000 (default all; more asks them all)"
+    )
+    parser.add_argument("--seed", type=cli.Seed(), help="question order (default: a new one each time)")
+    parser.add_argument(
+        "--questions", type=cli.InFile(".md"), default=str(QUESTIONS), help="a questions file in the same format"
+    )
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     questions = load(args.questions)
     if args.list:
         for i, q in enumerate(questions, 1):

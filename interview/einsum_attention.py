@@ -88,12 +88,16 @@ def run_checks():
     ]}
 
 
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(prog="python -m interview.einsum_attention", description=__doc__,
                         formatter_class=cli.RawHelp)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="run every drill against its reference").add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     checks.emit(run_checks(), args.json)
 
 

@@ -25,7 +25,10 @@ class Results:
         path = self.root / file
         if not path.exists():
             return None
-        value = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise cli.UserError(f"{path} is not readable JSON ({e}): delete it, or run its make target again") from None
         for key in keys:
             value = value[key]
         return value
@@ -294,14 +297,28 @@ def write_up(results, projects=PROJECTS):
     return "\n".join(lines), sorted(set(todo))
 
 
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(prog="python -m interview.star", description=__doc__, formatter_class=cli.RawHelp)
-    parser.add_argument("--outputs", default="outputs", help="where the weeks wrote their results (default outputs)")
-    parser.add_argument("--out", default="outputs/week12/star.md", help="also write the write-ups here")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--outputs",
+        type=cli.InFolder(hint="pass the folder the weeks' make targets wrote, e.g. outputs"),
+        # a Path, which argparse does not check: no outputs/ yet is a learner who has measured nothing yet
+        default=Path("outputs"),
+        help="where the weeks wrote their results (default outputs)",
+    )
+    parser.add_argument(
+        "--out",
+        type=cli.OutFile(".md"),
+        default="outputs/week12/star.md",
+        help="also write the write-ups here (default outputs/week12/star.md)",
+    )
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     text, todo = write_up(Results(args.outputs))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n", encoding="utf-8")
+    cli.write_text(text + "\n", args.out)
     print(text)
     if todo:
         print(f"missing results: run `make {' '.join(todo)}` and write again")

@@ -88,7 +88,7 @@ def bad_values(kind, scratch):
         ]
     if isinstance(kind, cli.OutFolder):
         values = ["", str(a_file), str(a_file / "below"), str(UNWRITABLE / "x")]
-        return values + (([".", str(REPO_ROOT), "/"]) if kind.replace else [])
+        return values + ([".", str(REPO_ROOT), str(MODELS_DIR), str(MODELS_DIR.parent), "/"] if kind.replace else [])
     if isinstance(kind, cli.InImage):
         fake = scratch / "fake.png"
         fake.write_text("not an image")

@@ -89,6 +89,22 @@ def test_report_marks_what_was_run_and_what_was_not(tmp_path):
     assert re.search(r'class="status failed">0 passed, 1 failed', page)
 
 
+def test_report_on_a_broken_tests_xml_is_one_line_and_writes_nothing(tmp_path, cli_runner):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "tests.xml").write_text("<testsuites><testsuite>")  # `make test` stopped while writing it
+    code, out, err = cli_runner(report.main, ["--outputs", str(outputs), "--out", str(tmp_path / "report.html")])
+    assert code == 2 and "tests.xml is not readable JUnit XML" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_a_corrupt_result_is_named_in_its_table_not_a_traceback(tmp_path):
+    (tmp_path / "week1").mkdir()
+    (tmp_path / "week1" / "eval.json").write_text("{")  # cut short
+    page = report.build(tmp_path).read_text(encoding="utf-8")
+    assert "eval.json is not readable JSON" in page
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # The page, with a first script that records every error and console.error, and a last one that
 # writes what the browser saw into the DOM that --dump-dom prints.

@@ -10,13 +10,27 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from curriculum import REPO_ROOT, checkpoints, shapesworld, tiny_blip2, tiny_clip, tiny_sd, training, zoo
+from curriculum import (
+    MODELS_DIR,
+    OUTPUTS_DIR,
+    REPO_ROOT,
+    checkpoints,
+    shapesworld,
+    tiny_blip2,
+    tiny_blip2_prompts,
+    tiny_clip,
+    tiny_sd,
+    train_bench,
+    training,
+    zoo,
+)
 
 pytestmark = pytest.mark.week1
 
@@ -161,10 +175,12 @@ def test_sd_micro_batches_draw_the_batch_noise(tmp_path):
         (["--grad-accum", "2"], "another loss"),
         (["--resume"], "no checkpoint in"),
         (["--pool", "8"], "make the pool at least as large"),
+        (["--steps", "1000000000"], "from 1 to 100000"),
+        (["--seed", "-1"], "a seed is a whole number"),
     ],
 )
 def test_bad_runs_stop_before_any_work(cli_runner, tmp_path, argv, message):
-    (tmp_path / "config.json").write_text("{}")  # a model already saved there stays as it is
+    (tmp_path / "training.json").write_text("{}")  # a model this trainer saved there stays as it is
     before = files(tmp_path)
     code, out, err = cli_runner(tiny_clip.main, ["--out", str(tmp_path), *CLIP_ARGS, *argv])
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
@@ -204,6 +220,62 @@ def test_an_unfinished_run_is_not_overwritten(cli_runner, killed_run, tmp_path):
     code, out, err = cli_runner(tiny_clip.main, ["--out", str(tmp_path), *CLIP_ARGS])
     assert code == 2 and "pass --resume" in err
     assert files(tmp_path) == before
+
+
+# ---------------------------------------------------------------- where a trainer writes
+TRAINERS = {
+    "tiny-clip": tiny_clip,
+    "tiny-blip2": tiny_blip2,
+    "tiny-blip2-prompts": tiny_blip2_prompts,
+    "tiny-sd": tiny_sd,
+}
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_a_trainer_writes_to_outputs_unless_told_otherwise(name):
+    """The default --out is outputs/train/<model>, never the bundled checkpoint the other commands load."""
+    parser = TRAINERS[name].build_parser()
+    out = Path(parser.get_default("out"))
+    assert out == OUTPUTS_DIR / "train" / name and MODELS_DIR not in out.parents
+    assert f"(defaultoutputs/train/{name})" in "".join(parser.format_help().split())  # what --help says
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_a_bundled_checkpoint_is_replaced_only_with_force(cli_runner, name):
+    bundled = MODELS_DIR / name
+    before = files(bundled)
+    code, out, err = cli_runner(TRAINERS[name].main, ["--out", str(bundled), "--steps", "1"])
+    assert code == 2 and "bundled checkpoint" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert files(bundled) == before
+
+
+def test_a_folder_of_other_files_is_refused(cli_runner, tmp_path):
+    (tmp_path / "notes.md").write_text("my notes\n")
+    code, out, err = cli_runner(tiny_clip.main, ["--out", str(tmp_path), *CLIP_ARGS])
+    assert code == 2 and "did not write" in err and len(err.strip().splitlines()) == 1
+    assert files(tmp_path) == {"notes.md": hashlib.sha256(b"my notes\n").hexdigest()}
+
+
+def test_a_save_cut_short_leaves_the_checkpoints_and_no_model(tmp_path, monkeypatch):
+    """The model appears whole or not at all: Ctrl-C while it is being saved leaves the last
+    checkpoint (and nothing beside the folder), and --resume then saves it."""
+    out, config = tmp_path / "clip", tiny_clip.Config(steps=2, batch_size=4, pool=8)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training.viz, "curve", interrupted)  # after save_pretrained wrote the weights
+        with pytest.raises(KeyboardInterrupt):
+            tiny_clip.train(out, config, training.Options(save_every=2, progress=False))
+    assert [p.name for p in tmp_path.iterdir()] == ["clip"] and [p.name for p in out.iterdir()] == ["checkpoints"]
+    tiny_clip.train(out, config, training.Options(save_every=2, resume=True, progress=False))
+    assert (out / "model.safetensors").is_file() and not (out / "checkpoints").exists()
+
+
+def test_the_benchmark_refuses_a_batch_two_processes_cannot_share(cli_runner, tmp_path):
+    code, out, err = cli_runner(train_bench.main, ["--batch-size", "3", "--out", str(tmp_path)])
+    assert code == 2 and "make it even" in err and list(tmp_path.iterdir()) == []
 
 
 def test_processes_and_micro_batches_tile_the_batch():

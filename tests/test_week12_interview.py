@@ -73,6 +73,13 @@ def test_quiz_list_and_no_input_modes(cli_runner):
     assert code == 0 and out.count("[1/2]") == 1 and out.count("[2/2]") == 1 and "demo:" in out
 
 
+def test_a_questions_file_that_is_not_utf8_is_one_line(tmp_path, cli_runner):
+    questions = tmp_path / "questions.md"
+    questions.write_bytes("## Qu'est-ce qu'un caf\u00e9 ?\n".encode("latin-1"))
+    code, out, err = cli_runner(drill.main, ["--list", "--questions", str(questions)])
+    assert code == 2 and "not UTF-8" in err and len(err.strip().splitlines()) == 1
+
+
 def test_quiz_interactive_with_scripted_answers(monkeypatch, capsys):
     replies = iter(["", "", "", "q"])  # reveal, next, reveal, quit
     monkeypatch.setattr("builtins.input", lambda prompt="": next(replies))
@@ -110,6 +117,7 @@ def test_star_quotes_the_measured_numbers(tmp_path, cli_runner):
 
 
 def test_star_with_no_results_still_writes_and_names_the_targets(tmp_path, cli_runner):
+    (tmp_path / "empty").mkdir()
     code, stdout, _ = cli_runner(star.main, ["--outputs", str(tmp_path / "empty"), "--out", str(tmp_path / "s.md")])
     assert code == 0 and (tmp_path / "s.md").exists()
     assert (

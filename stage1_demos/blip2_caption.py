@@ -24,6 +24,8 @@ Blip2OPT on the same weights, converted once to LAVIS's names (run `make lavis-v
 stage1_demos/lavis_convert.py converts, `python -m stage1_demos.lavis_parity` compares the two).
 """
 
+import sys
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -32,6 +34,7 @@ from transformers import Blip2Config
 from curriculum import cli, shapesworld, viz, zoo
 from curriculum.images import load_image
 from curriculum.tiny_blip2 import DETAIL_PROMPT, PHOTO_PROMPT, qa_prompt, question_answer, reading_order
+from stage1_demos import lavis_backend  # only a subprocess launcher: LAVIS lives in .venv-lavis
 
 PROMPTS = [
     "",
@@ -110,8 +113,6 @@ def caption_files(
     images = [load_image(p) for p in paths]  # fail on a bad file before loading a model
     prompts = [prompt] * len(paths)
     if backend == "lavis":
-        from stage1_demos import lavis_backend  # only a subprocess launcher: LAVIS lives in .venv-lavis
-
         captions = lavis_backend.caption(paths, prompts, settings, model_name, device, batch_size)
     else:
         model, processor = zoo.load_blip2(model_name, device)
@@ -231,6 +232,9 @@ def evaluate(model_name="tiny", split="test", n=500, seed=0, device="auto", batc
     groups = {}
     for name, keep in (("seen", False), ("heldout", True)):
         rows = [i for i, s in enumerate(samples) if s.heldout == keep]
+        if not rows:  # a few images may hold no held-out pair (or only those): nothing to score
+            groups[name] = {"n": 0}
+            continue
         parsed = {i: shapesworld.parse_caption(captions[i]) for i in rows}
         groups[name] = {
             "n": len(rows),
@@ -249,7 +253,7 @@ def evaluate(model_name="tiny", split="test", n=500, seed=0, device="auto", batc
             "answer": replies[i],
             "expected": answers[i],
         }
-        for i in range(5)
+        for i in range(min(5, n))
     ]
     return {"model": model_name, "split": split, "n": n, "groups": groups, "examples": examples}
 
@@ -259,6 +263,9 @@ def print_eval_table(result):
     print("caption: share of captions naming every object's attribute right; qa: exact answers\n")
     print(f"{'':<10}{'colour':>8}{'shape':>8}{'size':>8}{'position':>10}{'exact':>8}{'qa':>8}{'n':>6}")
     for name, g in result["groups"].items():
+        if not g["n"]:
+            print(f"{name:<10}{'(no images)':>50}{0:>6}")
+            continue
         print(
             f"{name:<10}{g['color']:>8.3f}{g['shape']:>8.3f}{g['size']:>8.3f}{g['position']:>10.3f}"
             f"{g['exact']:>8.3f}{g['qa']:>8.3f}{g['n']:>6}"
@@ -271,25 +278,60 @@ def print_eval_table(result):
 
 
 # ---------------------------------------------------------------- command line
+class Blip2Model(cli.Model):
+    """A transformers BLIP-2 (cli.Model), or one of LAVIS's own model types for --backend lavis."""
+
+    def __init__(self):
+        super().__init__("blip2")
+
+    def __call__(self, text):
+        return text if text in lavis_backend.LAVIS_MODEL_TYPES else super().__call__(text)
+
+
+def add_model_arg(p):
+    p.add_argument(
+        "--model",
+        type=Blip2Model(),
+        default="tiny",
+        help="'tiny' (bundled, default), a hub id or a local BLIP-2 folder; with --backend lavis also "
+        f"one of LAVIS's model types ({', '.join(lavis_backend.LAVIS_MODEL_TYPES)})",
+    )
+    cli.add_device_arg(p)
+
+
+LENGTH_HELP = (
+    "the decoder reads the image's queries, the prompt and the caption in its positions (64 for tiny, 8 of them "
+    "queries): a longer prompt is refused, and --max-new-tokens lowered to what fits, with a warning"
+)
+
+
 def add_generation_args(p):
     p.add_argument(
         "--max-new-tokens",
-        type=cli.positive_int,
+        type=cli.Count(1, 2048),
         default=GREEDY["max_new_tokens"],
-        help=f"most tokens to generate (default {GREEDY['max_new_tokens']})",
+        help=f"most tokens to generate (default {GREEDY['max_new_tokens']}, up to 2048 and what fits the model)",
     )
-    p.add_argument("--num-beams", type=cli.positive_int, default=1, help="beam search width; 1 = greedy (default)")
+    p.add_argument(
+        "--num-beams", type=cli.Count(1, 64), default=1, help="beam search width, up to 64; 1 = greedy (default)"
+    )
     p.add_argument("--do-sample", action="store_true", help="sample instead of taking the most likely token")
-    p.add_argument("--temperature", type=cli.positive_float, help="with --do-sample: <1 sharper, >1 flatter (1.0)")
-    p.add_argument("--top-p", type=cli.positive_float, help="with --do-sample: nucleus mass to keep, in (0, 1] (1.0)")
+    p.add_argument(
+        "--temperature",
+        type=cli.Number(minimum=0.01, maximum=100),
+        help="with --do-sample: <1 sharper, >1 flatter, from 0.01 to 100 (1.0)",
+    )
+    p.add_argument(
+        "--top-p", type=cli.Number(above=0, maximum=1), help="with --do-sample: nucleus mass to keep, in (0, 1] (1.0)"
+    )
     p.add_argument(
         "--repetition-penalty",
-        type=cli.positive_float,
+        type=cli.Number(above=0, maximum=10),
         default=1.0,
         help="make tokens already generated less likely: a positive score is divided by it, a negative one "
-        "multiplied; 1.0 = off (default)",
+        "multiplied; above 0, up to 10; 1.0 = off (default)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed for --do-sample (default 0)")
+    p.add_argument("--seed", type=cli.Seed(), default=0, help="random seed for --do-sample (default 0)")
     add_backend_arg(p)
 
 
@@ -303,13 +345,39 @@ def add_backend_arg(p):
     )
 
 
-def generation_settings(args):
+def fit_new_tokens(model_name, backend, prompts, max_new_tokens):
+    """How many new tokens fit after the longest prompt, read from the config and the tokenizer
+    before the weights load: the decoder holds the image's queries, the prompt and the caption in
+    max_position_embeddings positions (past them OPT has no position embedding: an IndexError).
+    A prompt that leaves no room is refused; a larger max_new_tokens is lowered, with a warning."""
+    if model_name in lavis_backend.LAVIS_MODEL_TYPES:
+        if backend != "lavis":
+            raise cli.UserError(f"{model_name} is one of LAVIS's model types: add --backend lavis")
+        return max_new_tokens  # LAVIS's own OPT checkpoints read 2048 positions
+    config = zoo.from_pretrained(Blip2Config, zoo.resolve(model_name, "blip2"))
+    tokenizer = zoo.load_processor(model_name, "blip2").tokenizer
+    positions, queries = config.text_config.max_position_embeddings, config.num_query_tokens
+    longest = max(len(tokenizer(p, verbose=False).input_ids) for p in prompts)  # </s> included
+    room = positions - queries - longest
+    if room < 1:
+        raise cli.UserError(
+            f"the prompt is {longest} tokens and this model reads {positions} positions, {queries} of them the "
+            f"image's queries: shorten the prompt to at most {positions - queries - 2} tokens"
+        )
+    if max_new_tokens > room:
+        print(
+            f"warning: only {room} new tokens fit after this prompt ({positions} positions, {queries} image queries, "
+            f"{longest} prompt tokens): generating at most {room}",
+            file=sys.stderr,
+        )
+    return min(max_new_tokens, room)
+
+
+def generation_settings(args, prompt):
     if not args.do_sample and (args.temperature is not None or args.top_p is not None):
         raise cli.UserError("--temperature and --top-p only change anything with --do-sample")
-    if args.top_p is not None and args.top_p > 1:
-        raise cli.UserError(f"--top-p is a probability mass in (0, 1], got {args.top_p}")
     return {
-        "max_new_tokens": args.max_new_tokens,
+        "max_new_tokens": fit_new_tokens(args.model, args.backend, [prompt], args.max_new_tokens),
         "num_beams": args.num_beams,
         "do_sample": args.do_sample,
         "temperature": args.temperature,
@@ -319,54 +387,81 @@ def generation_settings(args):
     }
 
 
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(prog="python -m stage1_demos.blip2_caption", description=__doc__, formatter_class=cli.RawHelp)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("caption", help="caption images, optionally continuing a prompt")
-    p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--prompt", default="", help="text the caption continues, e.g. 'a photo of' (default none)")
-    p.add_argument("--batch-size", type=cli.positive_int, default=16, help="images per generate() call (16)")
-    p.add_argument("--out", help="write a PNG of the images with their captions here")
+    p.add_argument("images", nargs="+", type=cli.InImage(), help="image files")
+    p.add_argument(
+        "--prompt",
+        type=cli.Text(blank=True),
+        default="",
+        help=f"text the caption continues, e.g. 'a photo of' (default none); {LENGTH_HELP}",
+    )
+    p.add_argument(
+        "--batch-size", type=cli.Count(1, 256), default=16, help="images per generate() call (16, up to 256)"
+    )
+    p.add_argument("--out", type=cli.OutFile(".png"), help="write a PNG of the images with their captions here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_generation_args(p)
-    cli.add_model_args(p)
+    add_model_arg(p)
 
     p = sub.add_parser("ask", help="visual question answering: 'Question: ... Answer:'")
-    p.add_argument("image", help="image file")
-    p.add_argument("--question", required=True, help="e.g. 'what colour is the shape?'")
+    p.add_argument("image", type=cli.InImage(), help="image file")
+    p.add_argument(
+        "--question", type=cli.Text(), required=True, help=f"e.g. 'what colour is the shape?'; {LENGTH_HELP}"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_generation_args(p)
-    cli.add_model_args(p)
+    add_model_arg(p)
 
     p = sub.add_parser("prompts", help="one image under several prompts, side by side")
-    p.add_argument("image", help="image file")
-    p.add_argument("--prompt", action="append", help="a prompt to compare (repeatable; default: the trained styles)")
-    p.add_argument("--out", help="write a PNG of the image with each prompt's caption here")
+    p.add_argument("image", type=cli.InImage(), help="image file")
+    p.add_argument(
+        "--prompt",
+        type=cli.Text(blank=True),
+        action="append",
+        help=f"a prompt to compare (repeatable; default: the trained styles); {LENGTH_HELP}",
+    )
+    p.add_argument("--out", type=cli.OutFile(".png"), help="write a PNG of the image with each prompt's caption here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_backend_arg(p)
-    cli.add_model_args(p)
+    add_model_arg(p)
 
     p = sub.add_parser("explain", help="how image and prompt are joined, with real tensor shapes")
-    p.add_argument("image", help="image file")
-    p.add_argument("--prompt", default=qa_prompt("what colour is the shape?"), help="prompt to trace")
+    p.add_argument("image", type=cli.InImage(), help="image file")
+    p.add_argument(
+        "--prompt",
+        type=cli.Text(blank=True),
+        default=qa_prompt("what colour is the shape?"),
+        help=f"prompt to trace; {LENGTH_HELP}",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    cli.add_model_args(p)
+    cli.add_model_args(p, "blip2")
 
     p = sub.add_parser("eval", help="caption and question-answering accuracy on ShapesWorld")
     p.add_argument("--split", choices=["val", "test"], default="test", help="split (default test)")
-    p.add_argument("--n", type=cli.positive_int, default=500, help="images (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="ShapesWorld seed (default 0)")
-    p.add_argument("--out", help="also write the result as JSON here (later weeks read it)")
+    p.add_argument(
+        "--n",
+        type=cli.Count(1, 10_000),
+        default=500,
+        help="images (default 500, up to 10,000); a group with no image (seen or held-out pairs) is reported empty",
+    )
+    p.add_argument("--seed", type=cli.Seed(), default=0, help="ShapesWorld seed (default 0)")
+    p.add_argument("--out", type=cli.OutFile(".json"), help="also write the result as JSON here (later weeks read it)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    cli.add_model_args(p)
+    cli.add_model_args(p, "blip2")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.command == "caption":
         result = caption_files(
             args.images,
             args.prompt,
-            generation_settings(args),
+            generation_settings(args, args.prompt),
             args.model,
             args.device,
             args.batch_size,
@@ -381,38 +476,33 @@ def main(argv=None):
         if args.out:
             print(f"picture: {args.out}")
     elif args.command == "ask":
-        if not args.question.strip():
-            raise cli.UserError("--question is empty: ask something, e.g. --question 'what colour is the shape?'")
+        prompt = qa_prompt(args.question.strip())
         result = caption_files(
-            [args.image],
-            qa_prompt(args.question.strip()),
-            generation_settings(args),
-            args.model,
-            args.device,
-            backend=args.backend,
+            [args.image], prompt, generation_settings(args, prompt), args.model, args.device, backend=args.backend
         )
         answer = result["results"][0]["caption"]
         if args.json:
             cli.print_json(
-                {"image": args.image, "question": args.question, "answer": answer, "settings": result["settings"]}
+                {"image": str(args.image), "question": args.question, "answer": answer, "settings": result["settings"]}
             )
         else:
             print(answer)
     elif args.command == "prompts":
-        image = load_image(args.image)
         prompts = args.prompt or PROMPTS
+        settings = GREEDY | {
+            "max_new_tokens": fit_new_tokens(args.model, args.backend, prompts, GREEDY["max_new_tokens"])
+        }
+        image = load_image(args.image)
         if args.backend == "lavis":
-            from stage1_demos import lavis_backend
-
-            captions = lavis_backend.caption([args.image] * len(prompts), prompts, GREEDY, args.model, args.device)
+            captions = lavis_backend.caption([args.image] * len(prompts), prompts, settings, args.model, args.device)
         else:
             model, processor = zoo.load_blip2(args.model, args.device)
-            captions = caption_images(model, processor, [image] * len(prompts), prompts)
+            captions = caption_images(model, processor, [image] * len(prompts), prompts, settings)
         rows = [{"prompt": p, "caption": c} for p, c in zip(prompts, captions)]
         if args.out:
             viz.captioned_image(image, [f"{r['prompt'] or '(no prompt)'} -> {r['caption']}" for r in rows], args.out)
         if args.json:
-            cli.print_json({"image": args.image, "results": rows})
+            cli.print_json({"image": str(args.image), "results": rows})
             return
         width = max(len(p) for p in prompts) + 2
         for r in rows:
@@ -420,6 +510,7 @@ def main(argv=None):
         if args.out:
             print(f"picture: {args.out}")
     elif args.command == "explain":
+        fit_new_tokens(args.model, "transformers", [args.prompt], 0)
         image = load_image(args.image)
         model, processor = zoo.load_blip2(args.model, args.device)
         result = explain(model, processor, image, args.prompt)

@@ -19,6 +19,7 @@ inner-product index computes.
 --model openai/clip-vit-base-patch32; `search` uses the model its index was built with.
 """
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -83,13 +84,9 @@ def query_language(text, lang="auto"):
 
 # ---------------------------------------------------------------- index
 def build_index(images_dir, out, model_name="tiny", device="auto", batch_size=64):
-    """Embed every image of a folder into a FAISS inner-product index plus meta.json."""
+    """Embed every image of a folder into a FAISS inner-product index plus meta.json, written to
+    the folder `out` whole (built beside it and swapped in)."""
     images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise cli.UserError(
-            f"no folder at {images_dir}: pass --images a folder of images "
-            "(make one with `python -m curriculum.shapesworld export`)"
-        )
     files = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise cli.UserError(f"{images_dir} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -113,9 +110,6 @@ def build_index(images_dir, out, model_name="tiny", device="auto", batch_size=64
     vectors = np.concatenate(vectors)
     index = faiss.IndexFlatIP(vectors.shape[1])  # exact search; score = dot product = cosine
     index.add(vectors)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(index, str(out / INDEX_FILE))
     meta = {
         "model": model_name if model_name == "tiny" else zoo.resolve(model_name, "clip"),
         "dim": int(vectors.shape[1]),
@@ -123,19 +117,47 @@ def build_index(images_dir, out, model_name="tiny", device="auto", batch_size=64
         "captions": [captions.get(str(p.relative_to(images_dir)), {}).get("caption_en", "") for p in kept],
         "skipped": skipped,
     }
-    (out / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    with cli.atomic_folder(out) as staging:
+        faiss.write_index(index, str(staging / INDEX_FILE))
+        (staging / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
     return meta
 
 
 def load_index(index_dir):
+    """(FAISS index, meta) of a folder written by `index`; a damaged one is one line, not a traceback."""
     index_dir = Path(index_dir)
-    if not (index_dir / INDEX_FILE).exists() or not (index_dir / META_FILE).exists():
+    rebuild = f"build it again with `python -m stage1_demos.clip_retrieval index --images DIR --out {index_dir}`"
+    try:
+        meta = json.loads((index_dir / META_FILE).read_text(encoding="utf-8"))
+        index = faiss.read_index(str(index_dir / INDEX_FILE))
+    except (OSError, ValueError, RuntimeError):  # unreadable, not JSON or not UTF-8, not a FAISS index
         raise cli.UserError(
-            f"no index at {index_dir}: build one with "
-            "`python -m stage1_demos.clip_retrieval index --images DIR --out INDEX_DIR`"
+            f"the index at {index_dir} is damaged ({META_FILE} or {INDEX_FILE} unreadable): {rebuild}"
+        ) from None
+    lists_fit = isinstance(meta, dict) and all(isinstance(meta.get(k), list) for k in ("paths", "captions"))
+    if not (lists_fit and isinstance(meta.get("model"), str) and len(meta["paths"]) == len(meta["captions"])):
+        raise cli.UserError(f"{index_dir / META_FILE} is not what `index` writes: {rebuild}")
+    if index.ntotal != len(meta["paths"]):
+        raise cli.UserError(
+            f"{index_dir}: {INDEX_FILE} holds {index.ntotal} vectors for {len(meta['paths'])} images: {rebuild}"
         )
-    meta = json.loads((index_dir / META_FILE).read_text(encoding="utf-8"))
-    return faiss.read_index(str(index_dir / INDEX_FILE)), meta
+    try:  # the model it was built with, which embeds the queries: still there, and a CLIP
+        cli.Model("clip")(meta["model"])
+    except argparse.ArgumentTypeError as e:
+        raise cli.UserError(
+            f"the index at {index_dir} was built with {meta['model']}, which cannot be used: {e}"
+        ) from None
+    return index, meta
+
+
+def warn_if_truncated(tokenizer, text):
+    """The text towers read a fixed number of tokens: a longer query is cut, and the learner is told."""
+    tokens = len(tokenizer(text, verbose=False).input_ids)
+    if tokens > tokenizer.model_max_length:
+        print(
+            f"warning: the query is {tokens} tokens; the text tower reads the first {tokenizer.model_max_length}",
+            file=sys.stderr,
+        )
 
 
 def search(index_dir, text=None, image=None, k=5, device="auto", lang="auto"):
@@ -143,8 +165,6 @@ def search(index_dir, text=None, image=None, k=5, device="auto", lang="auto"):
     text goes through the Chinese tower distilled into that model's space: the same index serves both."""
     if (text is None) == (image is None):
         raise cli.UserError("give exactly one query: --text or --image")
-    if text is not None and not text.strip():
-        raise cli.UserError("empty --text query: describe what to find, e.g. --text 'a red circle'")
     index, meta = load_index(index_dir)
     if image is not None:
         query_image = load_image(image)
@@ -157,8 +177,11 @@ def search(index_dir, text=None, image=None, k=5, device="auto", lang="auto"):
                 "the bundled tiny-clip-zh fits the tiny CLIP only: index with --model tiny, "
                 "or query in English (--lang en)"
             )
-        query = embed_texts_zh(*zoo.load_clip_zh("tiny", device), [text])
+        zh_model, zh_tokenizer = zoo.load_clip_zh("tiny", device)
+        warn_if_truncated(zh_tokenizer, text)
+        query = embed_texts_zh(zh_model, zh_tokenizer, [text])
     elif text is not None:
+        warn_if_truncated(processor.tokenizer, text)
         query = embed_texts(model, processor, [text])
     else:
         query = embed_images(model, processor, [query_image])
@@ -185,7 +208,10 @@ def save_hits_picture(result, out):
 
 # ---------------------------------------------------------------- evaluation
 def recall_at_k(similarity, query_keys, gallery_keys, ks=(1, 5, 10)):
-    """Share of queries with a correct item among the top k; correct = same ShapesWorld labels."""
+    """Share of queries with a correct item among the top k; correct = same ShapesWorld labels.
+    None when there is no query (a small gallery may hold no held-out pair, or only those)."""
+    if not query_keys:
+        return {f"R@{k}": None for k in ks}
     top = np.argsort(-similarity, axis=1, kind="stable")[:, : max(ks)]
     hits = np.array([[gallery_keys[j] == key for j in row] for key, row in zip(query_keys, top)])
     return {f"R@{k}": round(float(hits[:, :k].any(axis=1).mean()), 4) for k in ks}
@@ -225,6 +251,10 @@ def recall_table(samples, image_vectors, text_vectors):
     }
 
 
+def rate(value):
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def print_eval_table(result):
     print(
         f"ShapesWorld {result['split']}: {result['n']} images "
@@ -233,46 +263,79 @@ def print_eval_table(result):
     print(f"{'direction':<16}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
     for name in ("text_to_image", "image_to_text"):
         r = result[name]
-        print(f"{name:<16}{r['R@1']:>8.3f}{r['R@5']:>8.3f}{r['R@10']:>8.3f}")
-    print(f"{'held-out combos':<16}{result['heldout_combinations']['R@1']:>8.3f}   (text->image R@1)")
+        print(f"{name:<16}" + "".join(f"{rate(r[k]):>8}" for k in ("R@1", "R@5", "R@10")))
+    print(f"{'held-out combos':<16}{rate(result['heldout_combinations']['R@1']):>8}   (text->image R@1)")
 
 
 # ---------------------------------------------------------------- command line
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(prog="python -m stage1_demos.clip_retrieval", description=__doc__, formatter_class=cli.RawHelp)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="embed a folder of images into a FAISS index")
-    p.add_argument("--images", required=True, help="folder of images (captions.jsonl beside them is used)")
-    p.add_argument("--out", required=True, help="index folder to write (index.faiss, meta.json)")
-    p.add_argument("--batch-size", type=cli.positive_int, default=64, help="images per forward pass")
-    cli.add_model_args(p)
+    p.add_argument(
+        "--images",
+        type=cli.InFolder(hint="make one with `python -m curriculum.shapesworld export --out DIR`"),
+        required=True,
+        help="folder of images (captions.jsonl beside them is used)",
+    )
+    p.add_argument(
+        "--out",
+        type=cli.OutFolder(replace=True, marker=META_FILE),
+        required=True,
+        help="index folder to write (index.faiss, meta.json); an earlier index there is replaced, "
+        "any other folder only with --force",
+    )
+    cli.add_force_arg(p)
+    p.add_argument(
+        "--batch-size", type=cli.Count(1, 1024), default=64, help="images per forward pass (default 64, up to 1024)"
+    )
+    cli.add_model_args(p, "clip")
 
     p = sub.add_parser("search", help="text->image or image->image search in an index")
-    p.add_argument("--index", required=True, help="folder written by `index`")
+    p.add_argument(
+        "--index",
+        type=cli.InFolder(INDEX_FILE, META_FILE, hint="build one with `python -m stage1_demos.clip_retrieval index`"),
+        required=True,
+        help="folder written by `index`",
+    )
     query = p.add_mutually_exclusive_group(required=True)
-    query.add_argument("--text", help="find images matching this description")
-    query.add_argument("--image", help="find images similar to this image file")
+    query.add_argument(
+        "--text",
+        type=cli.Text(),
+        help="find images matching this description; past the text tower's length (32 tokens for tiny) "
+        "it is cut, with a warning",
+    )
+    query.add_argument("--image", type=cli.InImage(), help="find images similar to this image file")
     p.add_argument(
         "--lang",
         choices=["auto", "en", "zh"],
         default="auto",
         help="language of --text (default auto: Chinese if it has Chinese characters)",
     )
-    p.add_argument("-k", type=cli.positive_int, default=5, help="number of hits (default 5)")
-    p.add_argument("--out", help="write a PNG of the query and its hits here")
+    p.add_argument("-k", type=cli.Count(1, 1000), default=5, help="number of hits (default 5, up to 1000)")
+    p.add_argument("--out", type=cli.OutFile(".png"), help="write a PNG of the query and its hits here")
     cli.add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("eval", help="recall@1/5/10 on ShapesWorld, both directions")
     p.add_argument("--split", choices=["val", "test"], default="test", help="split (default test)")
-    p.add_argument("--n", type=cli.positive_int, default=1000, help="gallery size (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="ShapesWorld seed (default 0)")
+    p.add_argument(
+        "--n",
+        type=cli.Count(1, 10_000),
+        default=1000,
+        help="gallery size (default 1000, up to 10,000); a gallery of n < 10 makes R@10 trivially 1, and one "
+        "without held-out (or seen) pairs reports n/a for them",
+    )
+    p.add_argument("--seed", type=cli.Seed(), default=0, help="ShapesWorld seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--out", help="also write the result JSON here")
-    cli.add_model_args(p)
+    p.add_argument("--out", type=cli.OutFile(".json"), help="also write the result JSON here")
+    cli.add_model_args(p, "clip")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.command == "index":
         meta = build_index(args.images, args.out, args.model, args.device, args.batch_size)
         print(f"indexed {len(meta['paths'])} images into {args.out} (skipped {len(meta['skipped'])} unreadable)")

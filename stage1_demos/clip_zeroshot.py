@@ -106,6 +106,8 @@ def evaluate(model_name="tiny", n=600, n_train=2000, device="auto"):
         if task == "colour-shape":  # the pairs training never showed, and the rest
             groups = {"seen pairs": ~heldout, "held-out pairs": heldout}
         for group, where in groups.items():
+            if where is not None and not where.any():  # a few images may hold no held-out pair (or only those)
+                continue
             rows.append(
                 {
                     "task": task,
@@ -153,20 +155,34 @@ def print_result(result):
         print(f"picture: {result['picture']}")
 
 
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(prog="python -m stage1_demos.clip_zeroshot", description=__doc__, formatter_class=cli.RawHelp)
-    parser.add_argument("--n", type=cli.positive_int, default=600, help="single-object test images (default 600)")
     parser.add_argument(
-        "--n-train", type=cli.positive_int, default=2000, help="single-object train images for the probe (default 2000)"
+        "--n", type=cli.Count(1, 10_000), default=600, help="single-object test images (default 600, up to 10,000)"
     )
-    parser.add_argument("--out", help="write the result JSON here, and a bar chart beside it (.png)")
+    parser.add_argument(
+        "--n-train",
+        type=cli.Count(1, 20_000),
+        default=2000,
+        help="single-object train images for the probe (default 2000, up to 20,000)",
+    )
+    parser.add_argument(
+        "--out", type=cli.OutFile(".json"), help="write the result JSON here, and a bar chart beside it (.png)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    cli.add_model_args(parser)
-    args = parser.parse_args(argv)
+    cli.add_model_args(parser, "clip")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     result = evaluate(args.model, args.n, args.n_train, args.device)
     if args.out:
-        result["picture"] = str(picture(result, str(args.out).removesuffix(".json") + ".png"))
-        cli.write_json(result, args.out)
+        picture_path = cli.beside(args.out, ".png")
+        result["picture"] = str(picture_path)
+        with cli.atomic_paths(args.out, picture_path) as (json_temp, picture_temp):  # both or neither
+            picture(result, picture_temp)
+            cli.write_json(result, json_temp)
     cli.emit(result, args.json, print_result)
 
 

@@ -20,10 +20,7 @@ RENAMES below is the lesson: one line per module family, the two codebases' name
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -254,24 +251,17 @@ def convert(model, out):
     processor = zoo.load_processor(str(source), "blip2")
     check_fits(config, processor.image_processor)
     state = lavis_state_dict(read_weights(source), config)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))  # renamed into place when complete
-    try:
+    with cli.atomic_folder(out) as staging:  # swapped in whole when complete
         torch.save({"model": state}, staging / "blip2_opt.pth")
         write_opt_folder(staging / "opt", config, state, processor.tokenizer)
         sizes = lavis_sizes(config, processor) | {"source": str(source), "fingerprint": fingerprint(source)}
         (staging / "lavis.json").write_text(json.dumps(sizes, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    return Path(out)
 
 
 def converted(model):
-    """The cached LAVIS form of `model` under outputs/lavis/, converted again when its source changed."""
+    """The cached LAVIS form of `model` under outputs/lavis/, converted again when its source changed
+    (that folder is this module's own, so an older conversion there is replaced without asking)."""
     source = Path(zoo.resolve(model, "blip2"))
     tag = "" if model == "tiny" else "-" + hashlib.sha1(str(source).encode()).hexdigest()[:8]  # same name, other folder
     out = CACHE / f"{source.name}{tag}"
@@ -281,11 +271,27 @@ def converted(model):
     return convert(model, out)
 
 
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(prog="python -m stage1_demos.lavis_convert", description=__doc__, formatter_class=cli.RawHelp)
-    parser.add_argument("--model", default="tiny", help="'tiny' (bundled, default) or a transformers BLIP-2 folder")
-    parser.add_argument("--out", required=True, help="folder to write (blip2_opt.pth, opt/, lavis.json)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--model",
+        type=cli.Model("blip2"),
+        default="tiny",
+        help="'tiny' (bundled, default) or a transformers BLIP-2 folder",
+    )
+    parser.add_argument(
+        "--out",
+        type=cli.OutFolder(replace=True, marker="lavis.json"),
+        required=True,
+        help="folder to write (blip2_opt.pth, opt/, lavis.json); an earlier conversion there is replaced, "
+        "any other folder only with --force",
+    )
+    cli.add_force_arg(parser)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     out = convert(args.model, args.out)
     print(f"LAVIS Blip2OPT checkpoint: {out} (run it: blip2_caption caption IMG --backend lavis)")
 

@@ -122,15 +122,28 @@ def print_result(result, out=None):
         print(f"\npicture: {out}")
 
 
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(prog="python -m stage1_demos.lavis_parity", description=__doc__, formatter_class=cli.RawHelp)
-    parser.add_argument("--n", type=cli.positive_int, default=100, help="ShapesWorld images (default 100)")
+    parser.add_argument(
+        "--n", type=cli.Count(1, 2000), default=100, help="ShapesWorld images (default 100, up to 2,000)"
+    )
     parser.add_argument("--split", choices=["val", "test"], default="test", help="split (default test)")
-    parser.add_argument("--seed", type=int, default=0, help="ShapesWorld and question seed (default 0)")
-    parser.add_argument("--model", default="tiny", help="'tiny' (bundled, default) or a transformers BLIP-2 folder")
-    parser.add_argument("--out", help=f"write a PNG of the first {SHOWN} images with both libraries' outputs")
+    parser.add_argument("--seed", type=cli.Seed(), default=0, help="ShapesWorld and question seed (default 0)")
+    parser.add_argument(
+        "--model",
+        type=cli.Model("blip2"),
+        default="tiny",
+        help="'tiny' (bundled, default) or a transformers BLIP-2 folder",
+    )
+    parser.add_argument(
+        "--out", type=cli.OutFile(".png"), help=f"write a PNG of the first {SHOWN} images with both libraries' outputs"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     result = compare(args.n, args.split, args.seed, args.model, out=args.out)
     cli.emit(result, args.json, lambda r: print_result(r, args.out))
 

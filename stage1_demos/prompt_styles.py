@@ -37,8 +37,11 @@ def measure(answer, objects):
 
 
 def compare(models, n=200, seed=0):
+    """The rows of the table, each prompt's answer for one image, and that image (test image 1,
+    which holds two shapes; with n = 1 the only one)."""
     samples = shapesworld.generate("test", n, seed)
     images = [s.image for s in samples]
+    shown = min(1, n - 1)
     rows, examples = [], {}
     for label, name in models.items():
         model, processor = zoo.load_blip2(name, "cpu")
@@ -49,8 +52,9 @@ def compare(models, n=200, seed=0):
                 {"model": label, "prompt": prompt, "asks": asks}
                 | {key: round(float(np.mean([m[key] for m in measured])), 4) for key in measured[0]}
             )
-            examples[f"{label}: {prompt}"] = answers[1]
-    return {"n": n, "seed": seed, "models": {k: str(v) for k, v in models.items()}, "rows": rows}, examples, images[1]
+            examples[f"{label}: {prompt}"] = answers[shown]
+    result = {"n": n, "seed": seed, "models": {k: str(v) for k, v in models.items()}, "rows": rows}
+    return result, examples, images[shown]
 
 
 def print_result(result):
@@ -65,23 +69,34 @@ def print_result(result):
         print(f"\npicture: {result['picture']}")
 
 
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(prog="python -m stage1_demos.prompt_styles", description=__doc__, formatter_class=cli.RawHelp)
-    parser.add_argument("--n", type=cli.positive_int, default=200, help="test images (default 200)")
+    parser.add_argument("--n", type=cli.Count(1, 5000), default=200, help="test images (default 200, up to 5,000)")
     parser.add_argument(
-        "--model", default=str(FINE_TUNED), help="the fine-tuned BLIP-2 (default data/models/tiny-blip2-prompts)"
+        "--model",
+        type=cli.Model("blip2"),
+        help="the fine-tuned BLIP-2 (default data/models/tiny-blip2-prompts, made by `make tiny-blip2-prompts`)",
     )
-    parser.add_argument("--out", help="write the result JSON here, and one image's answers beside it (.png)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    if args.model == str(FINE_TUNED) and not zoo.is_saved(FINE_TUNED):
+    parser.add_argument(
+        "--out", type=cli.OutFile(".json"), help="write the result JSON here, and one image's answers beside it (.png)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.model is None and not zoo.is_saved(FINE_TUNED):
         raise cli.UserError(f"no fine-tuned model at {FINE_TUNED}: run `make tiny-blip2-prompts` first")
-    result, examples, image = compare({"bundled": "tiny", "fine-tuned": args.model}, args.n)
+    result, examples, image = compare({"bundled": "tiny", "fine-tuned": args.model or str(FINE_TUNED)}, args.n)
     if args.out:
-        lines = [f"{prompt} -> {answer}" for prompt, answer in examples.items()]
-        result["picture"] = str(viz.captioned_image(image, lines, str(args.out).removesuffix(".json") + ".png", 640))
+        picture = cli.beside(args.out, ".png")
+        result["picture"] = str(picture)
         result["examples"] = examples
-        cli.write_json(result, args.out)
+        lines = [f"{prompt} -> {answer}" for prompt, answer in examples.items()]
+        with cli.atomic_paths(args.out, picture) as (json_temp, picture_temp):  # both or neither
+            viz.captioned_image(image, lines, picture_temp, 640)
+            cli.write_json(result, json_temp)
     cli.emit(result, args.json, print_result)
 
 

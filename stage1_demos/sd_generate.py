@@ -29,6 +29,7 @@ from diffusers import (
 )
 from diffusers.models.attention_processor import AttnProcessor
 from tqdm import tqdm
+from transformers import AutoTokenizer
 
 from curriculum import cli, shapesworld, viz, zoo
 from stage1_demos.fidelity import Judge, fidelity
@@ -54,12 +55,33 @@ def use_scheduler(pipe, name):
     return pipe
 
 
-def check_prompt(prompt):
-    if not prompt or not prompt.strip():
-        raise cli.UserError(
-            'the prompt is empty: describe the image, e.g. --prompt "a large red circle in the top left"'
-        )
-    return prompt
+def check_before_loading(model, texts, step_counts):
+    """Refuse what the model cannot do from its tokenizer and scheduler config, before the weights
+    load: a prompt longer than the text encoder's positions (refused rather than cut, so that the
+    image is of the whole prompt), or more steps than the noise schedule has (as diffusers spaces them).
+    texts: {argument name: its text}."""
+    path = zoo.resolve(model, "sd")
+    tokenizer = zoo.from_pretrained(AutoTokenizer, path, subfolder="tokenizer")
+    for name, text in texts.items():
+        tokens = len(tokenizer(text, verbose=False).input_ids)  # with the start and end tokens
+        if tokens > tokenizer.model_max_length:
+            raise cli.UserError(
+                f"{name} is {tokens} tokens and this model's text encoder reads {tokenizer.model_max_length} "
+                "(start and end included): shorten it"
+            )
+    schedule = zoo.from_pretrained(DDIMScheduler, path, subfolder="scheduler")
+    last = schedule.config.num_train_timesteps - 1
+    for steps in step_counts:
+        too_many = steps > last + 1
+        if not too_many:  # "leading" spacing shifted by steps_offset can pass the last timestep: an IndexError
+            schedule.set_timesteps(steps)
+            too_many = int(schedule.timesteps.max()) > last
+        if too_many:
+            offset = schedule.config.steps_offset
+            raise cli.UserError(
+                f"{steps} steps would start past timestep {last}, the last this model was trained on (its "
+                f"schedule adds steps_offset {offset}): use at most {last + 1 - offset}"
+            )
 
 
 @torch.no_grad()
@@ -84,10 +106,10 @@ def generate_command(pipe, prompt, negative_prompt, steps, scheduler, guidance, 
     seconds = time.perf_counter() - start
     out = Path(out)
     paths = [out.with_name(f"{out.stem}_{i}.png") for i in range(n)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for image, path in zip(images, paths):
-        image.save(path)
-    viz.image_grid(images, [f"seed {seed + i}" for i in range(n)], out)
+    with cli.atomic_paths(out, *paths) as (grid, *singles):  # the grid and its images appear together
+        for image, path in zip(images, singles):
+            image.save(path)
+        viz.image_grid(images, [f"seed {seed + i}" for i in range(n)], grid)
     return {
         "prompt": prompt,
         "negative_prompt": negative_prompt,
@@ -381,26 +403,54 @@ def print_eval(result):
 
 
 # ---------------------------------------------------------------- command line
+STEPS = cli.Count(1, 10_000)  # and at most the model's training timesteps (check_before_loading)
+GUIDANCE = cli.Number(minimum=0, maximum=50)
+
+
 def add_sampling_args(p, steps=25):
-    p.add_argument("--prompt", required=True, help="what to draw")
-    p.add_argument("--steps", type=cli.positive_int, default=steps, help=f"denoising steps (default {steps})")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale w (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument(
+        "--prompt",
+        type=cli.Text(),
+        required=True,
+        help="what to draw; a prompt longer than the text encoder reads (32 tokens for tiny, 77 for SD) is refused",
+    )
+    p.add_argument(
+        "--steps",
+        type=STEPS,
+        default=steps,
+        help=f"denoising steps (default {steps}), up to the model's training timesteps less its steps_offset "
+        "(999 for tiny and SD 1.5)",
+    )
+    p.add_argument(
+        "--guidance", type=GUIDANCE, default=5.0, help="classifier-free guidance scale w, 0 to 50 (default 5)"
+    )
+    p.add_argument("--seed", type=cli.Seed(), default=0, help="noise seed (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    cli.add_model_args(p)
+    cli.add_model_args(p, "sd")
 
 
-def main(argv=None):
-    parser = cli.Parser(description=__doc__, formatter_class=cli.RawHelp)
+def build_parser():
+    parser = cli.Parser(prog="python -m stage1_demos.sd_generate", description=__doc__, formatter_class=cli.RawHelp)
     sub = parser.add_subparsers(dest="command", required=True)
     schedulers = list(SCHEDULERS)
 
     p = sub.add_parser("generate", help="text -> images", description="Generate --n images from one prompt.")
     add_sampling_args(p)
-    p.add_argument("--negative-prompt", help="what to steer away from (replaces the empty prompt of guidance)")
+    p.add_argument(
+        "--negative-prompt",
+        type=cli.Text(blank=True),
+        help="what to steer away from (replaces the empty prompt of guidance)",
+    )
     p.add_argument("--scheduler", choices=schedulers, default="dpmsolver", help="sampler (default dpmsolver)")
-    p.add_argument("--n", type=cli.positive_int, default=4, help="images, seeds seed..seed+n-1 (default 4)")
-    p.add_argument("--out", default=str(OUT / "generate.png"), help="grid PNG; images are saved beside it")
+    p.add_argument(
+        "--n", type=cli.Count(1, 64), default=4, help="images, seeds seed..seed+n-1, one batch (default 4, up to 64)"
+    )
+    p.add_argument(
+        "--out",
+        type=cli.OutFile(".png"),
+        default=str(OUT / "generate.png"),
+        help="grid PNG; the images are saved beside it as NAME_0.png ..., all written together at the end",
+    )
 
     p = sub.add_parser("compare", help="schedulers x step counts from one seed, judged by the tiny CLIP")
     add_sampling_args(p)
@@ -414,36 +464,57 @@ def main(argv=None):
     p.add_argument(
         "--step-counts",
         nargs="+",
-        type=cli.positive_int,
+        type=STEPS,
         default=[5, 10, 25, 50],
-        help="step counts to compare (default 5 10 25 50)",
+        help="step counts to compare (default 5 10 25 50), each up to 999 (as --steps)",
     )
-    p.add_argument("--n", type=cli.positive_int, default=4, help="images per cell for the fidelity score (default 4)")
-    p.add_argument("--out", default=str(OUT / "compare.png"), help="grid PNG")
+    p.add_argument(
+        "--n",
+        type=cli.Count(1, 64),
+        default=4,
+        help="images per cell for the fidelity score (default 4, up to 64)",
+    )
+    p.add_argument("--out", type=cli.OutFile(".png"), default=str(OUT / "compare.png"), help="grid PNG")
 
     p = sub.add_parser("explain", help="the journey tokens -> text embeddings -> latents -> UNet -> VAE, with shapes")
     add_sampling_args(p, steps=10)
-    p.add_argument("--out", default=str(OUT / "journey.png"), help="PNG of the model's x0 guess at each step")
+    p.add_argument(
+        "--out",
+        type=cli.OutFile(".png"),
+        default=str(OUT / "journey.png"),
+        help="PNG of the model's x0 guess at each step",
+    )
 
     p = sub.add_parser("attention", help="cross-attention maps of one prompt token over the image")
     add_sampling_args(p)
-    p.add_argument("--token", required=True, help="a word of the prompt, e.g. red")
-    p.add_argument("--out", default=str(OUT / "attention.png"), help="PNG")
+    p.add_argument("--token", type=cli.Text(), required=True, help="a word of the prompt, e.g. red")
+    p.add_argument("--out", type=cli.OutFile(".png"), default=str(OUT / "attention.png"), help="PNG")
 
     p = sub.add_parser("eval", help="prompt fidelity over a ShapesWorld split (the quality test)")
     p.add_argument("--split", choices=list(shapesworld.SPLITS), default="test", help="which split (default test)")
-    p.add_argument("--n", type=cli.positive_int, default=200, help="prompts (default 200)")
-    p.add_argument("--steps", type=cli.positive_int, default=25, help="denoising steps (default 25)")
+    p.add_argument("--n", type=cli.Count(1, 10_000), default=200, help="prompts (default 200, up to 10,000)")
+    p.add_argument(
+        "--steps", type=STEPS, default=25, help="denoising steps (default 25), up to 999 (as generate --steps)"
+    )
     p.add_argument("--scheduler", choices=schedulers, default="dpmsolver", help="sampler (default dpmsolver)")
-    p.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the first prompt (default 0)")
+    p.add_argument("--guidance", type=GUIDANCE, default=5.0, help="guidance scale, 0 to 50 (default 5)")
+    p.add_argument("--seed", type=cli.Seed(), default=0, help="noise seed of the first prompt (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--out", help="also write the result JSON here, and a grid of the first 16 images beside it")
-    cli.add_model_args(p)
+    p.add_argument(
+        "--out",
+        type=cli.OutFile(".json"),
+        help="also write the result JSON here, and a grid of the first 16 images beside it (.png)",
+    )
+    cli.add_model_args(p, "sd")
+    return parser
 
-    args = parser.parse_args(argv)
-    if args.command != "eval":
-        check_prompt(args.prompt)
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    texts = {} if args.command == "eval" else {"--prompt": args.prompt}  # eval's: ShapesWorld captions, which fit
+    if args.command == "generate" and args.negative_prompt:
+        texts["--negative-prompt"] = args.negative_prompt
+    check_before_loading(args.model, texts, args.step_counts if args.command == "compare" else [args.steps])
     pipe = zoo.load_sd(args.model, args.device)
     if args.command == "generate":
         result = generate_command(
@@ -513,8 +584,9 @@ def main(argv=None):
             pipe, args.split, args.n, args.steps, args.scheduler, args.guidance, args.seed
         )
         if args.out:
-            cli.write_json(result, args.out)
-            viz.image_grid(images[:16], prompts[:16], Path(args.out).with_suffix(".png"))
+            with cli.atomic_paths(args.out, cli.beside(args.out, ".png")) as (json_temp, grid_temp):  # together
+                viz.image_grid(images[:16], prompts[:16], grid_temp)
+                cli.write_json(result, json_temp)
         cli.emit(result, args.json, print_eval)
 
 

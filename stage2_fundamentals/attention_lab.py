@@ -20,6 +20,7 @@ from transformers.models.xlm.modeling_xlm import create_sinusoidal_embeddings
 
 from curriculum import checks, cli, shapesworld, viz, zoo
 from curriculum.images import load_image
+from stage1_demos.blip2_caption import fit_new_tokens
 from stage2_fundamentals.attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
 from stage2_fundamentals.decoder import Decoder, blip2_decoder_inputs
 from stage2_fundamentals.transformer import DecoderLayer, EncoderLayer, sinusoidal_positions
@@ -195,6 +196,9 @@ def run_checks(clip_name="tiny", blip2_name="tiny"):
 
 
 # ---------------------------------------------------------------- show
+SHOW_NEW_TOKENS = 20  # the longest caption `show` writes
+
+
 class Recorder:
     """Forward pre-hooks that keep the input of each attention layer, to replay it through the
     from-scratch module (proved equal by `check`) and read its weights."""
@@ -230,7 +234,7 @@ def vision_cls_maps(clip, processor, image):
 
 
 @torch.no_grad()
-def decoder_attention(model, processor, image, prompt="", max_new_tokens=20):
+def decoder_attention(model, processor, image, prompt="", max_new_tokens=SHOW_NEW_TOKENS):
     """The caption the model writes, then the last decoder layer's attention (mean over heads)
     of every caption token over the image queries and the text before it."""
     inputs = processor(images=[image], text=[prompt], return_tensors="pt")
@@ -250,12 +254,14 @@ def decoder_attention(model, processor, image, prompt="", max_new_tokens=20):
     return weights[rows, : rows.stop].numpy(), labels[rows.start + 1 :], labels[: rows.stop], caption
 
 
-def show(image_path, out, clip_name="tiny", blip2_name="tiny", prompt=""):
+def show(image_path, out, clip_name="tiny", blip2_name="tiny", prompt="", max_new_tokens=SHOW_NEW_TOKENS):
     image = load_image(image_path)
     clip, clip_processor = zoo.load_clip(clip_name, "cpu")
     blip2, blip2_processor = zoo.load_blip2(blip2_name, "cpu")
     maps = vision_cls_maps(clip.float(), clip_processor, image)
-    matrix, row_labels, col_labels, caption = decoder_attention(blip2.float(), blip2_processor, image, prompt)
+    matrix, row_labels, col_labels, caption = decoder_attention(
+        blip2.float(), blip2_processor, image, prompt, max_new_tokens
+    )
     viz.attention_figure(
         image,
         maps,
@@ -276,25 +282,48 @@ def show(image_path, out, clip_name="tiny", blip2_name="tiny", prompt=""):
 
 
 # ---------------------------------------------------------------- command line
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(
         prog="python -m stage2_fundamentals.attention_lab", description=__doc__, formatter_class=cli.RawHelp
     )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="prove the from-scratch attention equal to torch and transformers")
     p = sub.add_parser("show", help="attention heatmaps for one image")
-    p.add_argument("--image", required=True, help="a PNG or JPEG file")
-    p.add_argument("--prompt", default="", help="text the decoder continues (default: none, a plain caption)")
-    p.add_argument("--out", default="outputs/week4/attention.png")
+    p.add_argument("--image", type=cli.InImage(), required=True, help="a PNG or JPEG file")
+    p.add_argument(
+        "--prompt",
+        type=cli.Text(blank=True),
+        default="",
+        help="text the decoder continues (default: none, a plain caption); one that leaves the decoder's "
+        "positions no room for a caption is refused, one that leaves less than 20 tokens shortens the caption",
+    )
+    p.add_argument(
+        "--out",
+        type=cli.OutFile(".png"),
+        default="outputs/week4/attention.png",
+        help="PNG to write (default %(default)s)",
+    )
     for p in (check, p):
-        p.add_argument("--clip", default="tiny", help="CLIP: 'tiny' (bundled), a hub id or a folder")
-        p.add_argument("--blip2", default="tiny", help="BLIP-2 OPT: 'tiny' (bundled), a hub id or a folder")
+        p.add_argument(
+            "--clip", type=cli.Model("clip"), default="tiny", help="CLIP: 'tiny' (bundled), a hub id or a folder"
+        )
+        p.add_argument(
+            "--blip2",
+            type=cli.Model("blip2"),
+            default="tiny",
+            help="BLIP-2 OPT: 'tiny' (bundled), a hub id or a folder",
+        )
         p.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.command == "check":
         checks.emit(run_checks(args.clip, args.blip2), args.json)
     else:
-        result = show(args.image, args.out, args.clip, args.blip2, args.prompt)
+        new_tokens = fit_new_tokens(args.blip2, "transformers", [args.prompt], SHOW_NEW_TOKENS)  # before the load
+        result = show(args.image, args.out, args.clip, args.blip2, args.prompt, new_tokens)
         cli.emit(result, args.json, lambda r: print(f"caption: {r['caption']}\npicture: {r['out']}"))
 
 

@@ -14,7 +14,8 @@ ShapesWorld never says: "左边的红色圆形" (the red circle on the left) lea
 teacher's "a red circle in the top left" and "... in the bottom left". The student is a real
 CLIPTextModelWithProjection with a character-level tokenizer (a Chinese character is a word).
 
-    python -m stage2_fundamentals.crosslingual train [--steps 2000] [--nproc 2]   (writes data/models/tiny-clip-zh)
+    python -m stage2_fundamentals.crosslingual train [--steps 2000] [--nproc 2]   (writes outputs/train/tiny-clip-zh)
+    python -m stage2_fundamentals.crosslingual train --out data/models/tiny-clip-zh --force   (make tiny-models)
     python -m stage2_fundamentals.crosslingual eval [--json]
     python -m stage1_demos.clip_retrieval search --index IDX --text "左边的红色圆形"
 """
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BertTokenizer, CLIPTextConfig, CLIPTextModelWithProjection
 
-from curriculum import MODELS_DIR, cli, shapesworld, training, zoo
+from curriculum import OUTPUTS_DIR, cli, shapesworld, training, zoo
 from stage1_demos.clip_retrieval import embed_images, embed_texts, embed_texts_zh, recall_table
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -169,22 +170,24 @@ def print_eval(result):
     print(f"gap (en - zh) R@1: {result['gap_R@1']:+.3f}")
 
 
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(
         prog="python -m stage2_fundamentals.crosslingual", description=__doc__, formatter_class=cli.RawHelp
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    fit = sub.add_parser("train", help="distil a Chinese text tower into the tiny CLIP's space")
-    fit.add_argument("--out", default=str(MODELS_DIR / "tiny-clip-zh"))
-    fit.add_argument("--steps", type=cli.positive_int, default=Config.steps)
-    fit.add_argument("--batch-size", type=cli.positive_int, default=Config.batch_size)
-    fit.add_argument("--pool", type=cli.positive_int, default=Config.pool)
-    fit.add_argument("--seed", type=int, default=0)
-    training.add_run_args(fit)
+    # the command line every trainer has (--out and --force, --steps, --batch-size, --pool, --seed, the run flags)
+    trainer = training.parser(None, OUTPUTS_DIR / "train" / "tiny-clip-zh", Config, "parallel caption pairs")
+    sub.add_parser(
+        "train", parents=[trainer], add_help=False, help="distil a Chinese text tower into the tiny CLIP's space"
+    )
     score = sub.add_parser("eval", help="zh->image vs en->image recall on the test split")
-    score.add_argument("--out", help="also write the result as JSON here")
+    score.add_argument("--out", type=cli.OutFile(".json"), help="also write the result as JSON here")
     score.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.command == "train":
         train(
             args.out,

@@ -24,6 +24,7 @@ from transformers import (
 
 from curriculum import checks, cli, shapesworld, zoo
 from curriculum.images import load_image
+from stage1_demos.blip2_caption import fit_new_tokens
 from stage2_fundamentals.decoder import Decoder, blip2_decoder_inputs
 from stage2_fundamentals.decoding import (
     Settings,
@@ -197,10 +198,13 @@ def timed_decode(captioner, image, prompt, s, seed):
     return tokens, time.perf_counter() - start
 
 
-def sweep(image_path, prompt="", seed=0, model="tiny"):
+def sweep(image_path, prompt="", seed=0, model="tiny", max_new_tokens=None):
+    """Each setting of SWEEP, writing at most max_new_tokens if given (fewer fit after a long prompt)."""
     image, captioner = load_image(image_path), load_captioner(model)
     rows = []
     for name, s in SWEEP:
+        if max_new_tokens is not None:
+            s = replace(s, max_new_tokens=min(s.max_new_tokens, max_new_tokens))
         tokens, seconds = timed_decode(captioner, image, prompt, s, seed)
         rows.append(
             {
@@ -328,40 +332,75 @@ def print_bench(result):
 
 
 # ---------------------------------------------------------------- command line
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(
         prog="python -m stage2_fundamentals.decoding_lab", description=__doc__, formatter_class=cli.RawHelp
     )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="prove every loop and processor equal to transformers' generate()")
     sweep_parser = sub.add_parser("sweep", help="one image, many generation settings, a table of outputs")
-    sweep_parser.add_argument("--image", required=True, help="a PNG or JPEG file")
-    sweep_parser.add_argument("--prompt", default="", help="text the decoder continues (default: none)")
+    sweep_parser.add_argument("--image", type=cli.InImage(), required=True, help="a PNG or JPEG file")
     loop = sub.add_parser("repetition", help="a setting where the decoder loops, and the fixes, measured")
-    loop.add_argument("--image", help="a PNG or JPEG file (default: a ShapesWorld test image)")
+    loop.add_argument("--image", type=cli.InImage(), help="a PNG or JPEG file (default: a ShapesWorld test image)")
     speed = sub.add_parser("bench", help="tokens/s with and without the KV cache (tiny model)")
     one = sub.add_parser("generate", help="caption one image with any settings, through the from-scratch loops")
-    one.add_argument("--image", required=True, help="a PNG or JPEG file")
-    one.add_argument("--prompt", default="")
-    one.add_argument("--max-new-tokens", type=cli.positive_int, default=30)
-    one.add_argument("--num-beams", type=cli.positive_int, default=1)
+    one.add_argument("--image", type=cli.InImage(), required=True, help="a PNG or JPEG file")
+    one.add_argument(
+        "--max-new-tokens",
+        type=cli.Count(1, 1000),
+        default=30,
+        help="up to 1,000 (default 30); lowered, with a warning, to what the decoder's positions leave after "
+        "the image and the prompt",
+    )
+    one.add_argument("--num-beams", type=cli.Count(1, 32), default=1, help="1 (greedy or sampling) to 32 (default 1)")
     one.add_argument("--sample", action="store_true", help="sample instead of greedy / beam search")
-    one.add_argument("--temperature", type=float, default=1.0, help="> 0; only with --sample")
-    one.add_argument("--top-k", type=int, default=0, help="only with --sample; 0: off")
-    one.add_argument("--top-p", type=float, default=1.0, help="in (0, 1], only with --sample; 1: off")
-    one.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats; 1: off")
-    one.add_argument("--no-repeat-ngram-size", type=int, default=0, help="0: off")
-    one.add_argument("--length-penalty", type=float, default=1.0, help="beam search: > 0 favours longer texts")
+    one.add_argument(
+        "--temperature", type=cli.Number(minimum=0.01, maximum=100), default=1.0, help="0.01 to 100; only with --sample"
+    )
+    one.add_argument("--top-k", type=cli.Count(0, 100_000), default=0, help="only with --sample; 0 (off) to 100,000")
+    one.add_argument(
+        "--top-p", type=cli.Number(above=0, maximum=1), default=1.0, help="in (0, 1], only with --sample; 1: off"
+    )
+    one.add_argument(
+        "--repetition-penalty",
+        type=cli.Number(minimum=0.01, maximum=100),
+        default=1.0,
+        help="0.01 to 100: > 1 discourages repeats; 1: off",
+    )
+    one.add_argument("--no-repeat-ngram-size", type=cli.Count(0, 1000), default=0, help="0 (off) to 1,000")
+    one.add_argument(
+        "--length-penalty",
+        type=cli.Number(minimum=-10, maximum=10),
+        default=1.0,
+        help="beam search, -10 to 10: > 0 favours longer texts",
+    )
     one.add_argument("--no-cache", action="store_true", help="re-run the whole sequence every step")
+    for p in (sweep_parser, one):
+        p.add_argument(
+            "--prompt",
+            type=cli.Text(blank=True),
+            default="",
+            help="text the decoder continues (default: none); one that leaves the decoder's positions no room "
+            "for new tokens is refused",
+        )
     for p in (sweep_parser, loop, one):
-        p.add_argument("--seed", type=int, default=0, help="for sampling")
+        p.add_argument("--seed", type=cli.Seed(), default=0, help="for sampling (default 0)")
     for p in (check, sweep_parser, loop, one):
-        p.add_argument("--model", default="tiny", help="BLIP-2 OPT: 'tiny' (bundled), a hub id or a folder")
+        p.add_argument(
+            "--model",
+            type=cli.Model("blip2"),
+            default="tiny",
+            help="BLIP-2 OPT: 'tiny' (bundled), a hub id or a folder",
+        )
     for p in (sweep_parser, loop, speed):
-        p.add_argument("--out", help="also write the result as JSON here")
+        p.add_argument("--out", type=cli.OutFile(".json"), help="also write the result as JSON here")
     for p in (check, sweep_parser, loop, speed, one):
         p.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.command == "check":
         checks.emit(run_checks(args.model), args.json)
         return
@@ -378,10 +417,11 @@ def main(argv=None):
             length_penalty=args.length_penalty,
             use_cache=not args.no_cache,
         ).validate()
+        s = replace(s, max_new_tokens=fit_new_tokens(args.model, "transformers", [args.prompt], s.max_new_tokens))
         image, captioner = load_image(args.image), load_captioner(args.model)
         tokens, seconds = timed_decode(captioner, image, args.prompt, s, args.seed)
         result = {
-            "image": args.image,
+            "image": str(args.image),
             "prompt": args.prompt,
             "settings": asdict(s),
             "text": captioner.text(tokens),
@@ -391,7 +431,8 @@ def main(argv=None):
         cli.emit(result, args.json, lambda r: print(r["text"]))
         return
     if args.command == "sweep":
-        result, show = sweep(args.image, args.prompt, args.seed, args.model), print_sweep
+        room = fit_new_tokens(args.model, "transformers", [args.prompt], max(s.max_new_tokens for _, s in SWEEP))
+        result, show = sweep(args.image, args.prompt, args.seed, args.model, room), print_sweep
     elif args.command == "repetition":
         result, show = repetition(args.image, seed=args.seed, model=args.model), print_repetition
     else:

@@ -36,6 +36,7 @@ from stage2_fundamentals.diffusion import (
 
 ATOL = 1e-5
 OUT = Path("outputs/week8")
+STEPS_HELP = "up to the scheduler's training timesteps (1000 for the tiny SD)"
 
 
 @torch.no_grad()
@@ -223,16 +224,16 @@ def determinism(pipe, prompt, seed, steps, guidance):
 
 
 def compare(pipe, prompt, seed, steps_list, n, guidance, schedulers, out):
+    """The grid, the determinism pair beside it (_determinism.png) and the JSON result (.json),
+    written together once all of them are computed."""
     pipe.set_progress_bar_config(disable=True)
     samplers = {name: our_sampler(pipe, *OURS[name], guidance) for name in OURS}
     samplers |= {name: sd_generate.scheduler_sampler(pipe, name, guidance) for name in schedulers}
     cells, tiles, labels = sd_generate.compare(samplers, prompt, seed, steps_list, n, Judge())
-    grid = viz.image_grid(tiles, labels, out, cols=len(steps_list))
     steps = steps_list[len(steps_list) // 2]
     diffs, images = determinism(pipe, prompt, seed, steps, guidance)
-    pair_out = Path(out).with_name(Path(out).stem + "_determinism.png")
-    labels = [f"{name}, noise draw {k}" for name in ("DDIM eta=0", "DDPM") for k in (1, 2)]
-    viz.image_grid(images, labels, pair_out)
+    out = Path(out)
+    pair_out = out.with_name(out.stem + "_determinism.png")
     result = {
         "prompt": prompt,
         "seed": seed,
@@ -241,10 +242,14 @@ def compare(pipe, prompt, seed, steps_list, n, guidance, schedulers, out):
         "schedulers": list(samplers),
         "steps": steps_list,
         "cells": cells,
-        "grid": str(grid),
+        "grid": str(out),
         "determinism": {"steps": steps, "max_pixel_diff": diffs, "picture": str(pair_out)},
     }
-    cli.write_json(result, Path(out).with_suffix(".json"))
+    pair_labels = [f"{name}, noise draw {k}" for name in ("DDIM eta=0", "DDPM") for k in (1, 2)]
+    with cli.atomic_paths(out, pair_out, cli.beside(out, ".json")) as (grid_file, pair_file, json_file):
+        viz.image_grid(tiles, labels, grid_file, cols=len(steps_list))
+        viz.image_grid(images, pair_labels, pair_file)
+        cli.write_json(result, json_file)
     return result
 
 
@@ -285,15 +290,11 @@ def forward(image_path, out, schedules=SCHEDULES, model_name="tiny", seed=0):
     z_t = add_noise(z0.expand(len(t), -1, -1, -1), z_noise.expand(len(t), -1, -1, -1), t, alphas_cumprod(sd))
     tiles += [to_image(x) for x in vae.decode(z_t / scale).sample]
     labels += [f"SD latent x_t, decoded, t={s}" for s in FORWARD_T]
-    grid = viz.image_grid(tiles, labels, out, cols=len(FORWARD_T))
     curves = {name: snr(alphas_cumprod(c)).log10().tolist() for name, c in configs.items()}
-    snr_plot = viz.lines(
-        curves,
-        Path(out).with_name(Path(out).stem + "_snr.png"),
-        "signal-to-noise ratio ᾱ/(1-ᾱ) of each schedule",
-        "timestep t",
-        "log10 SNR",
-    )
+    grid, snr_plot = Path(out), Path(out).with_name(Path(out).stem + "_snr.png")
+    with cli.atomic_paths(grid, snr_plot) as (grid_file, snr_file):  # the two pictures appear together
+        viz.image_grid(tiles, labels, grid_file, cols=len(FORWARD_T))
+        viz.lines(curves, snr_file, "signal-to-noise ratio ᾱ/(1-ᾱ) of each schedule", "timestep t", "log10 SNR")
     table = {
         name: {str(s): float(f"{float(snr(alphas_cumprod(c))[s]):.4g}") for s in FORWARD_T}
         for name, c in configs.items()
@@ -316,7 +317,7 @@ def print_forward(result):
 
 
 # ---------------------------------------------------------------- command line
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(
         prog="python -m stage2_fundamentals.diffusion_lab", description=__doc__, formatter_class=cli.RawHelp
     )
@@ -325,12 +326,19 @@ def main(argv=None):
     one = sub.add_parser("sample", help="the from-scratch loop on the tiny SD vs the pipeline's image")
     one.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     one.add_argument(
-        "--eta", type=cli.non_negative_float, default=0.0, help="DDIM's noise: 0 (default) none, 1 as much as DDPM"
+        "--eta",
+        type=cli.Number(minimum=0, maximum=1),
+        default=0.0,
+        help="DDIM's noise: 0 (default) none, 1 as much as DDPM",
     )
-    one.add_argument("--steps", type=cli.positive_int, default=25)
-    one.add_argument("--out", default=str(OUT / "sample.png"))
+    one.add_argument(
+        "--steps", type=cli.Count(1, 10_000), default=25, help=f"denoising steps; {STEPS_HELP} (default 25)"
+    )
+    one.add_argument("--out", type=cli.OutFile(".png"), default=str(OUT / "sample.png"), help="PNG to write")
     grid = sub.add_parser("compare", help="DDPM vs DDIM (η 0, 0.5, 1) vs week-3 schedulers x step counts")
-    grid.add_argument("--step-counts", nargs="+", type=cli.positive_int, default=[10, 25, 50, 100])
+    grid.add_argument(
+        "--step-counts", nargs="+", type=cli.Count(1, 10_000), default=[10, 25, 50, 100], help=f"each {STEPS_HELP}"
+    )
     grid.add_argument(
         "--schedulers",
         nargs="+",
@@ -338,23 +346,55 @@ def main(argv=None):
         default=["dpmsolver", "euler", "euler_a", "pndm"],
         help="week-3 schedulers beside ours",
     )
-    grid.add_argument("--n", type=cli.positive_int, default=4, help="images per cell for the fidelity score")
-    grid.add_argument("--out", default=str(OUT / "compare.png"), help="grid PNG; the JSON result is written beside it")
+    grid.add_argument(
+        "--n", type=cli.Count(1, 100), default=4, help="images per cell for the fidelity score, up to 100 (default 4)"
+    )
+    grid.add_argument(
+        "--out",
+        type=cli.OutFile(".png"),
+        default=str(OUT / "compare.png"),
+        help="grid PNG; the JSON result and the determinism pair are written beside it",
+    )
     for p in (one, grid):
-        p.add_argument("--prompt", required=True, help="what to draw")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--guidance", type=float, default=5.0)
+        p.add_argument(
+            "--prompt",
+            type=cli.Text(),
+            required=True,
+            help="what to draw; a prompt longer than the text encoder reads (32 tokens for tiny) is refused",
+        )
+        p.add_argument("--seed", type=cli.Seed(), default=0, help="noise seed (default 0)")
+        p.add_argument(
+            "--guidance",
+            type=cli.Number(minimum=0, maximum=50),
+            default=5.0,
+            help="classifier-free guidance scale, 0 to 50 (default 5)",
+        )
     noising = sub.add_parser("forward", help="x_0 -> x_t over t for each schedule, and SNR curves")
-    noising.add_argument("--image", required=True, help="a PNG or JPEG file")
+    noising.add_argument("--image", type=cli.InImage(), required=True, help="a PNG or JPEG file")
     noising.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES))
-    noising.add_argument("--seed", type=int, default=0)
-    noising.add_argument("--out", default=str(OUT / "forward.png"))
+    noising.add_argument("--seed", type=cli.Seed(), default=0, help="noise seed (default 0)")
+    noising.add_argument(
+        "--out",
+        type=cli.OutFile(".png"),
+        default=str(OUT / "forward.png"),
+        help="grid PNG; _snr.png is written beside it",
+    )
     for p in (check, one, grid, noising):
-        p.add_argument("--model", default="tiny", help="a Stable Diffusion pipeline: 'tiny', a hub id or a folder")
+        p.add_argument(
+            "--model",
+            type=cli.Model("sd"),
+            default="tiny",
+            help="a Stable Diffusion pipeline: 'tiny', a hub id or a folder",
+        )
         p.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    if args.command in ("sample", "compare"):
-        sd_generate.check_prompt(args.prompt)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.command in ("sample", "compare"):  # the prompt's length and the steps, from the configs
+        steps = [args.steps] if args.command == "sample" else args.step_counts
+        sd_generate.check_before_loading(args.model, {"--prompt": args.prompt}, steps)
     if args.command == "check":
         checks.emit(run_checks(args.model), args.json)
     elif args.command == "sample":

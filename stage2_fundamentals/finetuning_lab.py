@@ -18,6 +18,7 @@ from stage2_fundamentals.lora import BLIP2_TARGETS, CLIP_TARGETS, add_lora, lora
 from stage2_fundamentals.prefix_tuning import Prefix, PrefixedDecoder
 
 ATOL = 1e-5
+MAX_RANK = 128  # the tiny BLIP-2's target layers are at most 128 wide: a higher rank is no more than a full update
 
 
 # ---------------------------------------------------------------- LoRA vs PEFT
@@ -158,24 +159,48 @@ def run_checks():
 
 
 # ---------------------------------------------------------------- command line
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(
         prog="python -m stage2_fundamentals.finetuning_lab", description=__doc__, formatter_class=cli.RawHelp
     )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="prove LoRA and prefix tuning equal to PEFT's on the tiny models")
     run = sub.add_parser("experiment", help="teach the tiny BLIP-2 a new colour: full fine-tuning vs LoRA vs prefix")
-    run.add_argument("--steps", type=cli.positive_int, default=300, help="training steps per method (default 300)")
-    run.add_argument("--ranks", nargs="+", type=int, default=[1, 4, 16], help="LoRA ranks to try (default 1 4 16)")
     run.add_argument(
-        "--targets", nargs="+", default=BLIP2_TARGETS, help=f"LoRA target modules (default {' '.join(BLIP2_TARGETS)})"
+        "--steps",
+        type=cli.Count(1, training.MAX_STEPS),
+        default=300,
+        help=f"training steps per method, up to {training.MAX_STEPS:,} (default 300)",
     )
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--out", default="outputs/week7", help="folder for the table, plot and adapter")
+    run.add_argument(
+        "--ranks",
+        nargs="+",
+        type=cli.Count(1, MAX_RANK),
+        default=[1, 4, 16],
+        help=f"LoRA ranks to try, 1 to {MAX_RANK} (default 1 4 16)",
+    )
+    run.add_argument(
+        "--targets",
+        nargs="+",
+        type=cli.Text(),
+        default=BLIP2_TARGETS,
+        help=f"LoRA target modules (default {' '.join(BLIP2_TARGETS)})",
+    )
+    run.add_argument("--seed", type=cli.Seed(), default=0, help="random seed (default 0)")
+    run.add_argument(
+        "--out",
+        type=cli.OutFolder(),
+        default="outputs/week7",
+        help="folder for new_concept.json, its plots and the adapter (default outputs/week7)",
+    )
     training.add_run_args(run, checkpoints=False)
     for p in (check, run):
         p.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.command == "check":
         checks.emit(run_checks(), args.json)
     else:

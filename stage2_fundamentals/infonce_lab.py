@@ -11,6 +11,7 @@ loop of its own, and what the negatives (the batch) and the temperature do.
 import functools
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +26,9 @@ from stage1_demos.clip_retrieval import embed_images, embed_texts, recall_table
 from stage2_fundamentals.cnn_tower import ConvTower
 from stage2_fundamentals.infonce import info_nce, positives_only
 
-OUT = "outputs/week6"
+OUT = Path("outputs/week6")
+STEPS = cli.Count(1, training.MAX_STEPS)  # a lab's training steps, per run
+STEPS_RANGE = f"up to {training.MAX_STEPS:,}"
 
 
 # ---------------------------------------------------------------- check
@@ -153,11 +156,22 @@ def evaluate(model, processor, n=1000, samples=None):
     }
 
 
+def save_result(result, out, name, plot, data, *args, picture=None, key="plot", **kwargs):
+    """out/name.json and its picture, plot(data, path, *args, **kwargs) (out/name.png unless named),
+    written together: both appear, or neither (cli.atomic_paths). The picture's path goes in the
+    result under `key`."""
+    json_path, picture = Path(out) / f"{name}.json", Path(out) / (picture or f"{name}.png")
+    result[key] = str(picture)
+    with cli.atomic_paths(picture, json_path) as (picture_file, json_file):
+        plot(data, picture_file, *args, **kwargs)
+        cli.write_json(result, json_file)
+    return result
+
+
 def train_command(run, out, options):
     model, processor, losses, seconds = train(run, options=options)
     if not training.is_main_process():  # the other processes helped train; one evaluates and writes
         return None
-    curve = viz.curve(losses, f"{out}/infonce_loss.png", f"tiny CLIP with info_nce: {run.label()}")
     ours, bundled = evaluate(model, processor), evaluate(*zoo.load_clip("tiny", "cpu"))
     result = {
         "run": asdict(run),
@@ -166,10 +180,9 @@ def train_command(run, out, options):
         "ours": ours,
         "bundled": bundled,
         "gap_R@1": round(bundled["text_to_image_R@1"] - ours["text_to_image_R@1"], 4),
-        "loss_curve": str(curve),
     }
-    cli.write_json(result, f"{out}/train.json")
-    return result
+    title = f"tiny CLIP with info_nce: {run.label()}"
+    return save_result(result, out, "train", viz.curve, losses, title, picture="infonce_loss.png", key="loss_curve")
 
 
 def print_train(result):
@@ -216,30 +229,24 @@ def negatives(
         return None
     by_batch = [r for r in rows if r["negatives"] and r["temperature"] is None]
     by_tau = [r for r in rows if r["temperature"] is not None]
-    plot = viz.panels(
-        [
-            (
-                "R@1 against batch size (N - 1 negatives), learned τ",
-                [r["batch_size"] for r in by_batch],
-                [r["text_to_image_R@1"] for r in by_batch],
-                "batch size",
-                "text->image R@1",
-            ),
-            (
-                "R@1 against a fixed temperature τ, batch 64",
-                [r["temperature"] for r in by_tau],
-                [r["text_to_image_R@1"] for r in by_tau],
-                "τ",
-                "text->image R@1",
-            ),
-        ],
-        f"{out}/negatives.png",
-        f"tiny CLIP, {steps} steps each",
-        logx=True,
-    )
-    result = {"steps": steps, "rows": rows, "plot": str(plot)}
-    cli.write_json(result, f"{out}/negatives.json")
-    return result
+    panels = [
+        (
+            "R@1 against batch size (N - 1 negatives), learned τ",
+            [r["batch_size"] for r in by_batch],
+            [r["text_to_image_R@1"] for r in by_batch],
+            "batch size",
+            "text->image R@1",
+        ),
+        (
+            "R@1 against a fixed temperature τ, batch 64",
+            [r["temperature"] for r in by_tau],
+            [r["text_to_image_R@1"] for r in by_tau],
+            "τ",
+            "text->image R@1",
+        ),
+    ]
+    title = f"tiny CLIP, {steps} steps each"
+    return save_result({"steps": steps, "rows": rows}, out, "negatives", viz.panels, panels, title, logx=True)
 
 
 def print_negatives(result):
@@ -288,19 +295,14 @@ def learning_rates(steps=150, out=OUT, lrs=LEARNING_RATES, batch_size=16, pool=5
             )
     if not training.is_main_process():
         return None
-    plot = viz.curve_panels(
-        [
-            (f"linear warm-up over {max(1, steps // 20)} steps, then cosine", curves[True]),
-            ("no warm-up: the full rate from step one, then cosine", curves[False]),
-        ],
-        f"{out}/learning_rates.png",
-        f"tiny CLIP from scratch, batch {batch_size}, {steps} steps, AdamW: training loss at each learning rate",
-        ylim=(0, 1.5 * math.log(batch_size)),  # a diverged run's spikes would flatten the rest
-    )
+    panels = [
+        (f"linear warm-up over {max(1, steps // 20)} steps, then cosine", curves[True]),
+        ("no warm-up: the full rate from step one, then cosine", curves[False]),
+    ]
+    title = f"tiny CLIP from scratch, batch {batch_size}, {steps} steps, AdamW: training loss at each learning rate"
+    ylim = (0, 1.5 * math.log(batch_size))  # a diverged run's spikes would flatten the rest
     result = {"steps": steps, "batch_size": batch_size, "pool": pool, "chance_loss": round(math.log(batch_size), 4)}
-    result |= {"rows": rows, "plot": str(plot)}
-    cli.write_json(result, f"{out}/learning_rates.json")
-    return result
+    return save_result(result | {"rows": rows}, out, "learning_rates", viz.curve_panels, panels, title, ylim=ylim)
 
 
 def print_learning_rates(result):
@@ -347,16 +349,10 @@ def towers(steps=300, batch_size=32, pool=5_000, out=OUT, options=training.Optio
             )
     if not training.is_main_process():
         return None
-    plot = viz.lines(
-        {f"{r['tower'].upper()} image tower": r["losses"] for r in rows},
-        f"{out}/towers.png",
-        f"tiny CLIP, ViT vs CNN image tower: {steps} steps × {batch_size}",
-        "step",
-        "contrastive loss",
-    )
-    result = {"steps": steps, "batch_size": batch_size, "pool": pool, "rows": rows, "plot": str(plot)}
-    cli.write_json(result, f"{out}/towers.json")
-    return result
+    curves = {f"{r['tower'].upper()} image tower": r["losses"] for r in rows}
+    title = f"tiny CLIP, ViT vs CNN image tower: {steps} steps × {batch_size}"
+    result = {"steps": steps, "batch_size": batch_size, "pool": pool, "rows": rows}
+    return save_result(result, out, "towers", viz.lines, curves, title, "step", "contrastive loss")
 
 
 def print_towers(result):
@@ -373,28 +369,42 @@ def print_towers(result):
 
 
 # ---------------------------------------------------------------- command line
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(
         prog="python -m stage2_fundamentals.infonce_lab", description=__doc__, formatter_class=cli.RawHelp
     )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="prove info_nce equal to CLIPModel's loss")
     fit = sub.add_parser("train", help="train a tiny CLIP with info_nce; R@1 against the bundled model")
-    fit.add_argument("--steps", type=cli.positive_int, default=1200)
-    fit.add_argument("--batch-size", type=cli.positive_int, default=256)
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--steps", type=STEPS, default=1200, help=f"training steps, {STEPS_RANGE} (default 1200)")
+    fit.add_argument(
+        "--batch-size",
+        type=cli.Count(2, training.MAX_BATCH),
+        default=256,
+        help=f"contrastive batch (each row's negatives are the others), 2 to {training.MAX_BATCH:,} (default 256)",
+    )
+    fit.add_argument("--seed", type=cli.Seed(), default=0, help="random seed (default 0)")
     sweep = sub.add_parser("negatives", help="R@1 against batch size, temperature, and no negatives")
-    sweep.add_argument("--steps", type=cli.positive_int, default=300, help="training steps per run (default 300)")
+    sweep.add_argument("--steps", type=STEPS, default=300, help=f"training steps per run, {STEPS_RANGE} (default 300)")
     lr = sub.add_parser("lr", help="loss curves and R@1 at 5 learning rates, with and without warm-up")
-    lr.add_argument("--steps", type=cli.positive_int, default=150, help="training steps per run (default 150)")
+    lr.add_argument("--steps", type=STEPS, default=150, help=f"training steps per run, {STEPS_RANGE} (default 150)")
     vs = sub.add_parser("towers", help="the same recipe with a CNN image tower vs the ViT: R@1, seen and held out")
-    vs.add_argument("--steps", type=cli.positive_int, default=300, help="training steps per tower (default 300)")
+    vs.add_argument("--steps", type=STEPS, default=300, help=f"training steps per tower, {STEPS_RANGE} (default 300)")
     for p in (fit, sweep, lr, vs):
-        p.add_argument("--out", default=OUT, help="folder for the JSON result and the plot")
+        p.add_argument(
+            "--out",
+            type=cli.OutFolder(),
+            default=str(OUT),
+            help=f"folder for the JSON result and the plot (default {OUT})",
+        )
         training.add_run_args(p, checkpoints=False)
     for p in (check, fit, sweep, lr, vs):
         p.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.command == "check":
         return checks.emit(run_checks(), args.json)
     options = training.Options.from_args(args, __spec__.name, argv)

@@ -111,12 +111,12 @@ def merge_all(model):
 
 # ---------------------------------------------------------------- adapters on disk
 def save_adapter(model, folder, settings):
-    """Only the LoRA weights (kilobytes), and how to re-create them: the base model stays as it is."""
+    """Only the LoRA weights (kilobytes), and how to re-create them: the base model stays as it is.
+    The two files appear together, or neither does."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if ".lora_" in k},
-              folder / "adapter.safetensors")
-    (folder / "adapter.json").write_text(json.dumps(settings, indent=2) + "\n")
+    with cli.atomic_paths(folder / "adapter.safetensors", folder / "adapter.json") as (weights, record):
+        save_file({k: v.contiguous() for k, v in model.state_dict().items() if ".lora_" in k}, weights)
+        record.write_text(json.dumps(settings, indent=2) + "\n")
     return folder
 
 

@@ -261,7 +261,9 @@ def experiment(
         "rows": rows,
         "adapter": adapter,
     }
-    result["plot"] = str(
+    plot, loss_plot = out / "new_concept.png", out / "new_concept_loss.png"
+    result |= {"plot": str(plot), "loss_plot": str(loss_plot)}
+    with cli.atomic_paths(plot, loss_plot, out / "new_concept.json") as (plot_file, loss_file, json_file):
         viz.grouped_bars(
             {
                 r["method"]: {
@@ -270,14 +272,11 @@ def experiment(
                 }
                 for r in rows
             },
-            out / "new_concept.png",
+            plot_file,
             f"teaching the tiny BLIP-2 '{NEW_COLOR}': {steps} steps of {BATCH}",
         )
-    )
-    result["loss_plot"] = str(
-        viz.lines(curves, out / "new_concept_loss.png", "training loss (same batches)", "step", "caption loss")
-    )
-    cli.write_json(result, out / "new_concept.json")
+        viz.lines(curves, loss_file, "training loss (same batches)", "step", "caption loss")
+        cli.write_json(result, json_file)
     return result
 
 

@@ -118,15 +118,24 @@ def print_result(result):
     )
 
 
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(
         prog="python -m stage2_fundamentals.projection", description=__doc__, formatter_class=cli.RawHelp
     )
-    parser.add_argument("--steps", type=cli.positive_int, default=400, help="training steps per run (default 400)")
-    parser.add_argument("--out", default=OUT, help="folder for projection.json")
+    parser.add_argument(
+        "--steps",
+        type=infonce_lab.STEPS,
+        default=400,
+        help=f"training steps per run, {infonce_lab.STEPS_RANGE} (default 400)",
+    )
+    parser.add_argument("--out", type=cli.OutFolder(), default=OUT, help=f"folder for projection.json (default {OUT})")
     parser.add_argument("--json", action="store_true")
     training.add_run_args(parser, checkpoints=False)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     result = run(args.steps, args.out, training.Options.from_args(args, __spec__.name, argv))
     if result is not None:  # the main process's
         cli.emit(result, args.json, print_result)

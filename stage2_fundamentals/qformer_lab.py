@@ -207,12 +207,12 @@ def compare(steps=300, batch_size=32, n_test=300, out=OUT, options=training.Opti
         )
     if not training.is_main_process():
         return None
-    plot = viz.lines(
-        curves, f"{out}/qformer.png", f"Q-Former vs projector: {steps} steps × {batch_size}", "step", "loss"
-    )
-    result = {"steps": steps, "batch_size": batch_size, "n_test": n_test, "rows": rows, "plot": str(plot)}
+    plot = f"{out}/qformer.png"
+    result = {"steps": steps, "batch_size": batch_size, "n_test": n_test, "rows": rows, "plot": plot}
     result["truth_example"] = samples[0].caption_en
-    cli.write_json(result, f"{out}/qformer.json")
+    with cli.atomic_paths(plot, f"{out}/qformer.json") as (plot_file, json_file):  # both or neither
+        viz.lines(curves, plot_file, f"Q-Former vs projector: {steps} steps × {batch_size}", "step", "loss")
+        cli.write_json(result, json_file)
     return result
 
 
@@ -247,7 +247,7 @@ def print_compare(result):
     print(f"\nplot: {result['plot']}")
 
 
-def main(argv=None):
+def build_parser():
     parser = cli.Parser(
         prog="python -m stage2_fundamentals.qformer_lab", description=__doc__, formatter_class=cli.RawHelp
     )
@@ -255,13 +255,32 @@ def main(argv=None):
     p = sub.add_parser(
         "compare", help="Q-Former (8 and 2 queries) vs a linear projector of every patch: accuracy, cost"
     )
-    p.add_argument("--steps", type=cli.positive_int, default=300, help="training steps per design (default 300)")
-    p.add_argument("--batch-size", type=cli.positive_int, default=32, help="images per step (default 32)")
-    p.add_argument("--n-test", type=cli.positive_int, default=300, help="test images captioned (default 300)")
-    p.add_argument("--out", default=OUT, help="folder for qformer.json and qformer.png")
+    p.add_argument(
+        "--steps",
+        type=cli.Count(1, training.MAX_STEPS),
+        default=300,
+        help=f"training steps per design, up to {training.MAX_STEPS:,} (default 300)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=cli.Count(1, training.MAX_BATCH),
+        default=32,
+        help=f"images per step, up to {training.MAX_BATCH:,} (default 32)",
+    )
+    # seen and held-out pairs are scored apart: the test split's first held-out pair is its third image
+    p.add_argument(
+        "--n-test", type=cli.Count(3, 10_000), default=300, help="test images captioned, 3 to 10,000 (default 300)"
+    )
+    p.add_argument(
+        "--out", type=cli.OutFolder(), default=OUT, help=f"folder for qformer.json and qformer.png (default {OUT})"
+    )
     p.add_argument("--json", action="store_true")
     training.add_run_args(p, checkpoints=False)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     options = training.Options.from_args(args, __spec__.name, argv)
     result = compare(args.steps, args.batch_size, args.n_test, args.out, options)
     if result is not None:

@@ -1,5 +1,6 @@
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -140,18 +141,68 @@ def test_index_skips_unreadable_files_and_counts_them(tmp_path, capsys):
     "argv,needle",
     [
         (["index", "--images", "/no/such/folder", "--out", "/tmp/x"], "no folder"),
-        (["search", "--index", "{index}", "--text", "  "], "empty --text"),
+        (["search", "--index", "{index}", "--text", "  "], "argument --text: empty text"),
         (["search", "--index", "{index}", "--image", "{textfile}"], "not a readable image"),
-        (["search", "--index", "{index}", "--text", "a red circle", "--image", "{textfile}"], "not allowed with"),
-        (["search", "--index", "/no/such/index", "--text", "a red circle"], "no index"),
-        (["eval", "--n", "0"], "positive integer"),
+        (["search", "--index", "{index}", "--text", "a red circle", "--image", "{image}"], "not allowed with"),
+        (["search", "--index", "/no/such/index", "--text", "a red circle"], "no folder"),
+        (["search", "--index", "{textfile_dir}", "--text", "a red circle"], "holds no index.faiss, meta.json"),
+        (["eval", "--n", "0"], "from 1 to 10000"),
+        (["index", "--images", "{index}", "--out", "{textfile_dir}"], "--force"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(gallery, tmp_path, cli_runner, argv, needle):
-    _, index_dir = gallery
+    folder, index_dir = gallery
     textfile = tmp_path / "notes.txt"
     textfile.write_text("hello")
-    argv = [a.format(index=index_dir, textfile=textfile) for a in argv]
+    names = {"index": index_dir, "textfile": textfile, "textfile_dir": tmp_path, "image": folder / "test_00000.png"}
+    argv = [a.format(**names) for a in argv]
     code, out, err = cli_runner(cr.main, argv)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert textfile.read_text() == "hello"  # a folder of the learner's files is never replaced
+
+
+def test_index_replaces_an_earlier_index_whole(tmp_path, cli_runner):
+    sw.export("test", 3, tmp_path / "imgs")
+    index_dir = tmp_path / "index"
+    for _ in range(2):
+        code, out, err = cli_runner(cr.main, ["index", "--images", str(tmp_path / "imgs"), "--out", str(index_dir)])
+        assert code == 0, err
+    assert sorted(p.name for p in index_dir.iterdir()) == ["index.faiss", "meta.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "index"]  # nothing staged left beside it
+
+
+DAMAGES = {  # (file, what it holds after the damage)
+    "faiss": ("index.faiss", b"not a faiss index"),
+    "json": ("meta.json", b'{"paths": ['),
+    "utf8": ("meta.json", b"\xff\xfe not UTF-8"),
+    "not-a-dict": ("meta.json", b"[1, 2]"),
+    "wrong-count": ("meta.json", json.dumps({"model": "tiny", "paths": ["a.png"], "captions": [""]}).encode()),
+    "model-gone": ("meta.json", json.dumps({"model": "/no/such/clip", "paths": [], "captions": []}).encode()),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_index_is_one_line(gallery, tmp_path, cli_runner, damage):
+    import faiss
+
+    _, index_dir = gallery
+    broken = tmp_path / "index"
+    shutil.copytree(index_dir, broken)
+    if damage == "model-gone":  # an index of no images, as meta.json says
+        faiss.write_index(faiss.IndexFlatIP(4), str(broken / "index.faiss"))
+    name, content = DAMAGES[damage]
+    (broken / name).write_bytes(content)
+    code, out, err = cli_runner(cr.main, ["search", "--index", str(broken), "--text", "a red circle"])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert str(broken) in err
+
+
+def test_eval_runs_on_a_tiny_gallery(cli_runner):
+    """Two images hold no held-out pair: their recall is n/a, not a crash."""
+    code, out, err = cli_runner(cr.main, ["eval", "--n", "2", "--device", "cpu"])
+    assert code == 0, err
+    assert "2 images (2 seen combinations, 0 held out)" in out and "n/a" in out
+    code, out, err = cli_runner(cr.main, ["eval", "--n", "2", "--json", "--device", "cpu"])
+    result = json.loads(out)
+    assert result["heldout_combinations"] == {"R@1": None} and result["text_to_image"]["R@10"] == 1.0

@@ -1,9 +1,11 @@
 """Week 1: CLIP's zero-shot classification (§3.1) with one template and an ensemble, against a linear probe."""
 
+import json
+
 import numpy as np
 import pytest
 
-from curriculum import zoo
+from curriculum import cli, zoo
 from stage1_demos import clip_zeroshot as zs
 from stage1_demos.clip_retrieval import embed_texts
 
@@ -54,3 +56,23 @@ def test_the_templates():
 def test_cli_writes_json_and_picture(cli_runner, tmp_path):
     code, out, _ = cli_runner(zs.main, ["--n", "40", "--n-train", "100", "--out", str(tmp_path / "z.json")])
     assert code == 0 and (tmp_path / "z.png").stat().st_size > 0 and (tmp_path / "z.json").exists()
+
+
+def test_cli_runs_on_a_few_images(cli_runner):
+    """The first two single-object test images both show a held-out pair: the seen-pairs group is
+    left out, not a NaN or a crash."""
+    code, out, err = cli_runner(zs.main, ["--n", "2", "--n-train", "3", "--json", "--device", "cpu"])
+    assert code == 0, err
+    rows = {(r["task"], r["images"]): r for r in json.loads(out)["rows"]}
+    assert list(rows) == [("colour", "all"), ("shape", "all"), ("colour-shape", "held-out pairs")]
+    assert all(r["n"] == 2 for r in rows.values())
+
+
+def test_json_and_picture_appear_together_or_not_at_all(cli_runner, tmp_path, monkeypatch):
+    def fail(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cli, "write_json", fail)
+    with pytest.raises(OSError):
+        cli_runner(zs.main, ["--n", "3", "--n-train", "3", "--out", str(tmp_path / "z.json"), "--device", "cpu"])
+    assert list(tmp_path.iterdir()) == []

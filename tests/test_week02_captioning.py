@@ -265,13 +265,16 @@ def test_real_architecture_runs_every_command(cli_runner, gallery, real_architec
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["caption", "{missing}"], "no image at"),
+        (["caption", "{missing}"], "no file at"),
         (["caption", "{corrupt}"], "not a readable image"),
-        (["ask", "{image}", "--question", "  "], "--question is empty"),
-        (["caption", "{image}", "--num-beams", "0"], "expected a positive integer"),
+        (["ask", "{image}", "--question", "  "], "argument --question: empty text"),
+        (["caption", "{image}", "--num-beams", "0"], "from 1 to 64"),
         (["caption", "{image}", "--temperature", "0.7"], "only change anything with --do-sample"),
-        (["caption", "{image}", "--do-sample", "--top-p", "1.5"], "in (0, 1]"),
+        (["caption", "{image}", "--do-sample", "--top-p", "1.5"], "above 0 to 1"),
         (["caption", "{image}", "--model", "{folder}"], "not a saved model"),
+        (["caption", "{image}", "--model", "pretrain_opt2.7b"], "add --backend lavis"),
+        (["caption", "{image}", "--prompt", " ".join(["word"] * 60)], "shorten the prompt to at most 54 tokens"),
+        (["explain", "{image}", "--prompt", " ".join(["word"] * 60)], "shorten the prompt"),
     ],
 )
 def test_bad_input_is_one_clear_line(cli_runner, gallery, tmp_path, argv, message):
@@ -282,6 +285,27 @@ def test_bad_input_is_one_clear_line(cli_runner, gallery, tmp_path, argv, messag
     code, out, err = cli_runner(main, [a.format(**names) for a in argv])
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_new_tokens_are_lowered_to_what_the_decoder_holds(cli_runner, gallery, blip2_model):
+    """8 queries + a 50-token prompt leave 6 of the tiny decoder's 64 positions: past them, an IndexError."""
+    paths, _ = gallery
+    prompt = " ".join(["a"] * 49)  # 49 tokens and </s>
+    assert len(blip2_model[1].tokenizer(prompt).input_ids) == 50
+    code, out, err = cli_runner(main, ["caption", str(paths[0]), "--prompt", prompt, "--json", "--device", "cpu"])
+    assert code == 0, err
+    assert err.count("warning: only 6 new tokens fit") == 1 and "Traceback" not in err
+    assert json.loads(out)["settings"]["max_new_tokens"] == 6
+
+
+def test_eval_runs_on_a_few_images(cli_runner):
+    code, out, err = cli_runner(main, ["eval", "--n", "4", "--json", "--device", "cpu"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["n"] == 4 and len(result["examples"]) == 4
+    assert sum(g["n"] for g in result["groups"].values()) == 4
+    code, out, err = cli_runner(main, ["eval", "--n", "1", "--device", "cpu"])  # no held-out image at all
+    assert code == 0 and "(no images)" in out, err
 
 
 def test_empty_prompt_is_allowed(cli_runner, gallery):

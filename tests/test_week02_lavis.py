@@ -132,6 +132,27 @@ def test_conversion_accounts_for_every_weight(cli_runner, tmp_path):
     }
 
 
+def test_convert_replaces_only_its_own_output(cli_runner, tmp_path, monkeypatch):
+    """--out never deletes what the command did not write: a folder of notes and the current folder
+    are refused and left as they were; an earlier conversion is replaced whole."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "week2.md").write_text("my notes\n")
+    code, out, err = cli_runner(lavis_convert.main, ["--out", str(notes)])
+    assert code == 2 and "--force" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in notes.iterdir()] == ["week2.md"]
+    monkeypatch.chdir(notes)
+    code, out, err = cli_runner(lavis_convert.main, ["--out", "."])
+    assert code == 2 and "current folder" in err and [p.name for p in notes.iterdir()] == ["week2.md"]
+    converted = tmp_path / "converted"
+    assert cli_runner(lavis_convert.main, ["--out", str(converted)])[0] == 0
+    (converted / "stale.txt").write_text("left from the first conversion")
+    code, out, err = cli_runner(lavis_convert.main, ["--out", str(converted)])
+    assert code == 0, err
+    assert sorted(p.name for p in converted.iterdir()) == ["blip2_opt.pth", "lavis.json", "opt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "notes"]  # no staging left beside it
+
+
 def test_checkpoint_that_lavis_cannot_build_says_why(tmp_path):
     with pytest.raises(UserError, match="does not fit LAVIS's Blip2OPT: the ViT's activation is relu"):
         lavis_convert.convert(str(copy_of_tiny(tmp_path, hidden_act="relu")), tmp_path / "out")

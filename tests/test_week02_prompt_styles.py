@@ -1,11 +1,19 @@
 """Week 2: the plan's prompt exercise on the fine-tuned tiny BLIP-2 (data/models/tiny-blip2-prompts)."""
 
+import json
+
 import numpy as np
 import pytest
 
-from curriculum import shapesworld
+from curriculum import cli, shapesworld
 from curriculum.shapesworld import ShapeObject
-from curriculum.tiny_blip2_prompts import DETAIL_PROMPT_ZH, ONE_SENTENCE_PROMPT, ONE_SENTENCE_PROMPT_ZH, example
+from curriculum.tiny_blip2_prompts import (
+    DETAIL_PROMPT_ZH,
+    ONE_SENTENCE_PROMPT,
+    ONE_SENTENCE_PROMPT_ZH,
+    PROMPT_STYLES,
+    example,
+)
 from stage1_demos import blip2_caption, prompt_styles
 
 pytestmark = pytest.mark.week2
@@ -54,3 +62,24 @@ def test_the_fine_tuned_model_keeps_week_2s_thresholds():
     for attribute in blip2_caption.ATTRIBUTES:
         assert seen[attribute] >= 0.90, (attribute, seen)
     assert seen["qa"] >= 0.90, seen
+
+
+def test_cli_runs_on_one_image(cli_runner, tmp_path):
+    """--n 1: the example shown is the only image (test image 1, two shapes, when there are more)."""
+    code, out, err = cli_runner(prompt_styles.main, ["--n", "1", "--json", "--out", str(tmp_path / "p.json")])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["n"] == 1 and len(result["rows"]) == 2 * len(PROMPT_STYLES)
+    assert (tmp_path / "p.png").stat().st_size > 0 and json.loads((tmp_path / "p.json").read_text()) == result
+
+
+def test_json_and_picture_appear_together_or_not_at_all(cli_runner, tmp_path, monkeypatch):
+    def fail(*_):
+        raise OSError("disk full")
+
+    sample = shapesworld.sample("test", 0)
+    monkeypatch.setattr(prompt_styles, "compare", lambda models, n: ({"n": n, "rows": []}, {"a": "b"}, sample.image))
+    monkeypatch.setattr(cli, "write_json", fail)
+    with pytest.raises(OSError):
+        cli_runner(prompt_styles.main, ["--n", "1", "--out", str(tmp_path / "p.json")])
+    assert list(tmp_path.iterdir()) == []

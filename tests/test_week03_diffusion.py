@@ -373,14 +373,52 @@ def test_attention_and_eval_json(cli_runner, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["generate", "--prompt", PROMPT, "--steps", "0"], "positive integer"),
+        (["generate", "--prompt", PROMPT, "--steps", "0"], "from 1 to 10000"),
         (["generate", "--prompt", PROMPT, "--scheduler", "lms"], "invalid choice"),
-        (["generate", "--prompt", "  "], "the prompt is empty"),
+        (["generate", "--prompt", "  "], "argument --prompt: empty text"),
         (["attention", "--prompt", PROMPT, "--token", "green"], "not in the prompt; its tokens are: a, large, red"),
         (["generate", "--prompt", PROMPT, "--model", "no-such-org/no-such-sd"], "hf download"),
+        (["generate", "--prompt", PROMPT, "--model", "./no-such-sd"], "no model folder at './no-such-sd'"),
+        (["generate", "--prompt", PROMPT, "--guidance", "nan"], "argument --guidance"),
     ],
 )
 def test_bad_input_is_one_clear_line(cli_runner, argv, message):
     code, out, err = cli_runner(main, argv + ["--device", "cpu"])
     last = err.strip().splitlines()[-1]  # above it, at most the loading progress bars
     assert code == 2 and last.startswith("error:") and message in last, err
+    assert "hf download ./" not in err  # a local path is never sent to the hub
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "--prompt", PROMPT, "--steps", "2000"], "steps must be between 1 and 1000"),
+        (["eval", "--steps", "1000"], "use at most 999"),  # the schedule's steps_offset 1 would reach t = 1000
+        (["compare", "--prompt", PROMPT, "--step-counts", "10", "1001"], "steps must be between 1 and 1000"),
+        (["generate", "--prompt", " and ".join([PROMPT] * 4)], "--prompt is 37 tokens"),
+        (["generate", "--prompt", PROMPT, "--negative-prompt", " and ".join([PROMPT] * 4)], "--negative-prompt is"),
+        (["attention", "--prompt", " and ".join([PROMPT] * 4), "--token", "red"], "reads 32"),
+    ],
+)
+def test_what_the_model_cannot_do_is_refused_before_it_loads(cli_runner, monkeypatch, argv, message):
+    """From the pipeline's scheduler config and tokenizer: more steps than the 1000 training
+    timesteps (999 with its steps_offset), a prompt longer than the text encoder's 32 positions
+    (no IndexError, no silent cut)."""
+    monkeypatch.setattr(zoo, "load_sd", lambda *_: pytest.fail("the weights were loaded"))
+    code, out, err = cli_runner(main, argv)
+    assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_generate_writes_its_images_and_grid_together(cli_runner, tmp_path, monkeypatch):
+    """If the grid cannot be written, no image of it is left behind (X_0.png ...)."""
+
+    def fail(*_):
+        raise OSError("disk full")
+
+    image = shapesworld.sample("test", 0).image
+    monkeypatch.setattr(zoo, "load_sd", lambda *_: None)
+    monkeypatch.setattr(sd_generate, "generate", lambda pipe, prompts, *_: [image] * len(prompts))
+    monkeypatch.setattr(sd_generate.viz, "image_grid", fail)
+    with pytest.raises(OSError):
+        cli_runner(main, ["generate", "--prompt", PROMPT, "--n", "2", "--out", str(tmp_path / "X.png")])
+    assert list(tmp_path.iterdir()) == []

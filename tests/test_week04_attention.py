@@ -157,12 +157,27 @@ def test_show_draws_cls_and_decoder_attention(tmp_path, cli_runner):
     )
     result = json.loads(out)
     assert code == 0 and (tmp_path / "a.png").stat().st_size > 10_000
+    assert result["out"] == str(tmp_path / "a.png")  # the file it names is the file it wrote
     assert "circle" in result["caption"] and len(result["cls_peak_patch"]) == 4
 
 
 def test_missing_image_is_a_clear_error(tmp_path, cli_runner):
     code, _, err = cli_runner(attention_lab.main, ["show", "--image", str(tmp_path / "nope.png")])
-    assert code == 2 and err.strip().splitlines()[-1].startswith("error: no image at")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: argument --image: no file at")
+
+
+def test_show_refuses_what_it_would_write_elsewhere_or_cannot_fit(tmp_path, cli_runner):
+    """`--out X` once wrote X.png and printed X; a prompt past the decoder's 64 positions was an
+    IndexError after the models loaded. Both are one line now, and nothing is written."""
+    image = tmp_path / "in.png"
+    shapesworld.sample("test", 1).image.save(image)
+    code, _, err = cli_runner(attention_lab.main, ["show", "--image", str(image), "--out", str(tmp_path / "X")])
+    assert code == 2 and "should end in .png" in err
+    long_prompt = "a red circle " * 20
+    argv = ["show", "--image", str(image), "--prompt", long_prompt, "--out", str(tmp_path / "a.png")]
+    code, _, err = cli_runner(attention_lab.main, argv)
+    assert code == 2 and err.count("\n") == 1 and "the prompt is 62 tokens and this model reads 64 positions" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
 
 
 def test_layer_order_matters():

@@ -120,14 +120,31 @@ def test_generate_json(cli_runner, image_file):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--image", "missing.png"], "no image at missing.png"),
-        (["--temperature", "-1", "--sample"], "temperature must be above 0"),
-        (["--top-p", "0", "--sample"], "top_p must be in (0, 1]"),
-        (["--top-p", "1.5", "--sample"], "top_p must be in (0, 1]"),
-        (["--num-beams", "0"], "expected a positive integer"),
+        (["--image", "missing.png"], "argument --image: no file at 'missing.png'"),
+        (["--temperature", "-1", "--sample"], "argument --temperature: expected a finite number from 0.01 to 100"),
+        (["--temperature", "1e-300", "--sample"], "argument --temperature: expected a finite number from 0.01"),
+        (["--top-p", "0", "--sample"], "argument --top-p: expected a finite number above 0 to 1"),
+        (["--top-p", "1.5", "--sample"], "argument --top-p: expected a finite number above 0 to 1"),
+        (["--num-beams", "0"], "argument --num-beams: expected a whole number from 1 to 32"),
+        (["--num-beams", "1000000000"], "argument --num-beams: expected a whole number from 1 to 32"),
+        (["--repetition-penalty", "nan"], "argument --repetition-penalty: expected a finite number"),
+        (["--length-penalty", "nan"], "argument --length-penalty: expected a finite number"),
+        (["--num-beams", "3", "--sample"], "beam search here is deterministic"),
+        # the image's 8 queries + the prompt (62 tokens) leave none of the tiny decoder's 64 positions
+        (["--prompt", "a red circle " * 20], "the prompt is 62 tokens and this model reads 64 positions"),
     ],
 )
 def test_bad_input_is_a_clear_error(cli_runner, image_file, argv, message):
     argv = ["generate"] + (argv if "--image" in argv else ["--image", str(image_file)] + argv)
     code, _, err = cli_runner(decoding_lab.main, argv)
-    assert code == 2 and message in err.strip().splitlines()[-1]
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_more_new_tokens_than_fit_are_lowered_with_a_warning(cli_runner, image_file):
+    """Past the decoder's 64 positions OPT has no position embedding: an IndexError mid-caption.
+    The 8 image queries and the start token leave 55 for new tokens."""
+    argv = ["generate", "--image", str(image_file), "--max-new-tokens", "60", "--json"]
+    code, out, err = cli_runner(decoding_lab.main, argv)
+    result = json.loads(out)
+    assert code == 0 and err.count("\n") == 1 and "warning: only 55 new tokens fit" in err
+    assert result["settings"]["max_new_tokens"] == 55

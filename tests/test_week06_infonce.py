@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from curriculum import training
+from curriculum import training, viz
 from stage2_fundamentals import infonce_lab
 from stage2_fundamentals.infonce import info_nce
 from stage2_fundamentals.infonce_lab import Run
@@ -97,3 +97,16 @@ def test_the_cnn_tower_learns_with_the_same_recipe():
 def test_new_run_labels():
     assert Run(batch_size=16, lr=0.03, warmup=False).label() == "batch 16, learned τ, lr 0.03, no warm-up"
     assert Run(batch_size=32, tower="cnn").label() == "batch 32, learned τ, CNN image tower"
+
+
+def test_a_result_and_its_plot_appear_together(tmp_path):
+    result = infonce_lab.save_result({"steps": 3}, tmp_path, "lr", viz.curve, [3.0, 2.0, 1.0], "loss")
+    assert json.loads((tmp_path / "lr.json").read_text()) == result == {"steps": 3, "plot": str(tmp_path / "lr.png")}
+    assert (tmp_path / "lr.png").stat().st_size > 0
+
+    def broken_plot(data, path):
+        raise RuntimeError("matplotlib failed")
+
+    with pytest.raises(RuntimeError):
+        infonce_lab.save_result({"steps": 3}, tmp_path / "again", "lr", broken_plot, [1.0])
+    assert list(tmp_path.glob("again/*")) == []  # no JSON without its plot

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from curriculum import shapesworld, zoo
+from curriculum import MODELS_DIR, OUTPUTS_DIR, shapesworld, zoo
 from curriculum.cli import UserError
 from stage1_demos import clip_retrieval
 from stage2_fundamentals import crosslingual, projection
@@ -75,3 +75,19 @@ def test_removing_the_projection_heads_breaks_retrieval():
 
 def test_vit_b32_widths_need_the_heads():
     assert projection.vit_b32_shapes() == {"vision_hidden": 768, "text_hidden": 512, "projection_dim": 512}
+
+
+def test_train_writes_outputs_by_default_and_the_bundled_checkpoint_only_with_force(cli_runner, capsys):
+    """The default --out was data/models/tiny-clip-zh, the checkpoint every Chinese query loads,
+    replaced silently by whatever a quick run learnt."""
+    parser = crosslingual.build_parser()
+    assert parser.parse_args(["train"]).out == OUTPUTS_DIR / "train" / "tiny-clip-zh"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    assert "(defaultoutputs/train/tiny-clip-zh)" in "".join(capsys.readouterr().out.split())  # however it wraps
+    bundled = MODELS_DIR / "tiny-clip-zh"
+    before = {p: p.stat().st_mtime_ns for p in bundled.iterdir()}
+    code, _, err = cli_runner(crosslingual.main, ["train", "--out", str(bundled), "--steps", "1"])
+    assert code == 2 and err.count("\n") == 1 and "bundled checkpoint" in err and "--force" in err
+    assert {p: p.stat().st_mtime_ns for p in bundled.iterdir()} == before
+    assert parser.parse_args(["train", "--out", str(bundled), "--force"]).force  # what `make tiny-models` passes

@@ -63,7 +63,8 @@ def test_bad_targets_and_ranks_are_clear_errors():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["experiment", "--ranks", "0"], "LoRA ranks must be positive integers, got 0"),
+        (["experiment", "--ranks", "0"], "argument --ranks: expected a whole number from 1 to 128, got 0"),
+        (["experiment", "--ranks", "4", "1000000000"], "argument --ranks: expected a whole number from 1 to 128"),
         (["experiment", "--targets", "attn"], "its linear layers are: dense, fc1, fc2, k_proj, key"),
     ],
 )

@@ -51,3 +51,12 @@ def test_a_short_training_learns():
     design = Design("projector", steps=12, batch_size=8, pool=200)
     _, _, losses = qformer_lab.train(design, training.Options(progress=False))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 1.0
+
+
+def test_the_smallest_n_test_scores_seen_and_held_out_pairs(cli_runner):
+    """Accuracy is reported apart for seen and held-out pairs: fewer test images than --n-test's
+    minimum would leave a group empty (a mean of nothing, NaN in the JSON)."""
+    code, _, err = cli_runner(qformer_lab.main, ["compare", "--n-test", "2"])
+    assert code == 2 and "argument --n-test: expected a whole number from 3 to" in err
+    samples = shapesworld.generate("test", 3)
+    assert {s.heldout for s in samples} == {False, True}

@@ -163,19 +163,24 @@ def test_forward_pictures_and_snr_table(tmp_path, cli_runner, image_file):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["sample", "--prompt", PROMPT, "--steps", "0"], "expected a positive integer"),
-        (["sample", "--prompt", PROMPT, "--eta", "-0.5"], "expected a number of 0 or more"),
-        (["sample", "--prompt", " "], "the prompt is empty"),
-        (["forward", "--image", "x.png", "--schedules", "cosine"], "invalid choice: 'cosine'"),
-        (["forward", "--image", "missing.png"], "no image at missing.png"),
+        (["sample", "--prompt", PROMPT, "--steps", "0"], "argument --steps: expected a whole number from 1 to"),
+        (["sample", "--prompt", PROMPT, "--eta", "-0.5"], "argument --eta: expected a finite number from 0 to 1"),
+        (["sample", "--prompt", PROMPT, "--eta", "1e300"], "argument --eta: expected a finite number from 0 to 1"),
+        (["sample", "--prompt", PROMPT, "--guidance", "nan"], "argument --guidance: expected a finite number"),
+        (["sample", "--prompt", " "], "argument --prompt: empty text"),
+        (["forward", "--image", "IMAGE", "--schedules", "cosine"], "invalid choice: 'cosine'"),
+        (["forward", "--image", "missing.png"], "argument --image: no file at 'missing.png'"),
+        # from the model's configs, before it loads: its scheduler's 1000 timesteps, its text encoder's 32 tokens
         (["sample", "--prompt", PROMPT, "--steps", "2000"], "steps must be between 1 and 1000"),
+        (["compare", "--prompt", PROMPT, "--step-counts", "10", "2000"], "steps must be between 1 and 1000"),
+        (["sample", "--prompt", PROMPT * 5], "--prompt is 46 tokens and this model's text encoder reads 32"),
     ],
 )
-def test_bad_input_is_a_clear_error(cli_runner, argv, message, tmp_path):
-    code, _, err = cli_runner(
-        diffusion_lab.main, argv + (["--out", str(tmp_path / "o.png")] if argv[0] == "sample" else [])
-    )
-    assert code == 2 and message in err.strip().splitlines()[-1]
+def test_bad_input_is_a_clear_error(cli_runner, argv, message, tmp_path, image_file):
+    argv = [str(image_file) if a == "IMAGE" else a for a in argv]
+    code, _, err = cli_runner(diffusion_lab.main, argv + ["--out", str(tmp_path / "o.png")])
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_schedule_in_a_config_names_the_choices():

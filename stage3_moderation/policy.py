@@ -5,8 +5,10 @@ A policy names categories. Each category has
     concepts     prompts CLIP scores against the image: score = max over concepts of cos(image, prompt),
                  the way diffusers' safety checker compares an image with its concept embeddings
     threshold    the image is flagged for the category when that score >= threshold
-    terms        words or phrases (whole words, any case) ...
-    patterns     ... and regular expressions, checked on the user's text and on the image's caption
+    terms        words or phrases (whole words, any case, words joined by spaces, - or _) ...
+    patterns     ... and regular expressions, checked on the user's text and on the image's caption,
+                 as a reader sees them: normalised by normalize.py (NFKC, no invisible characters,
+                 look-alike letters), so that ｒｅｄ ｃｒｏｓｓ or a Cyrillic р is caught too
 plus `mismatch_threshold`: an image and the text sent with it whose CLIP cosine is below it are
 flagged as a `mismatch` (a caption that does not describe its image: a classic spam trick).
 
@@ -28,6 +30,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from curriculum import REPO_ROOT, cli, shapesworld
 from curriculum.cli import UserError
+from stage3_moderation import normalize
 
 POLICIES_DIR = REPO_ROOT / "data" / "policies"
 DEFAULT_POLICY = POLICIES_DIR / "shapesworld.yaml"
@@ -36,7 +39,9 @@ INPUT_TYPES = ("text", "image")
 
 
 def not_blank(text):
-    if not text.strip():  # a blank term compiles to \b\b, a blank pattern matches everywhere
+    # a blank term compiles to \b\b, a blank pattern matches everywhere; the rules read the text without
+    # its invisible characters, so a term of zero-width spaces is blank too
+    if not normalize.readings(text)[0].strip():
         raise ValueError("is blank, so it would match every text")
     return text
 
@@ -106,10 +111,15 @@ class Category:
     input_types: tuple
     concepts: tuple
     threshold: float
-    rules: tuple  # compiled regexes: terms become \bterm\b
+    rules: tuple  # compiled regexes: terms become \bword[\s_-]+word\b
+
+    def hits(self, readings):
+        """The rules that a text breaks, given its `normalize.readings`: each rule reads each (an ASCII
+        rule catches look-alikes in the skeleton, a Russian one reads Russian as written)."""
+        return [r.pattern for r in self.rules if any(map(r.search, readings))]
 
     def text_hits(self, text):
-        return [r.pattern for r in self.rules if text and r.search(text)]
+        return self.hits(normalize.readings(text)) if text else []
 
 
 @dataclass
@@ -133,8 +143,10 @@ def _category(name, spec, where):
     if spec.concepts and spec.threshold is None:
         raise UserError(f"{where}: category {name!r} needs a threshold between -1 and 1 (a CLIP cosine)")
     threshold = 1.0 if spec.threshold is None else spec.threshold  # text rules alone: a hit scores 1.0
-    # a term matches as whole words, with any run of spaces between them
-    rules = [re.compile(r"\b" + r"\s+".join(map(re.escape, t.split())) + r"\b", re.IGNORECASE) for t in spec.terms]
+    # a term matches as whole words, with any run of spaces, hyphens or underscores between them
+    # (red cross, red-cross, red_cross); a term with look-alike letters also as its skeleton
+    terms = dict.fromkeys(form for t in spec.terms for form in normalize.readings(t))
+    rules = [re.compile(r"\b" + r"[\s_-]+".join(map(re.escape, t.split())) + r"\b", re.IGNORECASE) for t in terms]
     for pattern in spec.patterns:
         try:
             rule = re.compile(pattern, re.IGNORECASE)
@@ -186,12 +198,16 @@ def decide(policy, text=None, concept_scores=None, caption=None, similarity=None
     is no image; caption: the image's caption or None; similarity: cos(image, text) when both came.
     """
     has = {"text": bool(text), "image": concept_scores is not None}
+    # each text normalised once, for every category's rules
+    read = {"text": text and normalize.readings(text), "caption": caption and normalize.readings(caption)}
     result = {"flagged": False, "categories": {}, "category_scores": {}, "category_applied_input_types": {}}
     for cat in policy.categories:
         applied = [t for t in cat.input_types if has[t]]
         judges_image = "image" in applied
         image_score = max((concept_scores[c] for c in cat.concepts), default=0.0) if judges_image else 0.0
-        hits = (cat.text_hits(text) if "text" in applied else []) + (cat.text_hits(caption) if judges_image else [])
+        hits = (cat.hits(read["text"]) if "text" in applied else []) + (
+            cat.hits(read["caption"]) if judges_image and caption else []
+        )
         flagged = bool(hits) or (judges_image and bool(cat.concepts) and image_score >= cat.threshold)
         score = 1.0 if hits else max(image_score, 0.0)  # the caption speaks for the image
         result["categories"][cat.name] = flagged

@@ -191,7 +191,7 @@ week9: export $(PROMPTS_MODEL) ## ONNX export with parity (`make export`), the d
 	@echo "results: outputs/onnx/tiny/manifest.json, $(W9)/policy.json, $(W9)/vqa_rule.json"
 
 serve: $(VENV)/.installed ## the moderation API on $(HOST):$(PORT) with the tiny models (Ctrl-C stops it)
-	$(OFFLINE) $(PY) -m uvicorn --factory stage3_moderation.app:create_app --host $(HOST) --port $(PORT)
+	$(OFFLINE) $(PY) -m stage3_moderation.serve --host $(HOST) --port $(PORT)
 
 # serve run starts a local Ray cluster, deploys the config and stops both on Ctrl-C (SIGINT); the URL is
 # the config's http_options. On a cluster: serve deploy on the same file (docs/ray-serve.md).
@@ -202,7 +202,7 @@ serve-ray: $(VENV)/.installed ## the same API on Ray Serve (configs/serve/modera
 # Starts the server in the background, waits for /readyz, runs week 10's curl examples (docs/week10.md), stops it.
 week10: $(VENV)/.installed ## the service: start it, the curl examples of docs/week10.md, stop it
 	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 4 --split test --out $(W10)/gallery
-	@$(OFFLINE) $(PY) -m uvicorn --factory stage3_moderation.app:create_app --host 127.0.0.1 --port 8000 \
+	@$(OFFLINE) $(PY) -m stage3_moderation.serve --host 127.0.0.1 --port 8000 \
 	  --log-level warning & \
 	  server=$$!; trap "kill $$server" EXIT; \
 	  for i in $$(seq 600); do curl -sf http://127.0.0.1:8000/readyz >/dev/null && break; \
@@ -226,6 +226,7 @@ bench: $(VENV)/.installed ## benchmarks, as ratios measured in one run: training
 	$(DECODING) bench --out outputs/bench/kv_cache.json
 	$(OFFLINE) $(PY) -m stage3_moderation.bench --out outputs/bench
 	$(OFFLINE) $(PY) -m stage3_moderation.ray_bench --out outputs/bench/ray.json
+	$(OFFLINE) $(PY) -m stage3_moderation.liveness --out outputs/bench/liveness.json
 
 # make train MODEL=clip NPROC=2 ARGS="--steps 300": one trainer on NPROC processes (accelerate launch),
 # written to outputs/train/MODEL unless ARGS names another --out; --resume continues a killed run.

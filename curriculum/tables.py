@@ -806,6 +806,28 @@ bench_table("week11.targets", 11, "The service's targets, as ratios of one run",
 bench_table("week10.liveness", 10, "/healthz while the heaviest images the limits admit arrive", LIVENESS, liveness)
 
 
+def attacks(r):
+    """stage3_moderation.liveness: each attack, what the server answered, /healthz and the server's cost."""
+
+    def answered(a):
+        if "statuses" in a:
+            return ", ".join(f"{n} × {status}" for status, n in sorted(a["statuses"].items()))
+        return f"{a['closed_by_server']} of {a['connections']} closed" + (
+            f" after {a['closed_after_s']} s" if a["closed_after_s"] is not None else ""
+        )
+
+    rows = [
+        [a["what"], answered(a), a["healthz_ms"]["p99"], a["healthz_ms"]["max"], a["rss_peak_mb"] - a["rss_before_mb"]]
+        + [a["server_cpu_s"], a["fds_peak"]]
+        for a in r["attacks"]
+    ]
+    header = ["attack", "answered", "/healthz p99 ms", "max ms", "RSS + MiB", "server CPU s", "open files"]
+    return Table(header, [["(idle)", "", r["healthz_idle_ms"]["p99"], r["healthz_idle_ms"]["max"], "", "", ""]] + rows)
+
+
+bench_table("week10.attacks", 10, "/healthz and the server's cost under each attack", "bench/liveness.json", attacks)
+
+
 RAY = "bench/ray.json"
 
 

@@ -21,7 +21,9 @@ What each endpoint does is endpoints.py's, framework-free.
 """
 
 import asyncio
+import hashlib
 import hmac
+import ipaddress
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -89,7 +91,10 @@ async def authorize(
     service: State = Depends(state),
     credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer),
 ) -> None:
-    """401 unless this path needs no key, or one of the keys came (Bearer scheme)."""
+    """401 unless this path needs no key, or one of the keys came (Bearer scheme). The key names the
+    request's tenant (request.state.tenant), whose cache entries are its own (service.Moderator._cached);
+    without keys everyone is one tenant."""
+    request.state.tenant = ""
     if not service.settings.requires_key(request.url.path):
         return
     token = credentials.credentials.encode() if credentials else b""
@@ -103,6 +108,7 @@ async def authorize(
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    request.state.tenant = hashlib.sha256(token).hexdigest()  # the key's hash: the cache holds no secret
 
 
 async def ready_api(service: State = Depends(state)) -> Api:
@@ -118,12 +124,27 @@ async def disconnected(receive):
         pass
 
 
+def client_of(request: Request) -> str:
+    """Whose share of the pixel budget a request takes (batching.PixelBudget): its API key's tenant
+    when keys are set, else its address (the one uvicorn reports: behind a trusted proxy, from
+    X-Forwarded-For). An IPv6 address counts by its /64, which one host may pick its addresses from."""
+    host = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # no IP address (a test client, a Unix socket)
+        address = host
+    if isinstance(address, ipaddress.IPv6Address):
+        address = address.ipv4_mapped or ipaddress.IPv6Network((address, 64), strict=False)
+    return request.state.tenant or str(address)
+
+
 async def answer(request: Request, endpoint):
-    """endpoint(body, content type) as JSON, cancelled if the client goes away first: its queued
-    items are dropped and never computed (ClientDisconnect: a 499 nobody receives)."""
+    """endpoint(body, content type, tenant, client) as JSON, cancelled if the client goes away first: its
+    queued items are dropped and never computed (ClientDisconnect: a 499 nobody receives)."""
     with timing.stage("read"):
         body = await request.body()
-    work = asyncio.ensure_future(endpoint(body, request.headers.get("content-type", "")))
+    content_type = request.headers.get("content-type", "")
+    work = asyncio.ensure_future(endpoint(body, content_type, request.state.tenant, client_of(request)))
     gone = asyncio.ensure_future(disconnected(request.receive))
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)

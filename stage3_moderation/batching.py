@@ -22,7 +22,8 @@ at once: its slot is free and its item is never computed (`dropped` counts them)
 of several items waits for them with `all_or_none`, so when one is refused or fails, its
 siblings are cancelled, and so dropped, too.
 
-`PixelBudget` bounds the other thing a request holds while it waits: decoded image pixels.
+`PixelBudget` bounds the other thing a request holds while it waits: decoded image pixels, in fair
+shares per client.
 """
 
 import asyncio
@@ -193,22 +194,43 @@ async def all_or_none(*awaitables):
 
 
 class PixelBudget:
-    """Decoded pixels in flight across the process. A request takes its cost (width × height ×
-    frames of every image, read from the headers before anything is decoded) for as long as it
-    runs; one that does not fit is refused at once (Overloaded: 503 + Retry-After) instead of
-    growing the memory until the process is killed."""
+    """Decoded pixels in flight across the process, shared fairly among clients. A request takes its
+    cost (width × height × frames of every image, read from the headers before anything is decoded)
+    for as long as it runs, on behalf of its client (app.py: the API key when keys are set, else
+    the client's address).
+
+    With n clients holding pixels once a request is admitted (its own counted), a share is
+    limit / (n + 1): equal shares, and one kept for a client yet to come. A request is admitted when
+      - the pixels in flight stay within limit - share, so a newcomer finds room, and
+      - its client held nothing before it, or stays within its share: one request of any allowed
+        size, more at once only within the share, so parallel requests cannot take what others need.
+    Otherwise it is refused at once (Overloaded: 503 + Retry-After) instead of growing the memory
+    until the process is killed. First come, first served let two clients looping on the largest
+    requests hold all of it, and about 97% of everyone else's requests got 503; now the second such
+    request waits for the first, and the rest of the budget serves the others."""
 
     def __init__(self, limit):
         self.limit, self.used = limit, 0
+        self.held = {}  # client -> the pixels its running requests hold; only clients holding some
 
     @contextmanager
-    def hold(self, pixels):
-        if self.used + pixels > self.limit:
+    def hold(self, pixels, client):
+        if not pixels:  # a text needs no pixels: nothing to share
+            yield
+            return
+        held = self.held.get(client, 0)
+        share = self.limit // (len(self.held) + (not held) + 1)
+        if self.used + pixels > self.limit - share or (held and held + pixels > share):
             raise Overloaded(
-                f"{self.used:,} decoded pixels are in flight; {pixels:,} more would pass the limit of {self.limit:,}"
+                f"{self.used:,} decoded pixels are in flight, {held:,} of them this client's; {pixels:,} more "
+                f"would pass its fair share of the limit of {self.limit:,} (a share is kept for others)"
             )
         self.used += pixels
+        self.held[client] = held + pixels
         try:
             yield
         finally:
             self.used -= pixels
+            self.held[client] -= pixels
+            if not self.held[client]:
+                del self.held[client]

@@ -1,8 +1,10 @@
 """Week 10: a content-addressed LRU cache for image embeddings and captions.
 
-The key is what was computed and the sha256 of the pixels it was computed from (images.Frame.key),
-so the same picture uploaded twice, under any file name or in another encoding, is embedded and
-captioned once. The cache is bounded by entries and by bytes; the least recently used entries go first.
+The key (service.Moderator._cached) is the tenant (which API key asked), what was computed and the
+sha256 of the pixels it was computed from (images.Frame.key), so the same picture uploaded twice by
+one tenant, under any file name or in another encoding, is embedded and captioned once; another
+tenant's upload of it is computed afresh, so its timing tells nothing about what others sent.
+The cache is bounded by entries and by bytes; the least recently used entries go first.
 """
 
 import sys

@@ -47,7 +47,9 @@ def encode(vector, dimensions=None, encoding_format="float"):
 class Api:
     def __init__(self, moderator, limits, budget, decoder, names):
         """names: the served model of each endpoint, {"moderations": ..., "embeddings": ..., "captions": ...};
-        decoder: the thread pool that parses large bodies and decodes images."""
+        decoder: the thread pool that parses large bodies and decodes images. Each endpoint takes the
+        request's tenant too: whose cache entries it may use (service.Moderator._cached); and its
+        client: whose share of the pixel budget it takes (batching.PixelBudget)."""
         self.moderator, self.limits, self.budget, self.decoder, self.names = moderator, limits, budget, decoder, names
 
     async def _in_pool(self, fn, *args):
@@ -76,14 +78,16 @@ class Api:
         for item, frames in zip(items, decoded):
             item.frames = frames
 
-    async def moderations(self, body, content_type):
+    async def moderations(self, body, content_type, tenant, client):
         parsed = await self._parse(body, content_type, inputs.MODERATIONS, "moderations")
-        with self.budget.hold(parsed.pixels):
+        with self.budget.hold(parsed.pixels, client):
             await self._decode(parsed, inputs.MODERATIONS)
-            results = await all_or_none(*(self.moderator.moderate(item.text, item.frames) for item in parsed.items))
+            results = await all_or_none(
+                *(self.moderator.moderate(item.text, item.frames, tenant) for item in parsed.items)
+            )
         return {"id": f"modr-{uuid.uuid4().hex}", "model": self.names["moderations"], "results": results}
 
-    async def embeddings(self, body, content_type):
+    async def embeddings(self, body, content_type, tenant, client):
         parsed = await self._parse(body, content_type, inputs.EMBEDDINGS, "embeddings")
         request = parsed.request
         if request.dimensions and request.dimensions > self.moderator.dimension:
@@ -94,11 +98,11 @@ class Api:
             )
         # each text and each image gets a vector; an animation is embedded by its first frame
         parts = [(kind, item) for item in parsed.items for kind in ("image", "text") if getattr(item, kind) is not None]
-        with self.budget.hold(parsed.pixels):
+        with self.budget.hold(parsed.pixels, client):
             await self._decode(parsed, inputs.EMBEDDINGS)
             vectors = await all_or_none(
                 *(
-                    self.moderator.embed_image(item.frames[0])
+                    self.moderator.embed_image(item.frames[0], tenant)
                     if kind == "image"
                     else self.moderator.embed_text(item.text)
                     for kind, item in parts
@@ -120,12 +124,12 @@ class Api:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
-    async def captions(self, body, content_type):
+    async def captions(self, body, content_type, tenant, client):
         """Greedy BLIP-2 captions, one per image (an animation: its first frame)."""
         parsed = await self._parse(body, content_type, inputs.CAPTIONS, "captions")
-        with self.budget.hold(parsed.pixels):
+        with self.budget.hold(parsed.pixels, client):
             await self._decode(parsed, inputs.CAPTIONS)
-            texts = await all_or_none(*(self.moderator.caption(item.frames[0]) for item in parsed.items))
+            texts = await all_or_none(*(self.moderator.caption(item.frames[0], tenant) for item in parsed.items))
         return {
             "object": "list",
             "model": self.names["captions"],

@@ -13,16 +13,22 @@ A content filter must judge what the viewer sees, not what a naive decoder retur
 - Pixel modes: 16-bit greyscale (I;16, I) is scaled to 8 bits (converting it naively clips it
   to a white square); palette, LA, CMYK, 1-bit are converted as Pillow converts them for display.
 - EXIF orientation is applied, as browsers do.
+- The whole picture: the models read a square (CLIP resizes the short side and crops the centre),
+  so moderation judges a long frame in square views along its long side (`views`), each
+  overlapping the next by half, and the worst view decides: nothing outside the centre is unseen.
 
 The cost is known before any pixel is decoded (`probe`: width × height × frames from the
 headers), so the service can refuse or queue a request before it spends memory on it. After
-compositing, frames larger than `JUDGED_SIDE` are shrunk (every model here reads 224-336 px),
-so what waits in the batchers' queues is at most 512² × 3 bytes per frame.
+compositing, frames of more than `JUDGED_SIDE`² pixels are shrunk to that area (every model here
+reads 224-336 px a side), so what waits in the batchers' queues is at most 512² × 3 bytes per frame,
+and about twice that in views. Bounding the area, not the long side, keeps a 20:1 banner's short
+side at 114 px rather than 26, so its views are not judged as thumbnails.
 """
 
 import hashlib
 import io
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import ExifTags, Image, ImageSequence
@@ -61,6 +67,7 @@ class Probe:
     width: int
     height: int
     frames: int
+    views: int = 1  # square views judged per frame: `views` when the whole picture is judged, else 1
 
     @property
     def pixels(self):
@@ -69,12 +76,44 @@ class Probe:
 
 @dataclass
 class Frame:
-    """One picture as the viewer sees it: RGB on the white background, at most JUDGED_SIDE a side.
+    """One picture as the viewer sees it: RGB on the white background, at most JUDGED_SIDE² pixels.
     key: the sha256 of its pixels, so the same picture (in any encoding, or a GIF's repeated
-    frames) is computed once."""
+    frames) is computed once. views: the square Frames that judge it whole (moderation; a square
+    frame is its own one view), empty where only the models' own preprocessing reads it."""
 
     image: Image.Image
     key: str
+    views: list = field(default_factory=list)
+
+
+def views(width, height):
+    """How many square views judge a width × height picture whole: squares of the short side along
+    the long one, each overlapping the next by at least half (so any shape up to half the short
+    side lies whole in one of them), the last flush with the far end. 1 for a square, 5 for 3:1,
+    39 for 20:1."""
+    short, long = sorted((width, height))
+    return math.ceil(2 * long / short) - 1
+
+
+def keyed(image):
+    """A Frame of `image`, keyed by the sha256 of its size and pixels."""
+    return Frame(image, hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest())
+
+
+def cut_views(frame, count):
+    """The frame's `count` square views, evenly spaced from one end to the other (`count` comes from
+    the header's size, as counted against the limits; a shrunk frame's sides are rounded)."""
+    width, height = frame.image.size
+    side, span = min(width, height), abs(width - height)
+    if count == 1 or not span:
+        return [frame]
+    unique = {}
+    for i in range(count):
+        at = round(i * span / (count - 1))
+        box = (at, 0, at + side, side) if width > height else (0, at, side, at + side)
+        view = keyed(frame.image.crop(box))
+        unique.setdefault(view.key, view)
+    return list(unique.values())
 
 
 def open_image(data, param):
@@ -95,7 +134,8 @@ def open_image(data, param):
 
 def probe(data, limits, param, declared=None, all_frames=True):
     """The header's size and frame count, checked against the limits; declared: the MIME type the
-    client gave (data URL or upload), which must name the format the bytes really are."""
+    client gave (data URL or upload), which must name the format the bytes really are. all_frames:
+    the whole picture is judged (moderation): every frame, each in its square views."""
     image = open_image(data, param)
     shown = SHOWN_AS.get(image.format, image.format)
     if declared not in UNDECLARED and declared != FORMATS[shown]:
@@ -133,7 +173,7 @@ def probe(data, limits, param, declared=None, all_frames=True):
             param=param,
             code="too_many_frames",
         )
-    return Probe(shown, width, height, frames)
+    return Probe(shown, width, height, frames, views(width, height) if all_frames else 1)
 
 
 def to_8bit(frame):
@@ -143,7 +183,7 @@ def to_8bit(frame):
 
 
 def as_displayed(frame, orientation=1):
-    """One decoded frame -> RGB composited onto the background, at most JUDGED_SIDE a side."""
+    """One decoded frame -> RGB composited onto the background, at most JUDGED_SIDE² pixels."""
     if frame.mode in SIXTEEN_BIT:
         frame = to_8bit(frame)
     elif frame.mode == "F":
@@ -152,32 +192,36 @@ def as_displayed(frame, orientation=1):
     shown = frame.convert("RGBA" if transparent else "RGB")
     # Pillow resizes RGBA with premultiplied alpha, so shrinking first and compositing after gives
     # the composite of the full-size frame, at a fraction of the memory.
-    shown.thumbnail((JUDGED_SIDE, JUDGED_SIDE), Image.Resampling.BICUBIC)
+    scale = min(1.0, JUDGED_SIDE / math.sqrt(shown.width * shown.height))
+    shown.thumbnail((round(shown.width * scale), round(shown.height * scale)), Image.Resampling.BICUBIC)
     if transparent:  # out = alpha · pixel + (1 - alpha) · background
         shown = Image.alpha_composite(Image.new("RGBA", shown.size, BACKGROUND + (255,)), shown).convert("RGB")
     return shown.transpose(ORIENTATIONS[orientation]) if orientation in ORIENTATIONS else shown
 
 
 def decode(data, limits, param="image", all_frames=True):
-    """Bytes -> the distinct frames as displayed (all of an animation's, or its first only), or
-    BadInput: not an allowed image, corrupt, truncated, over a limit."""
+    """Bytes -> the distinct frames as displayed, or BadInput: not an allowed image, corrupt,
+    truncated, over a limit. all_frames: the whole picture, for moderation (every frame of an
+    animation, each with its square views); else the first frame alone, without views."""
     image = open_image(data, param)
+    count = views(*image.size) if all_frames else 0
     all_frames = all_frames and image.format not in SHOWN_AS
     if image.format in ("JPEG", "MPO"):  # decode at a reduced scale (DCT scaling) when the picture is large
-        image.draft(image.mode, (JUDGED_SIDE, JUDGED_SIDE))
+        image.draft(image.mode, (JUDGED_SIDE, JUDGED_SIDE))  # both sides stay >= what the area cap keeps
     frames = {}
     try:
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
         for i, frame in enumerate(ImageSequence.Iterator(image)):
             if i == limits.max_frames or (i and not all_frames):
                 break
-            shown = as_displayed(frame, orientation)
-            key = hashlib.sha256(f"{shown.size}".encode() + shown.tobytes()).hexdigest()
-            frames.setdefault(key, shown)
+            shown = keyed(as_displayed(frame, orientation))
+            frames.setdefault(shown.key, shown)
     except (BadInput, MemoryError):
         raise
     except Exception as e:  # Pillow's decoders raise many types on malformed data
         raise BadInput(
             f"the image could not be decoded (corrupt or truncated): {e}", param=param, code="invalid_image"
         ) from None
-    return [Frame(shown, key) for key, shown in frames.items()]
+    for frame in frames.values():
+        frame.views = cut_views(frame, count) if count else []
+    return list(frames.values())

@@ -3,10 +3,14 @@
 `parse(body, content_type, endpoint, limits)` takes the raw bytes and the Content-Type header,
 so any front end can use it (the FastAPI app, a Ray Serve deployment, a test). Everything a
 client sends is checked before a model sees it and before any pixel is decoded:
-- JSON: parsed and validated by pydantic's Rust parser, which refuses invalid UTF-8, lone
-  surrogates ("\\ud800"), numbers too big to convert and nesting deeper than its limit with a
-  clean error instead of Python's RecursionError / ValueError. Unknown fields are refused, not
-  ignored. Multipart: parsed from the bytes; an unterminated body is refused.
+- JSON: parsed by pydantic's Rust parser, which refuses invalid UTF-8, lone surrogates
+  ("\\ud800"), numbers too big to convert and nesting deeper than its limit with a clean error
+  instead of Python's RecursionError / ValueError. What a refusal costs is bounded by the body's
+  size: a body holding more JSON values than any valid request is refused before parsing, and lists
+  and objects larger than any valid request before validation (a list of a million integers cost
+  16 s of CPU to explain). Types are strict (no `true` or `"8"` for an integer) and unknown fields
+  are refused, not ignored. Multipart: parsed from the bytes, at most MAX_KEYS fields; an
+  unterminated body is refused.
 - Texts: length; lists: number of entries.
 - Images: data URLs only (the server never fetches a remote URL: no SSRF, and it runs offline),
   valid base64, a format a browser shows, read from the bytes and agreeing with the declared
@@ -17,10 +21,12 @@ Decoding itself happens later (images.decode), once the service has room for the
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import pydantic_core
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -35,7 +41,8 @@ class Limits:
     max_aspect_ratio: float = 20.0
     max_text_chars: int = 10_000
     max_inputs: int = 32
-    max_frames: int = 64  # per request: a still image is one frame, an animation each of its frames
+    max_frames: int = 64  # per request: a still image is one frame, an animation each of its frames,
+    # and in moderation a long image each of its square views (images.views)
     max_request_pixels: int = 4 * 4096 * 4096  # width × height × frames, summed over the request's images
 
 
@@ -51,12 +58,15 @@ EXAMPLE_IMAGE = (
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+Text = Annotated[str, Field(min_length=1)]  # an empty text has nothing to judge or embed
 
 
 class TextPart(Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ImageURL(Strict):
@@ -74,7 +84,7 @@ class ImagePart(Strict):
 
 
 Part = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
-Input = Union[str, Annotated[list[str], Field(min_length=1)], Annotated[list[Part], Field(min_length=1)]]
+Input = Union[Text, Annotated[list[Text], Field(min_length=1)], Annotated[list[Part], Field(min_length=1)]]
 INPUT_DOC = (
     "a string, a list of strings (one result each), or a list of text / image_url parts; at most "
     "MODERATION_MAX_INPUTS (32) entries of MODERATION_MAX_TEXT_CHARS (10,000) characters"
@@ -152,15 +162,23 @@ class ModerationForm(Strict):
 
     model_config = ConfigDict(json_schema_extra=TEXT_OR_IMAGE)
     image: Union[bytes, SkipJsonSchema[None]] = Field(None, description=IMAGE_DOC, json_schema_extra=file_part)
-    text: Union[str, SkipJsonSchema[None]] = Field(None, json_schema_extra=left_out)
+    text: Union[Text, SkipJsonSchema[None]] = Field(None, json_schema_extra=left_out)
     model: Union[str, SkipJsonSchema[None]] = Field(None, description=MODEL_DOC, json_schema_extra=left_out)
+
+
+def form_integer(value):
+    """A form field arrives as text: '8' is the integer 8; anything else ('true', '8.0', ' 8', more
+    digits than an int64 holds) is left as it came, for strict validation to refuse."""
+    return int(value) if isinstance(value, str) and re.fullmatch(r"[0-9]{1,18}", value) else value
 
 
 class EmbeddingForm(ModerationForm):
     """An image, a text, or both: a vector for each."""
 
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Union[Annotated[int, Field(ge=1)], SkipJsonSchema[None]] = Field(None, json_schema_extra=left_out)
+    dimensions: Union[Annotated[int, Field(ge=1), BeforeValidator(form_integer)], SkipJsonSchema[None]] = Field(
+        None, json_schema_extra=left_out
+    )
     user: Union[str, SkipJsonSchema[None]] = Field(None, json_schema_extra=left_out)
 
 
@@ -172,7 +190,8 @@ class CaptionForm(Strict):
 @dataclass(frozen=True)
 class Endpoint:
     """How an endpoint reads its body: its JSON and form models, whether typed parts form one
-    input, and whether an animation counts with all its frames or its first."""
+    input, and whether the whole picture is judged (every frame of an animation, a long image in
+    square views: moderation) or its first frame as the models read it."""
 
     json: type
     form: type
@@ -227,43 +246,104 @@ def check_text(text, limits, param):
     return text
 
 
-def validation_message(error, model):
-    """One line from pydantic's complaints: the deepest one (a union of shapes reports one per
-    shape it tried; the deepest is the shape the client meant), e.g. 'input.0.image_url: Field required'."""
-    deepest = max(error.errors(), key=lambda e: (len(e["loc"]), "union" in str(e["loc"])))
-    loc = deepest["loc"]
-    if deepest["type"] == "json_invalid":
-        return f"the body is not valid JSON: {deepest['msg'].removeprefix('Invalid JSON: ')}"
+MAX_KEYS = 16  # keys of a JSON object, fields of a form: the API's largest (an embedding request) has 6
+JSON_STRUCTURE = 4096  # quotes, commas, colons and brackets of a valid request besides its texts (at most ~700)
+
+
+def check_json_size(body, limits):
+    """Refuse, before parsing, a body that holds more JSON values than any valid request: parsing
+    makes a Python object of each with the GIL held (2.8 million `[]` in 8 MiB: 0.6 s). Every value
+    and key needs a quote, comma, colon or bracket; texts may be made of these characters too, so
+    the limit allows for every text at its longest. One pass over the bytes, a few ms for 8 MiB."""
+    found = len(body) - len(body.translate(None, b'",:[{'))
+    allowed = limits.max_inputs * limits.max_text_chars + JSON_STRUCTURE
+    if found > allowed:
+        raise BadInput(
+            f"the body holds {found:,} JSON quotes, commas, colons and brackets: more than the longest texts "
+            f"and the API's own structure ({allowed:,})",
+            status=413,
+            code="body_too_complex",
+        )
+
+
+def parse_json(body):
+    try:
+        return pydantic_core.from_json(body, allow_inf_nan=False)
+    except ValueError as e:  # not JSON, not UTF-8, a lone surrogate, nested deeper than the parser's limit
+        raise BadInput(f"the body is not valid JSON: {e}", code="invalid_json") from None
+
+
+def check_shape(value, limits, where=None):
+    """Refuse, before validating, a list longer than max_inputs or an object with more than MAX_KEYS
+    keys anywhere in the body: no valid request holds one, and pydantic reports errors per entry
+    and per key (a list of a million integers: two million errors). What validation may report is
+    then bounded (a few per entry and key). `input` over its limit is a 413, as a request the
+    schema allows; a list anywhere else, or an object that large, breaks the schema: 400."""
+    if isinstance(value, list):
+        if len(value) > limits.max_inputs:
+            raise BadInput(
+                f"{where or 'the body'} has {len(value):,} entries; the limit is {limits.max_inputs}",
+                status=413 if where == "input" else 400,
+                param=where,
+                code="too_many_inputs" if where == "input" else "too_many_entries",
+            )
+        for i, entry in enumerate(value):
+            check_shape(entry, limits, f"{where or 'body'}[{i}]")
+    elif isinstance(value, dict):
+        if len(value) > MAX_KEYS:
+            raise BadInput(
+                f"{where or 'the body'} has {len(value):,} keys; no object of this API has more than {MAX_KEYS}",
+                param=where,
+                code="too_many_keys",
+            )
+        for key, entry in value.items():
+            check_shape(entry, limits, key if where is None else f"{where}.{key}")
+
+
+def deepest(problems):
+    """The complaint that says most: the deepest (a union of shapes reports one per shape it tried;
+    the deepest is the shape the client meant), and at one depth a broken constraint before a wrong
+    type ("" is a string, too short, rather than not a list; `true` is not an integer, rather than not None)."""
+
+    def says(e):
+        wrong_type = e["type"].endswith("_type") or e["type"] == "none_required"
+        return len(e["loc"]), not wrong_type, "union" in str(e["loc"])
+
+    return max(problems, key=says)
+
+
+def validation_message(problem, model):
+    """One line from pydantic's complaint, e.g. 'input.0.image_url: Field required'."""
+    loc = problem["loc"]
     if not loc:
         return 'the body must be a JSON object like {"input": "some text"}'
-    if deepest["type"] == "extra_forbidden":
+    if problem["type"] == "extra_forbidden":
         return f"unknown field {loc[-1]!r}: this endpoint takes {', '.join(model.model_fields)}"
     if (
         loc[0] == "input"
         and not any(isinstance(part, int) for part in loc)
-        and deepest["type"] not in ("missing", "too_short")
+        and problem["type"] not in ("missing", "too_short", "string_too_short")
     ):
         return (
             'input must be a string, a list of strings, or a list of {"type": "text", ...} / '
-            f'{{"type": "image_url", ...}} parts; got {type(deepest["input"]).__name__}'
+            f'{{"type": "image_url", ...}} parts; got {type(problem["input"]).__name__}'
         )
     # drop pydantic's names for the union branches and the part's tag: input.0.image_url.url, not
     # input.list[tagged-union[...]].0.image_url.image_url.url
-    path = [p for p in loc if not str(p).startswith(("list[", "str", "function", "tagged-union"))]
+    path = [p for p in loc if not str(p).startswith(("list[", "str", "constrained-str", "function", "tagged-union"))]
     path = [p for i, p in enumerate(path) if not (i and isinstance(path[i - 1], int) and p in ("text", "image_url"))]
-    return f"{'.'.join(str(p) for p in path)}: {deepest['msg']}"
+    return f"{'.'.join(str(p) for p in path)}: {problem['msg']}"
 
 
-def validate(model, value, json=False):
+def validate(model, value):
+    """model.model_validate(value), or a BadInput naming the field at fault. pydantic's list of errors
+    is built once; check_shape has bounded its length."""
     try:
-        return model.model_validate_json(value) if json else model.model_validate(value)
+        return model.model_validate(value)
     except ValidationError as e:
-        invalid_json = e.errors()[0]["type"] == "json_invalid"
-        raise BadInput(
-            validation_message(e, model),
-            code="invalid_json" if invalid_json else "invalid_request",
-            param=None if invalid_json else "input",
-        ) from None
+        problem = deepest(e.errors(include_url=False))
+        param = str(problem["loc"][0]) if problem["loc"] else None
+        raise BadInput(validation_message(problem, model), code="invalid_request", param=param) from None
 
 
 def read_data_url(url, param):
@@ -298,15 +378,11 @@ def from_json(body, endpoint, limits):
     """JSON body -> (the validated request, its Items)."""
     if not body.strip():
         raise BadInput('the request body is empty: send JSON like {"input": "some text"}', code="empty_body")
-    request = validate(endpoint.json, body, json=True)
+    check_json_size(body, limits)
+    value = parse_json(body)
+    check_shape(value, limits)  # input's length among the rest
+    request = validate(endpoint.json, value)
     entries = [request.input] if isinstance(request.input, str) else request.input
-    if len(entries) > limits.max_inputs:
-        raise BadInput(
-            f"input has {len(entries)} entries; the limit is {limits.max_inputs}",
-            status=413,
-            param="input",
-            code="too_many_inputs",
-        )
     items = []
     for i, entry in enumerate(entries):
         param = "input" if isinstance(request.input, str) else f"input[{i}]"
@@ -332,14 +408,23 @@ class FormPart:
 
 def read_multipart(body, content_type):
     """multipart/form-data bytes -> FormParts, with python-multipart's parser (no temporary files:
-    the body is already in memory and bounded by max_body_bytes)."""
+    the body is already in memory and bounded by max_body_bytes). Refused at the part past MAX_KEYS,
+    while parsing: 130,000 one-byte fields took 2 s to parse and then refuse."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
         raise BadInput("multipart/form-data needs a boundary in its Content-Type", code="invalid_multipart")
     parts, header, ended = [], {}, []
+
+    def begin_part():
+        if len(parts) == MAX_KEYS:
+            raise BadInput(
+                f"the form has more than {MAX_KEYS} fields; no endpoint takes that many", code="too_many_fields"
+            )
+        parts.append(({}, bytearray()))
+
     callbacks = {
-        "on_part_begin": lambda: parts.append(({}, bytearray())),
+        "on_part_begin": begin_part,
         "on_header_field": lambda data, start, end: header.update(field=header.get("field", b"") + data[start:end]),
         "on_header_value": lambda data, start, end: header.update(value=header.get("value", b"") + data[start:end]),
         "on_header_end": lambda: parts[-1][0].update({header.pop("field", b"").lower(): header.pop("value", b"")}),
@@ -350,6 +435,8 @@ def read_multipart(body, content_type):
         parser = MultipartParser(boundary, callbacks)
         parser.write(body)
         parser.finalize()
+    except BadInput:
+        raise
     except Exception as e:  # python-multipart's parse errors
         raise BadInput(f"the multipart body could not be parsed: {e}", code="invalid_multipart") from None
     if not ended:
@@ -419,10 +506,11 @@ def parse(body, content_type, endpoint, limits):
             code="unsupported_media_type",
         )
     parsed = Parsed(items, request)
-    frames = sum(item.image.probe.frames for item in items if item.image)
+    frames = sum(item.image.probe.frames * item.image.probe.views for item in items if item.image)
     if frames > limits.max_frames:
         raise BadInput(
-            f"the request's images hold {frames} frames (an animation counts each); the limit is {limits.max_frames}",
+            f"the request's images are judged in {frames} frames (an animation counts each, a long image "
+            f"each square view it is judged in: 5 for 3:1); the limit is {limits.max_frames}",
             status=413,
             param="input",
             code="too_many_frames",

@@ -305,7 +305,8 @@ def free_port():
 
 @contextmanager
 def server(env=None, port=None, ready_timeout=300, log=None, cpus=None):
-    """A real uvicorn process on loopback serving `create_app`; yields (its base URL, the process)
+    """A real server process on loopback (python -m stage3_moderation.serve: uvicorn with the HTTP
+    limits); yields (its base URL, the process)
     once /readyz says ready, and stops it afterwards. env: extra MODERATION_* variables; cpus: the
     cores it may run on (as `taskset -c`), so a load generator on the others cannot take its time."""
     port = port or free_port()
@@ -313,9 +314,7 @@ def server(env=None, port=None, ready_timeout=300, log=None, cpus=None):
     command = [
         sys.executable,
         "-m",
-        "uvicorn",
-        "--factory",
-        "stage3_moderation.app:create_app",
+        "stage3_moderation.serve",
         "--host",
         "127.0.0.1",
         "--port",
@@ -370,7 +369,7 @@ def build_parser():
     )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", type=cli.Url(), help="a running server, e.g. http://127.0.0.1:8000")
-    where.add_argument("--serve", action="store_true", help="start uvicorn on a free loopback port first")
+    where.add_argument("--serve", action="store_true", help="start the server on a free loopback port first")
     p.add_argument("--n", type=cli.Count(1, 100_000), default=500, help="requests, up to 100,000 (default 500)")
     p.add_argument("--concurrency", type=cli.Count(1, 500), default=32, help="clients at once, up to 500 (default 32)")
     p.add_argument("--kind", default="mixed", choices=KINDS)

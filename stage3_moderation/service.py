@@ -6,9 +6,9 @@
          └──────────────────────────────────────────────────> text rules ───────────────┘
 
 An image is judged frame by frame (a still image is one frame; images.py decodes them as the
-viewer sees them) and its worst frame decides. One batcher per model stage, because the stages
-cost very different amounts (a caption is ~40 decoder steps, an embedding one pass) and batch
-best at different sizes.
+viewer sees them), a long frame in square views along it, and its worst view decides. One batcher
+per model stage, because the stages cost very different amounts (a caption is ~40 decoder steps,
+an embedding one pass) and batch best at different sizes.
 """
 
 import asyncio
@@ -135,20 +135,24 @@ class Moderator:
     async def stop(self):
         await asyncio.gather(*(b.stop() for b in self.batchers.values()))
 
-    async def _cached(self, stage, frame):
-        """The stage's output for a frame, from the cache by its pixels' hash, else from its batcher."""
-        value = self.cache.get((stage, frame.key))
+    async def _cached(self, stage, frame, tenant):
+        """The stage's output for a frame, from the cache by its pixels' hash, else from its batcher.
+        tenant (app.py: which API key sent the request) is part of the key: a hit's answer comes
+        sooner, with no queue or compute time, so a cache shared by tenants would tell one of them
+        whether another had sent the same picture."""
+        key = (tenant, stage, frame.key)
+        value = self.cache.get(key)
         self.metrics.cache.labels(stage, "hit" if value is not None else "miss").inc()
         if value is None:
             value = await self.stages[stage](frame.image)
-            self.cache.put((stage, frame.key), value)
+            self.cache.put(key, value)
         return value
 
-    async def embed_image(self, frame):
-        return await self._cached("clip_image", frame)
+    async def embed_image(self, frame, tenant):
+        return await self._cached("clip_image", frame, tenant)
 
-    async def caption(self, frame):
-        return await self._cached("caption", frame)
+    async def caption(self, frame, tenant):
+        return await self._cached("caption", frame, tenant)
 
     async def embed_text(self, text):
         return await self.stages["clip_text"](text)
@@ -159,21 +163,28 @@ class Moderator:
             return []
         return [len(ids) for ids in self.engine.clip_processor.tokenizer(list(texts), truncation=True).input_ids]
 
-    async def moderate(self, text, frames):
+    async def moderate(self, text, frames, tenant):
         """One result in OpenAI's shape (+ caption, image_text_similarity, mismatch): the text, and
-        every frame of the image with it; the worst frame decides."""
+        every frame of the image with it, each in its square views; the worst view decides.
+        tenant: whose cache entries it may use."""
         if not frames:
             with timing.stage("policy"):
                 return policies.decide(self.policy, text)
-        jobs = [all_or_none(self.embed_image(frame), self.caption(frame)) for frame in frames]
+        # each frame in its square views (images.py: a long frame's centre crop alone left the rest unjudged)
+        jobs = [
+            all_or_none(*(all_or_none(self.embed_image(v, tenant), self.caption(v, tenant)) for v in f.views or [f]))
+            for f in frames
+        ]
         if text:
             jobs.append(self.embed_text(text))
         outputs = await all_or_none(*jobs)
         with timing.stage("policy"):
             text_vector = outputs.pop() if text else None
             results = []
-            for vector, caption in outputs:
-                scores = {c: float(np.dot(vector, v)) for c, v in self.concepts.items()}
-                similarity = float(np.dot(vector, text_vector)) if text_vector is not None else None
-                results.append(policies.decide(self.policy, text, scores, caption, similarity))
+            for views in outputs:
+                # the text fits a frame when it fits some part of it: the best view's cosine, not the worst
+                similarity = None if text_vector is None else max(float(np.dot(v, text_vector)) for v, _ in views)
+                for vector, caption in views:
+                    scores = {c: float(np.dot(vector, v)) for c, v in self.concepts.items()}
+                    results.append(policies.decide(self.policy, text, scores, caption, similarity))
             return policies.worst(results)

@@ -2,8 +2,10 @@
 
 Every value is checked when the service starts, and so is every combination that cannot work:
 a queue shorter than what one request may put in it would answer that request 503 forever, a
-pixel budget smaller than one allowed request likewise. Such a configuration stops the start
-with one line that names the variables and the fix (`one_line`).
+pixel budget smaller than two of the largest requests (a client alone gets half) likewise, and a
+batch that may wait to fill as long as a request may wait (or forever: no number may be inf or
+nan) would answer 504. Such a configuration stops the start with one line that names the
+variables and the fix (`one_line`).
 """
 
 import os
@@ -29,7 +31,11 @@ class Settings(BaseSettings):
     """MODERATION_<FIELD> sets each field, e.g. MODERATION_MAX_QUEUE=512; batching also per stage,
     e.g. MODERATION_CAPTION_MAX_BATCH_SIZE (stages: clip_image, clip_text, caption)."""
 
-    model_config = SettingsConfigDict(env_prefix="MODERATION_", env_ignore_empty=True, extra="forbid")
+    # every number must be finite: inf passes `ge=0` (MODERATION_MAX_WAIT_MS=inf: batches that wait
+    # forever, every request 504), and nan was refused only as "not >= 0"
+    model_config = SettingsConfigDict(
+        env_prefix="MODERATION_", env_ignore_empty=True, extra="forbid", allow_inf_nan=False
+    )
 
     engine: Literal[engines.ENGINES] = engines.DEFAULT_ENGINE
     clip: str = "tiny"
@@ -64,6 +70,13 @@ class Settings(BaseSettings):
     max_request_pixels: PositiveInt = LIMITS.max_request_pixels
     max_pixels_in_flight: PositiveInt = 2 * LIMITS.max_request_pixels
 
+    # HTTP, held by the server that `python -m stage3_moderation.serve` runs (serve.py)
+    max_header_bytes: PositiveInt = 64 * 1024  # the request line and headers
+    header_timeout_s: float = Field(10.0, gt=0)  # from a connection's opening or a request's first byte
+    body_timeout_s: float = Field(30.0, gt=0)  # from the last header: an 8 MiB body needs 280 kB/s
+    keep_alive_s: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
+    max_connections: PositiveInt = 512
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def comma_separated(cls, value):
@@ -86,12 +99,23 @@ class Settings(BaseSettings):
                 f"MODERATION_MAX_IMAGE_PIXELS={self.max_image_pixels:,}: an allowed image could "
                 "never be sent"
             )
-        if self.max_pixels_in_flight < self.max_request_pixels:
+        if self.max_pixels_in_flight < 2 * self.max_request_pixels:
             raise ValueError(
-                f"MODERATION_MAX_PIXELS_IN_FLIGHT={self.max_pixels_in_flight:,} is below "
-                f"MODERATION_MAX_REQUEST_PIXELS={self.max_request_pixels:,}: the largest allowed "
-                "request would get 503 forever"
+                f"MODERATION_MAX_PIXELS_IN_FLIGHT={self.max_pixels_in_flight:,} is below twice "
+                f"MODERATION_MAX_REQUEST_PIXELS={self.max_request_pixels:,}: a client alone may hold half "
+                "the budget (the other half is kept for others), so the largest allowed request would "
+                "get 503 forever"
             )
+        for name, stage in self.options().batching.items():
+            # a batch of one closes at once; a larger one waits for company up to max_wait_ms
+            if stage.max_batch_size > 1 and stage.max_wait_ms >= 1000 * self.timeout_s:
+                own = getattr(self, f"{name}_max_wait_ms") is not None
+                variable = f"MODERATION_{name.upper()}_MAX_WAIT_MS" if own else "MODERATION_MAX_WAIT_MS"
+                raise ValueError(
+                    f"{variable}={stage.max_wait_ms:g} is not below MODERATION_TIMEOUT_S={self.timeout_s:g} "
+                    f"({1000 * self.timeout_s:g} ms): a {name} batch that waits to fill would outlast "
+                    "its requests, which would get 504; keep the wait a few milliseconds (default 5)"
+                )
         if self.auth_metrics_and_docs and not self.api_keys:
             raise ValueError("MODERATION_AUTH_METRICS_AND_DOCS needs MODERATION_API_KEYS: there is no key to ask for")
         return self

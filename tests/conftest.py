@@ -91,15 +91,16 @@ def start_service(onnx_export):
 
 @pytest.fixture
 def serve_in_thread(onnx_export):
-    """serve_in_thread(**settings) -> (base URL, app): a real uvicorn server on loopback, in a thread
-    of this process, so a test can reach into the app (hold a stage, break a function) while
-    clients talk to it over real sockets. Stopped after the test."""
+    """serve_in_thread(**settings) -> (base URL, app): a real server on loopback (serve.config: uvicorn
+    with the HTTP limits), in a thread of this process, so a test can reach into the app (hold a
+    stage, break a function) while clients talk to it over real sockets. Stopped after the test."""
     import threading
     import time
 
     import httpx
     import uvicorn
 
+    from stage3_moderation import serve as launcher
     from stage3_moderation.app import create_app
     from stage3_moderation.loadgen import free_port
     from stage3_moderation.settings import Settings
@@ -109,7 +110,7 @@ def serve_in_thread(onnx_export):
     def serve(**settings):
         app = create_app(Settings(onnx_dir=onnx_export[0], **settings))
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        server = uvicorn.Server(launcher.config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         servers.append((server, thread))

@@ -7,6 +7,7 @@ import base64
 import http.client
 import io
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -19,11 +20,12 @@ import pytest
 from openapi_spec_validator import validate as validate_openapi
 from PIL import Image
 from pydantic import ValidationError
+from starlette.requests import Request
 
 from curriculum import REPO_ROOT, shapesworld
 from curriculum.shapesworld import ShapeObject
-from stage3_moderation import batching, images, policy
-from stage3_moderation.app import create_app
+from stage3_moderation import batching, images, policy, timing
+from stage3_moderation.app import client_of, create_app
 from stage3_moderation.inputs import Limits
 from stage3_moderation.settings import Settings
 
@@ -111,9 +113,27 @@ def test_a_camera_jpeg_with_pictures_appended_is_judged_as_browsers_show_it():
     assert frame.image.getpixel((8, 8))[0] > 200  # the first picture, as a browser shows the file
 
 
-def test_large_images_are_shrunk_for_judging():
+def test_large_images_are_shrunk_to_a_bounded_area_for_judging():
     [frame] = images.decode(encode(Image.new("RGB", (2048, 1024), "blue")), Limits())
-    assert frame.image.size == (images.JUDGED_SIDE, images.JUDGED_SIDE // 2)
+    assert frame.image.size == (724, 362)  # 512² pixels, so a long picture keeps its short side
+    [banner] = images.decode(encode(Image.new("RGB", (4000, 200), "blue")), Limits())
+    assert banner.image.size == (2280, 114)  # a long-side bound would have judged it at 512 × 26
+
+
+def test_long_frames_are_judged_in_square_views_that_cover_them():
+    assert [images.views(*size) for size in [(64, 64), (96, 64), (64, 192), (640, 64), (1280, 64)]] == [1, 2, 5, 19, 39]
+    marks = Image.new("L", (640, 64))
+    for x in range(0, 640, 8):
+        marks.putpixel((x, 5), x // 8 + 1)  # every view differs, and says where it came from
+    [frame] = images.decode(encode(marks), Limits())
+    assert len(frame.views) == 19 and {v.image.size for v in frame.views} == {(64, 64)}
+    seen = {value for v in frame.views for value in np.asarray(v.image.convert("L"))[5, ::8]}
+    assert seen == set(range(1, 81))  # together they hold every column, the two ends included
+    square = images.decode(encode(render(BLUE_CIRCLE)), Limits())[0]
+    assert square.views == [square]  # a square frame is its own view: judged exactly as before
+    assert images.decode(encode(marks), Limits(), all_frames=False)[0].views == []  # embeddings: the model's own
+    assert images.probe(encode(marks), Limits(), "image").views == 19
+    assert images.probe(encode(marks), Limits(), "image", all_frames=False).views == 1
 
 
 # ---------------------------------------------------------------- the bypasses, through the API
@@ -159,6 +179,45 @@ def test_sixteen_bit_bypass_is_judged_as_its_8_bit_picture(service_client):
     naive_white = moderate(service_client, encode(Image.open(io.BytesIO(encode(sixteen))).convert("RGB")))
     assert eight_bit["flagged"] and not naive_white["flagged"]  # the test can tell the two apart
     assert moderate(service_client, encode(sixteen)) == eight_bit
+
+
+CORNER_CROSS = [ShapeObject("red", "cross", "large", "bottom right")]
+CORNER_CIRCLE = [ShapeObject("blue", "circle", "large", "bottom right")]
+
+
+def long_picture(size, at, objects):
+    """A long picture of ShapesWorld's background with a 64×64 scene at `at`: outside the centre
+    square CLIP crops (it resizes the short side), unless it is judged whole."""
+    picture = Image.new("RGB", size, shapesworld.BACKGROUND)
+    picture.paste(render(objects), at)
+    return picture
+
+
+@pytest.mark.parametrize(
+    "size, at",
+    [((64, 192), (0, 128)), ((192, 64), (128, 0)), ((640, 64), (0, 0))],
+    ids=["64x192 bottom", "192x64 right end", "640x64 left end"],
+)
+def test_whole_image_bypass_every_part_is_judged(service_client, size, at):
+    """Issue 27: a red cross outside the centre square was never seen (red_cross 0.194, the blank
+    background's score). Square views along the long side judge it; the neighbour, the same picture
+    with a blue circle there, stays unflagged."""
+    judged = moderate(service_client, encode(long_picture(size, at, CORNER_CROSS)))
+    assert judged["flagged"] and judged["categories"]["red_cross"], judged
+    assert judged["category_scores"]["red_cross"] >= 0.6 and "red cross" in judged["caption"], judged
+    neighbour = moderate(service_client, encode(long_picture(size, at, CORNER_CIRCLE)))
+    assert not neighbour["flagged"], neighbour
+
+
+def test_a_long_image_counts_its_views_against_the_frame_limit(service_client):
+    """Each view is model work, counted before decoding like an animation's frames."""
+    banner, other = (long_picture((1280, 64), (0, 0), objects) for objects in (CORNER_CIRCLE, CORNER_CROSS))
+    assert service_client.post("/v1/moderations", **json_image(encode(banner))).status_code == 200  # 39 views
+    animation = json_image(encode(banner, "GIF", save_all=True, append_images=[other]), "image/gif")
+    refused = service_client.post("/v1/moderations", **animation)
+    assert refused.status_code == 413 and refused.json()["error"]["code"] == "too_many_frames", refused.text
+    assert "judged in 78 frames" in refused.json()["error"]["message"]  # 2 frames × 39 views > 64
+    assert service_client.post("/v1/embeddings", **animation).status_code == 200  # its first frame, as CLIP reads it
 
 
 # ---------------------------------------------------------------- bad bodies: 4xx in the error shape, never 5xx
@@ -293,6 +352,80 @@ def test_404_and_405_use_the_error_shape(service_client):
     assert wrong.json()["error"]["code"] == "method_not_allowed" and wrong.headers["X-Request-ID"]
 
 
+# ---------------------------------------------------------------- refusing costs little; types are strict
+JSON = {"content-type": "application/json"}
+FORM = {"content-type": "multipart/form-data; boundary=zz"}
+
+
+def form_fields(n):
+    field = b'--zz\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n'
+    return b"".join(field % i for i in range(n)) + b"--zz--\r\n"
+
+
+def test_refusing_a_body_costs_a_small_multiple_of_its_size(service_client):
+    """The issue's bodies took 16 s (and 2 GB), 5 s and 2.2 s of CPU to refuse, pydantic listing
+    errors per entry and key: now each is refused before validation (the bound is loose, for a
+    loaded machine), and so are the smaller shapes no valid request has: 413 where the schema
+    allows the body (input over its limit), 400 where it does not."""
+    bodies = {
+        "a million integers": (b'{"input": [' + b",".join([b"1"] * 1_000_000) + b"]}", JSON, 413, "body_too_complex"),
+        "708,308 unknown keys": (
+            b'{"input": "x", ' + b",".join(b'"k%d":1' % i for i in range(708_308)) + b"}",
+            JSON,
+            413,
+            "body_too_complex",
+        ),
+        "130,764 form fields": (form_fields(130_764), FORM, 400, "too_many_fields"),
+        "33 inputs": (json.dumps({"input": ["x"] * 33}).encode(), JSON, 413, "too_many_inputs"),
+        "a list of 33 in a part": (
+            json.dumps({"input": [{"type": "text", "text": [1] * 33}]}).encode(),
+            JSON,
+            400,
+            "too_many_entries",
+        ),
+        "17 keys in a part": (
+            json.dumps({"input": [{"type": "text", "text": "x", **{f"k{i}": 1 for i in range(15)}}]}).encode(),
+            JSON,
+            400,
+            "too_many_keys",
+        ),
+        "17 form fields": (form_fields(17), FORM, 400, "too_many_fields"),
+    }
+    for name, (content, headers, status, code) in bodies.items():
+        start = time.perf_counter()
+        response = service_client.post("/v1/embeddings", content=content, headers=headers)
+        seconds = time.perf_counter() - start
+        assert_error_shape(response, name)
+        assert (response.status_code, response.json()["error"]["code"]) == (status, code), (name, response.text)
+        assert seconds < 2, f"{name}: refused in {seconds:.1f} s"
+
+
+def test_integers_are_integers_and_texts_are_not_empty(service_client):
+    """`true` was read as 1 and "8" as 8, and an empty string got an embedding."""
+    refused = {
+        "dimensions true": ({"json": {"input": "x", "dimensions": True}}, "dimensions"),
+        'dimensions "8"': ({"json": {"input": "x", "dimensions": "8"}}, "dimensions"),
+        "dimensions 8.0": ({"content": b'{"input": "x", "dimensions": 8.0}', "headers": JSON}, "dimensions"),
+        "form dimensions true": ({"files": {"text": (None, "x"), "dimensions": (None, "true")}}, "dimensions"),
+        "form dimensions 8.0": ({"files": {"text": (None, "x"), "dimensions": (None, "8.0")}}, "dimensions"),
+        "an empty string": ({"json": {"input": ""}}, "input"),
+        "an empty string in a list": ({"json": {"input": ["a", ""]}}, "input"),
+        "an empty text part": ({"json": {"input": [{"type": "text", "text": ""}]}}, "input"),
+        "an empty form text": ({"files": {"text": (None, "")}}, "text"),
+    }
+    for name, (request, param) in refused.items():
+        for path in ("/v1/embeddings", "/v1/moderations"):
+            if "dimensions" in name and path == "/v1/moderations":
+                continue  # an embeddings field
+            response = service_client.post(path, **request)
+            assert_error_shape(response, name)
+            assert response.status_code == 400 and response.json()["error"]["param"] == param, (name, response.text)
+    form = {"files": {"text": (None, "x"), "dimensions": (None, "8")}}
+    for request in ({"json": {"input": "x", "dimensions": 8}}, form):
+        response = service_client.post("/v1/embeddings", **request)
+        assert response.status_code == 200 and len(response.json()["data"][0]["embedding"]) == 8, response.text
+
+
 # ---------------------------------------------------------------- cost bounded before decoding
 def solid_png(side):
     return encode(Image.new("L", (side, side)))  # a few kB that decode to side² pixels
@@ -325,6 +458,42 @@ def test_pixel_budget_refuses_with_503_and_is_always_released(service_client):
     broken = json_image(encode(render(BLUE_CIRCLE))[:-30])  # fails while decoding, after admission
     assert service_client.post("/v1/moderations", **broken).status_code == 400
     assert budget.used == 0
+
+
+def refused(budget, pixels, client):
+    try:
+        with budget.hold(pixels, client):
+            return False
+    except batching.Overloaded:
+        return True
+
+
+def test_pixel_budget_is_shared_fairly_among_clients():
+    """Issue 27: first come, first served let two clients looping on the largest requests hold every
+    pixel. A share is limit / (n + 1) for n clients holding: one is kept for a client yet to come."""
+    budget = batching.PixelBudget(300)  # room for two of the largest requests, 150
+    with budget.hold(150, "heavy-1"):  # alone: one request of any allowed size, half the budget
+        assert refused(budget, 150, "heavy-2")  # the second waits for the first: 300 > 300 - 100
+        assert refused(budget, 1, "heavy-1")  # nor may heavy-1 add to it: over its share
+        with budget.hold(4, "normal"):  # the rest serves the others
+            with budget.hold(60, "third"):  # three holding: 214 <= 300 - 75
+                assert refused(budget, 30, "fourth")  # 244 > 300 - 60: a share stays free
+                assert not refused(budget, 0, "fourth")  # a text needs no pixels
+            assert budget.held == {"heavy-1": 150, "normal": 4}
+    assert (budget.used, budget.held) == (0, {})
+    with budget.hold(100, "one"), budget.hold(50, "one"):  # alone, in parallel: up to half
+        assert refused(budget, 1, "one") and not refused(budget, 1, "other")
+
+
+def test_a_client_is_its_api_key_else_its_address():
+    def client(host, tenant=""):
+        request = Request({"type": "http", "client": (host, 40000), "headers": []})
+        request.state.tenant = tenant  # app.authorize: the key's hash when keys are set
+        return client_of(request)
+
+    assert client("10.0.0.1") != client("10.0.0.2") and client("::ffff:10.0.0.1") == client("10.0.0.1")
+    assert client("2001:db8::1") == client("2001:db8::2:3") != client("2001:db8:0:1::1")  # one host gets a /64
+    assert client("10.0.0.1", "key-a") == client("10.0.0.2", "key-a") != client("10.0.0.1", "key-b")
 
 
 # ---------------------------------------------------------------- abandoned work
@@ -431,12 +600,97 @@ def test_an_unexpected_error_is_a_json_500_with_a_request_id_and_the_connection_
     assert logged and logged[0].exc_info and logged[0].exc_info[0] is ZeroDivisionError
 
 
+# ---------------------------------------------------------------- what one API key learns of another
+def test_the_cache_tells_one_key_nothing_of_what_another_sent(start_service):
+    """Issue 27: B's Server-Timing said queue and compute 0.000 when A had sent the same picture
+    before (a cache hit), about 5 ms otherwise: right 10/10 times."""
+    service = start_service(api_keys=("key-a", "key-b"))
+    body = {"input": [{"type": "image_url", "image_url": {"url": data_url(encode(render(RED_CROSS, seed=27)))}}]}
+
+    def send(key):
+        response = service.post("/v1/moderations", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 200, response.text
+        return response.json()["results"], timing.parse_header(response.headers["Server-Timing"])
+
+    (a, a_cold), (a_again, a_warm), (b, b_after_a) = send("key-a"), send("key-a"), send("key-b")
+    assert a_cold["compute"] > 0 and a_warm["queue"] == a_warm["compute"] == 0  # A's own repeat is a hit
+    assert b_after_a["compute"] > 0 and b == a == a_again  # B's is computed as if nobody had sent it
+    cache = service.app.state.moderation.api.moderator.cache
+    assert (cache.hits, cache.misses) == (2, 4)  # per request: an embedding and a caption
+
+
+# ---------------------------------------------------------------- HTTP limits: header size and time
+def slow_client(url, head, drip=b"", seconds=10.0):
+    """Sends `head`, then `drip` every 0.1 s, until the server closes the connection or `seconds`
+    pass (loopback only); returns (what the server sent, the seconds until it closed, or None)."""
+    host, port = url.removeprefix("http://").split(":")
+    received, start = b"", time.perf_counter()
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        try:
+            connection.sendall(head)
+        except (BrokenPipeError, ConnectionResetError):  # closed while we were sending: read what it said
+            drip = None
+        connection.settimeout(0.1)
+        while time.perf_counter() - start < seconds:
+            try:
+                chunk = connection.recv(65536)
+            except TimeoutError:
+                if drip is not None:
+                    connection.sendall(drip)
+                continue
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                return received, time.perf_counter() - start
+            received += chunk
+    return received, None
+
+
+def answered_with(received, status, code):
+    head, _, body = received.partition(b"\r\n\r\n")
+    return head.startswith(f"HTTP/1.1 {status} ".encode()) and json.loads(body)["error"]["code"] == code
+
+
+def test_a_header_over_the_limit_is_refused_as_it_arrives(serve_in_thread):
+    """A 256 MiB header line cost 51 s of CPU and was answered 200; the cost grew faster than the size."""
+    url, _ = serve_in_thread()
+    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2**20 + b"\r\n\r\n"
+    received, seconds = slow_client(url, big)
+    assert answered_with(received, 431, "headers_too_large") and seconds is not None and seconds < 2, received
+    assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_slow_clients_are_cut_off_and_connections_capped(serve_in_thread):
+    """Clients trickling their headers or body a byte at a time held their connections for as long
+    as they liked (2,000 of them: 2,000 open files); now each part has its deadline, and a connection
+    past the cap is answered 503 at once."""
+    url, _ = serve_in_thread(header_timeout_s=1, body_timeout_s=1, max_connections=8)
+    post = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9999\r\n\r\n{"
+    headers, seconds = slow_client(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ", drip=b"a")
+    assert answered_with(headers, 408, "request_timeout") and seconds < 5, (headers, seconds)
+    body, seconds = slow_client(url, post % b"/v1/moderations", drip=b" ")
+    assert answered_with(body, 408, "request_timeout") and seconds < 5, (body, seconds)
+    answered, seconds = slow_client(url, post % b"/v2/nowhere", drip=b" ")  # answered 404 without reading
+    assert answered.startswith(b"HTTP/1.1 404 ") and seconds is not None and seconds < 5, (answered, seconds)
+    host, port = url.removeprefix("http://").split(":")
+    held = [socket.create_connection((host, int(port))) for _ in range(8)]
+    try:
+        one_more, seconds = slow_client(url, b"")
+        assert answered_with(one_more, 503, "overloaded") and seconds < 1, (one_more, seconds)
+    finally:
+        for connection in held:
+            connection.close()
+    assert httpx.get(f"{url}/healthz").status_code == 200
+
+
 # ---------------------------------------------------------------- settings that cannot work
 def test_settings_that_cannot_work_are_refused():
     with pytest.raises(ValidationError, match="MODERATION_MAX_QUEUE=8 is shorter than one request may fill"):
         Settings(max_queue=8)
     with pytest.raises(ValidationError, match="the largest allowed request would get 503 forever"):
         Settings(max_pixels_in_flight=1000)
+    with pytest.raises(ValidationError, match="is below twice MODERATION_MAX_REQUEST_PIXELS"):
+        Settings(max_request_pixels=2**20, max_image_pixels=2**20, max_pixels_in_flight=2**21 - 1)
     with pytest.raises(ValidationError, match="needs MODERATION_API_KEYS"):
         Settings(auth_metrics_and_docs=True)
     with pytest.raises(ValidationError, match="engine"):
@@ -473,6 +727,37 @@ def test_uvicorn_refuses_to_start_with_one_line():
     lines = started.stderr.strip().splitlines()
     assert started.returncode != 0 and len(lines) == 1 and "Traceback" not in started.stderr, started.stderr
     assert lines[0].startswith("moderation service: MODERATION_MAX_QUEUE=8 is shorter than"), lines
+
+
+@pytest.mark.parametrize(
+    "environment, message",
+    [
+        ({"MODERATION_MAX_WAIT_MS": "inf"}, "MODERATION_MAX_WAIT_MS='inf': Input should be a finite number"),
+        ({"MODERATION_MAX_WAIT_MS": "nan"}, "MODERATION_MAX_WAIT_MS='nan': Input should be a finite number"),
+        ({"MODERATION_CAPTION_MAX_WAIT_MS": "Infinity"}, "MODERATION_CAPTION_MAX_WAIT_MS='Infinity': Input should"),
+        ({"MODERATION_TIMEOUT_S": "inf"}, "MODERATION_TIMEOUT_S='inf': Input should be a finite number"),
+        ({"MODERATION_MAX_WAIT_MS": "30000"}, "MODERATION_MAX_WAIT_MS=30000 is not below MODERATION_TIMEOUT_S=30 "),
+        (
+            {"MODERATION_TIMEOUT_S": "2", "MODERATION_CLIP_TEXT_MAX_WAIT_MS": "2500"},
+            "MODERATION_CLIP_TEXT_MAX_WAIT_MS=2500 is not below MODERATION_TIMEOUT_S=2 ",
+        ),
+        ({"MODERATION_TIMEOUT_S": "0.004"}, "MODERATION_MAX_WAIT_MS=5 is not below MODERATION_TIMEOUT_S=0.004 "),
+    ],
+    ids=["wait inf", "wait nan", "stage wait inf", "timeout inf", "wait = timeout", "stage wait > it", "tiny timeout"],
+)
+def test_a_batch_wait_that_outlasts_the_timeout_stops_the_start(monkeypatch, environment, message):
+    """Issue 27: MODERATION_MAX_WAIT_MS=inf, or a wait at or above the timeout, started "ready" and
+    answered every model-backed request 504: a lone item waits for company until it times out."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        create_app()
+    assert str(stopped.value).startswith(f"moderation service: {message}") and "\n" not in str(stopped.value)
+
+
+def test_a_long_wait_no_batch_waits_for_is_accepted():
+    Settings(max_batch_size=1, max_wait_ms=60_000)  # a batch of one closes at once
+    Settings(max_wait_ms=60_000, **{f"{stage}_max_wait_ms": 5 for stage in ("clip_image", "clip_text", "caption")})
 
 
 # ---------------------------------------------------------------- the OpenAPI contract

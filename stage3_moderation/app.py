@@ -1,6 +1,9 @@
 """Week 10: the moderation API (FastAPI). Run it with `make serve`, or
 
-    uvicorn --factory stage3_moderation.app:create_app --host 127.0.0.1 --port 8000
+    python -m stage3_moderation.serve --host 127.0.0.1 --port 8000
+
+(uvicorn held to serve.py's HTTP limits; `uvicorn --factory stage3_moderation.app:create_app`
+serves the same app without them).
 
     POST /v1/moderations   OpenAI's request and response shape, + caption, image_text_similarity, mismatch
     POST /v1/embeddings    CLIP vectors for texts and images (OpenAI's encoding_format, dimensions)

@@ -2,20 +2,23 @@
 
 For each week: its pictures (outputs/weekN/*.png, inlined), its measured tables from your own run
 beside the reference numbers from results/, and the milestone's status from the last `make test`
-(outputs/tests.xml). A week not yet run says which `make` target produces it. The page needs no
-server and no network: open outputs/report.html in a browser, or publish it.
+(outputs/tests.xml). A week not yet run says which `make` target produces it. Then your confusion
+log (notes/confusions.jsonl, `python -m curriculum.confusions`): the open questions, and the
+resolved ones with their answers' pages. The page needs no server and no network: open
+outputs/report.html in a browser, or publish it.
 
-    python -m curriculum.report [--outputs outputs] [--out outputs/report.html]
+    python -m curriculum.report [--outputs outputs] [--out outputs/report.html] [--confusions notes/confusions.jsonl]
 """
 
 import base64
 import html
+import os
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-from curriculum import OUTPUTS_DIR, cli, tables
+from curriculum import OUTPUTS_DIR, REPO_ROOT, cli, confusions, tables
 from curriculum.docs import DOCS_DIR, Results
 
 WEEKS = range(1, 13)
@@ -100,7 +103,60 @@ def week_section(n, outputs, status, counts):
     return "\n".join(parts)
 
 
-def build(outputs=OUTPUTS_DIR, out=None):
+def reference_html(ref, folder):
+    """A page of the repository as a link from the report's folder; a command as code; a URL as a link."""
+    if re.match(r"https?://", ref):
+        return f'<a href="{html.escape(ref)}">{html.escape(ref)}</a>'
+    if ref.split()[0] in ("python", "make"):
+        return f"<code>{html.escape(ref)}</code>"
+    path, _, fragment = ref.partition("#")
+    href = os.path.relpath(REPO_ROOT / path, folder).replace(os.sep, "/") + (f"#{fragment}" if fragment else "")
+    return f'<a href="{html.escape(href)}">{html.escape(ref)}</a>'
+
+
+def confusions_section(log, folder):
+    """The confusion log: open questions, then the resolved ones with their answers and pages."""
+    log = Path(log)
+    parts = ['<h2 id="confusions">Confusion log</h2>']
+    if not log.is_file():
+        parts.append(
+            f'<p class="missing">No log at <code>{html.escape(str(log))}</code> yet: '
+            '<code>python -m curriculum.confusions add "your question" --week N</code> starts one, with the '
+            "plan's own questions answered.</p>"
+        )
+        return "\n".join(parts)
+    try:
+        entries = list(confusions.fold(log).values())
+    except cli.UserError as e:
+        return "\n".join([*parts, f"<p>{html.escape(str(e))}</p>"])
+    opened = [e for e in entries if e["status"] == "open"]
+    done = [e for e in entries if e["status"] == "resolved"]
+    parts.append(
+        f"<p>{len(opened)} open, {len(done)} resolved, from <code>{html.escape(str(log))}</code> "
+        "(<code>python -m curriculum.confusions review</code> in your weekly hour).</p>"
+    )
+
+    def table(title, header, rows):
+        head = "".join(f"<th>{h}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+        return f"<h3>{title}</h3><table><tr>{head}</tr>{body}</table>"
+
+    def first(e):
+        return [f"#{e['id']}", e["week"], html.escape(e["question"])]
+
+    if opened:
+        rows = [[*first(e), html.escape(e["found"])] for e in opened]
+        parts.append(table("Open", ["", "week", "question", "five minutes found"], rows))
+    if done:
+        rows = [
+            [*first(e), html.escape(e["answer"]), "<br>".join(reference_html(r, folder) for r in e["see"])]
+            for e in done
+        ]
+        parts.append(table("Resolved", ["", "week", "question", "answer", "see"], rows))
+    return "\n".join(parts)
+
+
+def build(outputs=OUTPUTS_DIR, out=None, log=None):
     outputs = Path(outputs)
     out = Path(out or outputs / "report.html")
     status, counts = milestone_status(outputs / "tests.xml")
@@ -110,10 +166,17 @@ def build(outputs=OUTPUTS_DIR, out=None):
         f"from <code>{html.escape(str(outputs))}</code>; the reference numbers are this repository's "
         "<code>results/</code>.</p>",
         "<p>"
-        + " · ".join([*(f'<a href="#week{n}">week {n}</a>' for n in WEEKS), '<a href="#models">models</a>'])
+        + " · ".join(
+            [
+                *(f'<a href="#week{n}">week {n}</a>' for n in WEEKS),
+                '<a href="#confusions">confusions</a>',
+                '<a href="#models">models</a>',
+            ]
+        )
         + "</p>",
     ]
     body += [week_section(n, outputs, status, counts) for n in WEEKS]
+    body.append(confusions_section(log or confusions.DEFAULT_LOG, out.parent))
     mine, reference = Results(outputs), Results()
     body += ['<h2 id="models">The bundled models, and training on more processes</h2>']
     body += [table_pair(name, mine, reference) for name in tables.TABLES if tables.WEEK[name] == 0]
@@ -134,12 +197,17 @@ def build_parser():
         help="the folder your runs wrote (default outputs/)",
     )
     p.add_argument("--out", type=cli.OutFile(".html"), help="the page to write (default OUTPUTS/report.html)")
+    p.add_argument(
+        "--confusions",
+        type=cli.InFile(".jsonl"),
+        help="your confusion log (default notes/confusions.jsonl, shown when it exists)",
+    )
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    out = build(args.outputs, args.out)
+    out = build(args.outputs, args.out, args.confusions)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): open it in a browser")
 
 

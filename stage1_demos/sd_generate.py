@@ -414,13 +414,14 @@ def add_sampling_args(p, steps=25):
         required=True,
         help="what to draw; a prompt longer than the text encoder reads (32 tokens for tiny, 77 for SD) is refused",
     )
-    p.add_argument(
-        "--steps",
-        type=STEPS,
-        default=steps,
-        help=f"denoising steps (default {steps}), up to the model's training timesteps less its steps_offset "
-        "(999 for tiny and SD 1.5)",
-    )
+    if steps:  # compare takes --step-counts instead
+        p.add_argument(
+            "--steps",
+            type=STEPS,
+            default=steps,
+            help=f"denoising steps (default {steps}), up to the model's training timesteps less its steps_offset "
+            "(999 for tiny and SD 1.5)",
+        )
     p.add_argument(
         "--guidance", type=GUIDANCE, default=5.0, help="classifier-free guidance scale w, 0 to 50 (default 5)"
     )
@@ -453,7 +454,7 @@ def build_parser():
     )
 
     p = sub.add_parser("compare", help="schedulers x step counts from one seed, judged by the tiny CLIP")
-    add_sampling_args(p)
+    add_sampling_args(p, steps=None)
     p.add_argument(
         "--schedulers",
         nargs="+",

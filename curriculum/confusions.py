@@ -176,15 +176,21 @@ def fold(log):
         raise cli.UserError(f"{log} is not UTF-8 text: save it as UTF-8") from None
     except OSError as e:
         raise cli.UserError(f"{log} cannot be read ({e.strerror})") from None
-    entries = {}
+    events = []
     for number, line in enumerate(lines, 1):
-        where = f"{log}:{number}"
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError as e:
-            raise cli.UserError(f"{where} is not JSON ({e.msg}): mend or remove that line") from None
+        if line.strip():
+            try:
+                events.append((number, json.loads(line)))
+            except ValueError as e:
+                raise cli.UserError(f"{log}:{number} is not JSON ({e.msg}): mend or remove that line") from None
+    return replay(events, log)
+
+
+def replay(events, source):
+    """The entries that (line number, event) pairs of `source` make, by id."""
+    entries = {}
+    for number, event in events:
+        where = f"{source}:{number}"
         kind = event.get("event") if isinstance(event, dict) else None
         ident = event.get("id") if isinstance(event, dict) else None
         if kind not in ("add", "resolve"):
@@ -227,7 +233,9 @@ def fold(log):
     return entries
 
 
-def plan_events(at):
+def plan_events(at=None):
+    """The plan's questions with their answers, as the events a new log starts with (`at`: when)."""
+    stamp = {"at": at} if at else {}
     events = []
     for ident, item in enumerate(PLAN, 1):
         events.append(
@@ -238,23 +246,16 @@ def plan_events(at):
                 "question": item["question"],
                 "source": "plan",
                 "plan": item["plan"],
-                "at": at,
+                **stamp,
             }
         )
-        events.append({"event": "resolve", "id": ident, "answer": item["answer"], "see": item["see"], "at": at})
+        events.append({"event": "resolve", "id": ident, "answer": item["answer"], "see": item["see"], **stamp})
     return events
 
 
 def plan_entries():
     """What a new log starts with (`list` of a log not yet started shows these)."""
-    entries = {}
-    for event in plan_events(None):
-        if event["event"] == "add":
-            entries[event["id"]] = {**event, "found": "", "added": None, "status": "open", "answer": "", "see": []}
-            entries[event["id"]].pop("event")
-        else:
-            entries[event["id"]].update(status="resolved", answer=event["answer"], see=event["see"], resolved=None)
-    return entries
+    return replay(enumerate(plan_events(), 1), "the plan's questions")
 
 
 @contextlib.contextmanager

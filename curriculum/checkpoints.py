@@ -17,6 +17,7 @@ from curriculum import cli
 
 FOLDER = "checkpoints"
 RECORD = "run.json"
+RECORDS = f"{FOLDER}/**/step-*/{RECORD}"  # every complete checkpoint of a run folder, of any trainer
 
 
 def jsonable(config):
@@ -33,12 +34,7 @@ def listed(folder):
 
 def records(out):
     """The run records of every complete checkpoint under OUT/checkpoints, of any trainer."""
-    return sorted((Path(out) / FOLDER).glob(f"**/step-*/{RECORD}"))
-
-
-def unfinished(out):
-    """Whether `out` holds a run's checkpoints: a run that was stopped before it saved its model."""
-    return bool(records(out))
+    return sorted(Path(out).glob(RECORDS))
 
 
 def sha256(path):

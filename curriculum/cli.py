@@ -213,10 +213,11 @@ class OutFile(Kind):
 class OutFolder(Kind):
     """A folder to write into. replace=False: named files are written into it and nothing else is
     touched. replace=True: the folder *is* the output, made whole (atomic_folder); an existing
-    one is replaced only when empty, when it holds `marker` (this command wrote it), or with --force."""
+    one is replaced only when empty, when it holds one of `markers` (glob patterns of what this
+    command writes there), or with --force."""
 
-    def __init__(self, replace=False, marker=None):
-        self.replace, self.marker = replace, marker
+    def __init__(self, replace=False, markers=()):
+        self.replace, self.markers = replace, markers
 
     def __call__(self, text):
         if not text.strip():
@@ -251,7 +252,7 @@ class OutFolder(Kind):
                 f"{path} is a bundled checkpoint that every other command loads: "
                 "write to another folder, or pass --force to replace it (`make tiny-models` does)"
             )
-        ours = self.marker is not None and (path / self.marker).exists()
+        ours = any(next(path.glob(marker), None) for marker in self.markers)
         if not (ours or force):
             raise UserError(
                 f"{path} already holds files this command did not write: "

@@ -276,7 +276,7 @@ def build_parser():
     add_world_args(p, 16)
     p.add_argument(
         "--out",
-        type=cli.OutFolder(replace=True, marker="captions.jsonl"),
+        type=cli.OutFolder(replace=True, markers=("captions.jsonl",)),
         required=True,
         help="folder to write; an earlier export there is replaced, any other folder only with --force",
     )

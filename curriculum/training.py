@@ -35,7 +35,7 @@ from accelerate import Accelerator
 from accelerate.utils import AutocastKwargs, DataLoaderConfiguration
 from tqdm import tqdm
 
-from curriculum import MODELS_DIR, REPO_ROOT, checkpoints, cli, runtime, viz
+from curriculum import REPO_ROOT, checkpoints, cli, runtime, viz
 from curriculum.checkpoints import jsonable
 
 
@@ -114,18 +114,6 @@ def add_run_args(parser, checkpoints=True):
         )
 
 
-class RunFolder(cli.OutFolder):
-    """A trainer's --out: a folder it finished (training.json) or left unfinished (its checkpoints, for
-    --resume; checkpoints.to_resume checks whose they are) is its own; any other needs --force."""
-
-    def __init__(self):
-        super().__init__(replace=True, marker="training.json")
-
-    def check_replace(self, path, force):
-        bundled = MODELS_DIR.resolve() in Path(path).resolve().parents
-        super().check_replace(path, force or (checkpoints.unfinished(path) and not bundled))
-
-
 def parser(doc, default_out, config, batch_help, prog=None, min_batch=1):
     """A model trainer's command line: --out, --steps, --batch-size, --pool, --seed (defaults from its
     Config) and the run flags. default_out: outputs/train/<model>, never a bundled checkpoint."""
@@ -133,7 +121,8 @@ def parser(doc, default_out, config, batch_help, prog=None, min_batch=1):
     shown = Path(default_out).relative_to(REPO_ROOT) if Path(default_out).is_relative_to(REPO_ROOT) else default_out
     p.add_argument(
         "--out",
-        type=RunFolder(),
+        # its own: a finished run's folder, or a stopped run's checkpoints (to_resume checks whose)
+        type=cli.OutFolder(replace=True, markers=("training.json", checkpoints.RECORDS)),
         default=str(default_out),
         help=f"the model folder to write (default {shown}); an earlier run's is replaced when this one ends. "
         "A bundled checkpoint (data/models/..., what every other command loads) or a folder of other files: "

@@ -281,7 +281,7 @@ def build_parser():
     )
     p.add_argument(
         "--out",
-        type=cli.OutFolder(replace=True, marker=META_FILE),
+        type=cli.OutFolder(replace=True, markers=(META_FILE,)),
         required=True,
         help="index folder to write (index.faiss, meta.json); an earlier index there is replaced, "
         "any other folder only with --force",

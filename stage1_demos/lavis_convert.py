@@ -281,7 +281,7 @@ def build_parser():
     )
     parser.add_argument(
         "--out",
-        type=cli.OutFolder(replace=True, marker="lavis.json"),
+        type=cli.OutFolder(replace=True, markers=("lavis.json",)),
         required=True,
         help="folder to write (blip2_opt.pth, opt/, lavis.json); an earlier conversion there is replaced, "
         "any other folder only with --force",

@@ -256,7 +256,7 @@ def print_report(manifest):
 
 
 # the export folder is the output: an earlier export there (it holds manifest.json) is replaced
-OUT = cli.OutFolder(replace=True, marker=MANIFEST)
+OUT = cli.OutFolder(replace=True, markers=(MANIFEST,))
 
 
 def build_parser():

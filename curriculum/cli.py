@@ -33,6 +33,10 @@ SEED_MAX = 2**32 - 1  # numpy and torch take seeds up to this
 class UserError(Exception):
     """A mistake in the learner's input: the message names the problem and the fix."""
 
+    def _render_traceback_(self):
+        """In a notebook (IPython asks for this), the same one line as on the command line."""
+        return [f"error: {self}"]
+
 
 class RawHelp(argparse.RawDescriptionHelpFormatter):
     """Keeps the module docstring's line breaks in --help."""

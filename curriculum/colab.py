@@ -51,7 +51,9 @@ def choose_profile(profile=None):
 
         return "hub" if on_colab() and torch.cuda.is_available() else "tiny"
     if profile not in PROFILES:
-        raise UserError(f"unknown profile {profile!r}: use 'tiny' (bundled models, CPU) or 'hub' (real checkpoints, GPU)")
+        raise UserError(
+            f"unknown profile {profile!r}: use 'tiny' (bundled models, CPU) or 'hub' (real checkpoints, GPU)"
+        )
     return profile
 
 

@@ -27,7 +27,8 @@ def pick_device(name="auto"):
 def inference_dtype(device):
     """Half precision where the hardware is built for it; fp32 on CPUs (small models, exact checks)."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # native bf16 only (Ampere and newer): a T4 emulates it, far slower than its fp16 tensor cores
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     if device.type == "mps":
         return torch.float16
     return torch.float32
@@ -39,7 +40,9 @@ def cpu_has_fast_bf16():
 
 
 def trains_in_bf16(device):
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and cpu_has_fast_bf16()
 
 
 def seed_everything(seed):

@@ -84,6 +84,17 @@ def test_devices():
         runtime.pick_device("tpu")
 
 
+@pytest.mark.parametrize("native_bf16, expected", [(False, torch.float16), (True, torch.bfloat16)])
+def test_gpu_half_precision_is_fp16_where_bf16_is_only_emulated(monkeypatch, native_bf16, expected):
+    """A T4 (Colab's free GPU) emulates bf16: torch.cuda.is_bf16_supported() says True there unless
+    asked about native support, and the emulated kind is far slower than its fp16."""
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native_bf16
+    )
+    assert runtime.inference_dtype(torch.device("cuda")) == expected
+    assert runtime.trains_in_bf16(torch.device("cuda")) is native_bf16
+
+
 def test_training_runs_and_saves_a_loadable_checkpoint(tmp_path):
     """A few steps of the real trainer: the loss falls and from_pretrained reads the result."""
     out = tmp_path / "tiny-clip"

@@ -127,9 +127,20 @@ def load_sd(name="tiny", device="auto"):
     pipe = from_pretrained(
         StableDiffusionPipeline,
         path,
-        dtype=runtime.inference_dtype(device),
+        **diffusers_dtype(runtime.inference_dtype(device)),
         safety_checker=None,
         requires_safety_checker=False,
         low_cpu_mem_usage=False,
     )
     return pipe.to(device)
+
+
+def diffusers_dtype(dtype):
+    """The dtype keyword of this diffusers' from_pretrained. diffusers 0.40 renamed `torch_dtype` to `dtype`
+    (the old name deprecated, to go in 1.0); 0.39, Colab's, reads only `torch_dtype` and ignores `dtype` with
+    a warning, leaving the weights fp32. pipe.to(dtype=...) works in both but warns on every call that
+    from_pretrained is the place for the dtype."""
+    import diffusers
+
+    major, minor = (int(part) for part in diffusers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (0, 40) else "torch_dtype": dtype}

@@ -29,7 +29,7 @@ from diffusers import (
 )
 from diffusers.models.attention_processor import AttnProcessor
 from tqdm import tqdm
-from transformers import AutoTokenizer
+from transformers import CLIPTokenizer
 
 from curriculum import cli, shapesworld, viz, zoo
 from stage1_demos.fidelity import Judge, fidelity
@@ -61,7 +61,9 @@ def check_before_loading(model, texts, step_counts):
     image is of the whole prompt), or more steps than the noise schedule has (as diffusers spaces them).
     texts: {argument name: its text}."""
     path = zoo.resolve(model, "sd")
-    tokenizer = zoo.from_pretrained(AutoTokenizer, path, subfolder="tokenizer")
+    # CLIPTokenizer, as the pipeline loads it: AutoTokenizer first looks for a config.json, which a hub
+    # pipeline's tokenizer/ folder lacks, and fails offline even when the checkpoint is in the cache
+    tokenizer = zoo.from_pretrained(CLIPTokenizer, path, subfolder="tokenizer")
     for name, text in texts.items():
         tokens = len(tokenizer(text, verbose=False).input_ids)  # with the start and end tokens
         if tokens > tokenizer.model_max_length:

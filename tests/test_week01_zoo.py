@@ -95,6 +95,19 @@ def test_gpu_half_precision_is_fp16_where_bf16_is_only_emulated(monkeypatch, nat
     assert runtime.trains_in_bf16(torch.device("cuda")) is native_bf16
 
 
+def test_every_loader_loads_in_the_devices_inference_dtype(monkeypatch, capfd):
+    """What puts the hub profile in half precision on a GPU (bf16 stands in for it on the CPU here).
+    Stable Diffusion stayed fp32 on diffusers 0.39, Colab's, which ignores from_pretrained(dtype=...)
+    with a warning; and no library warns while loading (diffusers logs to stderr itself)."""
+    monkeypatch.setattr(runtime, "inference_dtype", lambda device: torch.bfloat16)
+    capfd.readouterr()
+    pipe = zoo.load_sd("tiny", "cpu")
+    assert capfd.readouterr().err == ""
+    models = [zoo.load_clip("tiny", "cpu")[0], zoo.load_clip_zh("tiny", "cpu")[0], zoo.load_blip2("tiny", "cpu")[0]]
+    models += [pipe.unet, pipe.vae, pipe.text_encoder]
+    assert [model.dtype for model in models] == [torch.bfloat16] * len(models)
+
+
 def test_training_runs_and_saves_a_loadable_checkpoint(tmp_path):
     """A few steps of the real trainer: the loss falls and from_pretrained reads the result."""
     out = tmp_path / "tiny-clip"

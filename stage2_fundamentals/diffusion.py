@@ -141,11 +141,13 @@ def predict_x0_eps(c, model_output, x_t, a_t):
 
 
 def draw_noise(like, generator):
-    """z ~ N(0, I) shaped like `like`; a list of generators draws one row each (diffusers' way)."""
+    """z ~ N(0, I) shaped like `like`; a list of generators draws one row each (diffusers' way).
+    CPU generators draw on the CPU and the noise moves to `like`'s device, as diffusers does."""
     if isinstance(generator, list) and len(generator) > 1:
-        return torch.cat([torch.randn((1, *like.shape[1:]), generator=g, dtype=like.dtype) for g in generator])
+        z = torch.cat([torch.randn((1, *like.shape[1:]), generator=g, dtype=like.dtype) for g in generator])
+        return z.to(like.device)
     generator = generator[0] if isinstance(generator, list) else generator
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype)
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
 
 
 def ddpm_step(c, alpha_bar, t, t_prev, model_output, x_t, generator):

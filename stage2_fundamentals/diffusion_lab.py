@@ -69,7 +69,9 @@ def initial_latents(pipe, seeds):
     """x_T, one generator per image, drawn as the pipeline draws them; returns (latents, generators)."""
     size, channels = pipe.unet.config.sample_size, pipe.unet.config.in_channels
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    return draw_noise(torch.empty(len(generators), channels, size, size), generators), generators
+    # drawn on the CPU in the UNet's dtype, then moved, as diffusers' randn_tensor does on a GPU
+    like = torch.empty(len(generators), channels, size, size, dtype=pipe.unet.dtype)
+    return draw_noise(like, generators).to(pipe.device), generators
 
 
 @torch.no_grad()
@@ -161,7 +163,9 @@ def steps_record(name, ours, theirs):
 
 
 @torch.no_grad()
-def run_checks(model_name="tiny"):
+def run_checks(model_name="tiny", configs=CHECK_CONFIGS):
+    """Schedules, the forward process and timesteps, then every sampling loop of `configs`
+    (CHECK_CONFIGS' form; a notebook passes a short one)."""
     pipe = zoo.load_sd(model_name, "cpu")
     sd = Config.of(pipe.scheduler.config)
     model = pipeline_model(pipe, ["a large red circle in the top left"], guidance=5.0)
@@ -193,7 +197,7 @@ def run_checks(model_name="tiny"):
                 f"timesteps, {spacing} spacing, 30 steps", [timesteps(c, 30).float()], [scheduler.timesteps.float()]
             )
         )
-    for label, c, runs in CHECK_CONFIGS:
+    for label, c, runs in configs:
         c = sd if c is None else replace(sd, set_alpha_to_one=True) if c == "set_alpha_to_one" else c
         for sampler, steps, eta in runs:
             library = c.library(DDPMScheduler if sampler == "ddpm" else DDIMScheduler)

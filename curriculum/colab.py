@@ -71,7 +71,7 @@ def gallery(profile, n=6, folder=None):
             raise UserError(f"{folder} holds no .png, .jpg or .webp image: upload a few photos into it first")
         return files[:n]
     if choose_profile(profile) == "tiny":
-        out = OUTPUTS_DIR / "notebooks" / "shapesworld"
+        out = OUTPUTS_DIR / "notebooks" / f"shapesworld_{n}"  # one folder per size: notebooks may run at once
         shapesworld.export("test", n, out)
         return sorted(out.glob("*.png"))[:n]
     return fetch_photos(list(REAL_PHOTOS.items())[:n], OUTPUTS_DIR / "notebooks" / "photos")

@@ -3,14 +3,13 @@
 import copy
 import json
 
+import hub_models
 import pytest
 import torch
 from transformers import (
-    Blip2Config,
     Blip2ForConditionalGeneration,
     Blip2Processor,
     Blip2VisionModel,
-    BlipImageProcessorPil,
 )
 
 from curriculum import shapesworld, tiny_blip2, training, zoo
@@ -34,34 +33,7 @@ def real_architecture(tmp_path_factory):
     """blip2-opt-2.7b's layout (224 px, 14 px patches, 32 queries, right-padding tokenizer),
     randomly initialised and scaled down in width and depth, saved and loaded by path."""
     folder = tmp_path_factory.mktemp("blip2-like")
-    tokenizer = tiny_blip2.build_tokenizer()
-    tokenizer.padding_side = "right"
-    processor = Blip2Processor(
-        BlipImageProcessorPil(size={"height": 224, "width": 224}), tokenizer, num_query_tokens=32
-    )
-    small = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64)
-    config = Blip2Config(
-        vision_config=dict(image_size=224, patch_size=14, num_hidden_layers=1, **small),
-        qformer_config=dict(num_hidden_layers=2, encoder_hidden_size=32, **small),
-        text_config=dict(
-            model_type="opt",
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            word_embed_proj_dim=32,
-            ffn_dim=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-        num_query_tokens=32,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-    )
-    torch.manual_seed(0)
-    Blip2ForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return hub_models.blip2_opt_2_7b(folder, layers=(1, 2, 1), shrink=hub_models.BLIP2_NARROW)
 
 
 def test_loads_like_the_hub_checkpoint(blip2_model):

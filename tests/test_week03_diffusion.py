@@ -3,11 +3,12 @@ deterministically, swaps schedulers safely, draws what the prompt asks, and show
 
 import json
 
+import hub_models
 import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel
 
 from curriculum import MODELS_DIR, shapesworld, tiny_sd, zoo
 from stage1_demos import sd_generate
@@ -35,47 +36,7 @@ def sd15_layout(tmp_path_factory):
     """SD 1.5's layout (77-token CLIP text tower, 4-level UNet with cross-attention in 3 of them,
     4-block VAE, PNDM config), randomly initialised and scaled down, saved and loaded by path."""
     folder = tmp_path_factory.mktemp("sd15-like")
-    tokenizer = CLIPTokenizer.from_pretrained(MODELS_DIR / "tiny-clip", model_max_length=77)
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-        )
-    )
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        norm_num_groups=4,
-        latent_channels=4,
-        sample_size=64,
-    )
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=4,
-    )
-    StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=tiny_sd.build_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(folder)
-    return folder
+    return hub_models.sd15(folder, layers_per_block=2, shrink=hub_models.SD15_TINY)
 
 
 # ---------------------------------------------------------------- the bundled pipeline

@@ -30,7 +30,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora qformer tiny-blip2-prompts week8 week9 export serve serve-ray week10 week11 week12 tiny-models clean lavis-venv week2-lavis
+.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora qformer tiny-blip2-prompts week8 week9 export serve serve-ray week10 week11 week12 tiny-models clean lavis-venv week2-lavis colab-env colab-test notebooks
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ test: lint ## the linters, then every milestone's tests
 
 docs: $(VENV)/.installed ## rewrite the docs' measured tables from results/ (the reference run)
 	$(PY) -m curriculum.docs
+
+notebooks: $(VENV)/.installed ## write each week's Colab notebook (notebooks/*.ipynb) from its script (notebooks/*.py)
+	$(PY) -m curriculum.notebooks build
 
 report: $(VENV)/.installed ## your lab notebook: outputs/report.html from whatever you have run
 	$(PY) -m curriculum.report
@@ -258,6 +261,29 @@ tiny-blip2-prompts: $(VENV)/.installed ## fine-tune the bundled BLIP-2 on the pl
 
 clean: ## remove outputs/ (keeps .venv and data/models)
 	rm -rf outputs
+
+# Colab's own library versions (requirements-colab.txt: torch 2.11, transformers 5.15, numpy 2.1, ...)
+# in .venv-colab, where the weeks' tests and the notebooks run too (`make colab-test`, from .ci/run):
+# the floors in pyproject.toml are those pins (tests/test_floors.py). torch first, alone: PyPI's
+# default 2.11.0 wheel (the CUDA 13.0 build, ~4.6 GB; it runs on the CPU here); then every pin, so
+# pip never chooses another version of a pinned package; then the project itself without
+# dependencies. pip check then fails the build if the project needs anything the pins lack.
+COLAB_VENV := .venv-colab
+COLAB_PY := $(COLAB_VENV)/bin/python
+COLAB_MARKERS := week1 or week2 or week3 or week4 or week5 or week6 or week7 or week8 or week9 or week10 \
+  or week11 or week12 or notebooks
+$(COLAB_VENV)/.colab-installed: requirements-colab.txt pyproject.toml
+	python3 -m venv $(COLAB_VENV)
+	$(COLAB_PY) -m pip install --quiet "$$(grep -E '^torch==' requirements-colab.txt)"
+	$(COLAB_PY) -m pip install --quiet -r requirements-colab.txt
+	$(COLAB_PY) -m pip install --quiet --no-deps -e .
+	$(COLAB_PY) -m pip check
+	touch $@
+
+colab-env: $(COLAB_VENV)/.colab-installed ## .venv-colab: Colab's library versions (requirements-colab.txt)
+
+colab-test: $(COLAB_VENV)/.colab-installed ## the weeks' tests and the notebooks on Colab's library versions, in .venv-colab
+	$(OFFLINE) $(COLAB_PY) -m pytest -m "$(COLAB_MARKERS)" --junitxml=outputs/colab-tests.xml
 
 # Optional LAVIS backend for week 2. LAVIS 1.0.2 pins transformers<4.27, so it gets a venv of its
 # own (torch chosen by the .torch rule above, as for .venv) and runs only as a subprocess of

@@ -179,7 +179,8 @@ def probe(data, limits, param, declared=None, all_frames=True):
 def to_8bit(frame):
     """16-bit greyscale -> 8-bit L: 0..65535 onto 0..255 (convert("L") would clip everything over 255)."""
     values = np.asarray(frame).astype(np.uint32)
-    return Image.fromarray(((values * 255 + 32767) // 65535).clip(0, 255).astype(np.uint8), "L")
+    # 2-D uint8 is L; no mode argument, which Pillow 11 (Colab's) deprecates
+    return Image.fromarray(((values * 255 + 32767) // 65535).clip(0, 255).astype(np.uint8))
 
 
 def as_displayed(frame, orientation=1):

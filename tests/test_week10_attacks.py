@@ -148,12 +148,12 @@ def test_alpha_bypass_is_judged_as_composited(service_client):
     shown = np.dstack([rgb, np.where(shape, 255, 0)]).astype(np.uint8)
     naive = moderate(service_client, encode(Image.fromarray(rgb)))
     assert not naive["flagged"], naive  # what dropping alpha judged
-    judged = moderate(service_client, encode(Image.fromarray(shown, "RGBA")))
+    judged = moderate(service_client, encode(Image.fromarray(shown)))
     assert judged["flagged"] and judged["categories"]["red_cross"], judged
     # and pixels nobody sees decide nothing: a red cross under alpha 0 is a blank white picture
     hidden = np.dstack([cross, np.zeros(cross.shape[:2])]).astype(np.uint8)
     assert moderate(service_client, encode(Image.fromarray(cross.astype(np.uint8))))["flagged"]
-    assert not moderate(service_client, encode(Image.fromarray(hidden, "RGBA")))["flagged"]
+    assert not moderate(service_client, encode(Image.fromarray(hidden)))["flagged"]
 
 
 @pytest.mark.parametrize(

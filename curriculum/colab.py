@@ -95,12 +95,17 @@ def fetch_photos(photos, out):
     return [out / name for name, _ in photos]
 
 
+def project(pyproject=REPO_ROOT / "pyproject.toml"):
+    """pyproject.toml's [project] table: the requirements, the version and the repository URL."""
+    return tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))["project"]
+
+
 def missing_requirements(pyproject=REPO_ROOT / "pyproject.toml"):
     """The project's requirements with no installed distribution, but for those never to replace."""
     from packaging.requirements import Requirement
 
     missing = []
-    for line in tomllib.loads(pyproject.read_text())["project"]["dependencies"]:
+    for line in project(pyproject)["dependencies"]:
         requirement = Requirement(line)
         if requirement.name in NEVER_INSTALL:
             continue

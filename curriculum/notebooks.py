@@ -20,10 +20,10 @@ import hashlib
 import posixpath
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 from curriculum import REPO_ROOT, cli
+from curriculum.colab import project
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 SOURCE = re.compile(r"week(\d\d)_[a-z0-9_]+\.py")
@@ -39,10 +39,6 @@ METADATA = {
 
 
 # ---------------------------------------------------------------- where the notebooks point
-def project(pyproject=REPO_ROOT / "pyproject.toml"):
-    return tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))["project"]
-
-
 def repository():
     """The published repository's URL, e.g. https://github.com/owner/name (no trailing slash or .git)."""
     url = project()["urls"]["Repository"].rstrip("/").removesuffix(".git")

@@ -110,11 +110,16 @@ def build_parser():
     )
 
 
+def config_from_args(args):
+    """The Config a command line asks for (provenance checks what `make tiny-models` would train)."""
+    return Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     train(
         args.out,
-        Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),
+        config_from_args(args),
         training.Options.from_args(args, __spec__.name, argv),
     )
 

@@ -173,7 +173,7 @@ def train(out, config=Config(), options=training.Options()):
         for rows in trainer.micro_batches(config.batch_size):
             text = processor.tokenizer(list(captions[rows]), padding=True, return_tensors="pt").to(trainer.device)
             out = model(**text, pixel_values=pixels(images[idx[rows]], processor.image_processor).to(trainer.device))
-            # every process scores its captions against the whole global batch's images, and the reverse:
+            # every process gathers the whole global batch and computes the full B × B loss (each the same):
             # s_ij = exp(logit_scale) · t_i · v_j over all B captions i and B images j
             text_embeds, image_embeds = trainer.gather(out.text_embeds), trainer.gather(out.image_embeds)
             logits = trainer.unwrap().logit_scale.exp() * text_embeds @ image_embeds.T
@@ -193,11 +193,16 @@ def build_parser():
     )
 
 
+def config_from_args(args):
+    """The Config a command line asks for (provenance checks what `make tiny-models` would train)."""
+    return Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     train(
         args.out,
-        Config(steps=args.steps, batch_size=args.batch_size, pool=args.pool, seed=args.seed),
+        config_from_args(args),
         training.Options.from_args(args, __spec__.name, argv),
     )
 

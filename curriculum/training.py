@@ -35,7 +35,7 @@ from accelerate import Accelerator
 from accelerate.utils import AutocastKwargs, DataLoaderConfiguration
 from tqdm import tqdm
 
-from curriculum import REPO_ROOT, checkpoints, cli, runtime, viz
+from curriculum import REPO_ROOT, checkpoints, cli, provenance, runtime, viz
 from curriculum.checkpoints import jsonable
 
 
@@ -468,6 +468,10 @@ class Trainer:
                     (self.unwrap(part) if isinstance(part, torch.nn.Module) else part).save_pretrained(staging)
                 for name, losses, curve_title in [("loss.png", self.progress.losses, title), *curves]:
                     viz.curve(losses, staging / name, curve_title)
+                record["provenance"] = {
+                    "config": jsonable(self.config),
+                    **provenance.record(self.options.command or (sys.argv[0],), staging),
+                }
                 (staging / "training.json").write_text(json.dumps(record, indent=2) + "\n")
             print(
                 f"saved {self.out} ({record['train_minutes']:.1f} min on {plural(self.num_processes, 'process')}, "

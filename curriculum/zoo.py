@@ -10,7 +10,7 @@ from pathlib import Path
 
 from huggingface_hub.errors import HFValidationError
 
-from curriculum import MODELS_DIR, runtime
+from curriculum import MODELS_DIR, provenance, runtime
 from curriculum.cli import UserError
 
 TINY = {"clip": "tiny-clip", "clip-zh": "tiny-clip-zh", "blip2": "tiny-blip2", "sd": "tiny-sd"}
@@ -58,8 +58,11 @@ def quiet_progress(cls, local):
 
 def from_pretrained(cls, name_or_path, **kwargs):
     """`cls.from_pretrained`, with the offline / not-cached failure turned into advice."""
+    local = Path(name_or_path).is_dir()
+    if local:  # a trainer's checkpoint records the weights it started from
+        provenance.LOADED.add(Path(name_or_path).resolve())
     try:
-        with quiet_progress(cls, local=Path(name_or_path).is_dir()):
+        with quiet_progress(cls, local=local):
             return cls.from_pretrained(name_or_path, **kwargs)
     except HFValidationError:
         raise UserError(

@@ -24,6 +24,7 @@ Blip2OPT on the same weights, converted once to LAVIS's names (run `make lavis-v
 stage1_demos/lavis_convert.py converts, `python -m stage1_demos.lavis_parity` compares the two).
 """
 
+import re
 import sys
 
 import numpy as np
@@ -209,10 +210,39 @@ def print_explain(result, model_name):
 
 # ---------------------------------------------------------------- eval
 def attribute_correct(truth, predicted, attribute):
-    """The caption names the right values of one attribute, object by object in reading order."""
+    """The caption names one attribute right for every object, and names no object the image lacks.
+
+    Colour, shape and size are compared place by place, in reading order: right when the caption
+    gives each place the colour (shape, size) of the object there. Position is bound to the object:
+    right when the caption names each colour-shape object at that object's own place. Comparing the
+    places alone would only check which quadrants are occupied, and a caption that swaps two objects
+    would pass.
+    """
+    if attribute == "position":
+        return sorted((o.color, o.shape, o.position) for o in truth) == sorted(
+            (o.color, o.shape, o.position) for o in predicted
+        )
     return [getattr(o, attribute) for o in reading_order(truth)] == [
         getattr(o, attribute) for o in reading_order(predicted)
     ]
+
+
+def question_form(question):
+    """The question with its colour, shape and place words replaced by their kind:
+    'where is the red square?' -> 'where is the ‹colour› ‹shape›?'."""
+    kinds = (("colour", shapesworld.COLORS), ("shape", shapesworld.SHAPES), ("place", shapesworld.POSITIONS))
+    for kind, words in kinds:
+        question = re.sub(rf"\b(?:{'|'.join(words)})\b", f"‹{kind}›", question)
+    return question
+
+
+def qa_by_form(questions, replies, answers):
+    """[{"question": form, "n", "right": share answered exactly}], the hardest form first."""
+    forms = {}
+    for question, reply, answer in zip(questions, replies, answers):
+        forms.setdefault(question_form(question), []).append(reply == answer)
+    rows = [{"question": form, "n": len(right), "right": float(np.mean(right))} for form, right in forms.items()]
+    return sorted(rows, key=lambda r: (r["right"], r["question"]))
 
 
 def qa_set(samples, seed=0):
@@ -255,12 +285,22 @@ def evaluate(model_name="tiny", split="test", n=500, seed=0, device="auto", batc
         }
         for i in range(min(5, n))
     ]
-    return {"model": model_name, "split": split, "n": n, "groups": groups, "examples": examples}
+    return {
+        "model": model_name,
+        "split": split,
+        "n": n,
+        "groups": groups,
+        "qa_by_question": qa_by_form(questions, replies, answers),
+        "examples": examples,
+    }
 
 
 def print_eval_table(result):
     print(f"BLIP-2 ({result['model']}) on ShapesWorld {result['split']}, n={result['n']}, greedy decoding")
-    print("caption: share of captions naming every object's attribute right; qa: exact answers\n")
+    print(
+        "caption: share of captions naming every object's attribute right (position: each colour-shape object "
+        "at its own place); qa: exact answers\n"
+    )
     print(f"{'':<10}{'colour':>8}{'shape':>8}{'size':>8}{'position':>10}{'exact':>8}{'qa':>8}{'n':>6}")
     for name, g in result["groups"].items():
         if not g["n"]:

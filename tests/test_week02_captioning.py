@@ -146,6 +146,19 @@ def test_attribute_scoring_can_fail():
     assert not blip2_caption.attribute_correct(truth, truth[:1], "size")
 
 
+def test_position_is_bound_to_the_object():
+    """Test image 0's caption swaps the two objects' places: both quadrants are still occupied, so
+    comparing places alone would score it right. Each object must be named at its own place."""
+    truth = shapesworld.parse_caption("a large orange triangle in the top right and a small red square in the top left")
+    swapped = shapesworld.parse_caption(
+        "a large orange triangle in the top left and a small red square in the top right"
+    )
+    right = shapesworld.parse_caption("a small red square in the top left and a large orange triangle in the top right")
+    assert not blip2_caption.attribute_correct(truth, swapped, "position")
+    assert blip2_caption.attribute_correct(truth, right, "position")
+    assert not blip2_caption.attribute_correct(truth, right[:1], "position")  # an object left out
+
+
 def test_caption_json_keys_and_settings(cli_runner, gallery, tmp_path):
     paths, _ = gallery
     png = tmp_path / "captions.png"

@@ -34,6 +34,12 @@ def test_measure_counts_what_an_answer_says():
     assert short == {"words": 7, "shapes_named": 2, "says_where": False, "says_size": False, "pairs_right": False}
 
 
+def test_same_answer_compares_the_languages_image_by_image():
+    answers = {prompt: ["a red circle", "a blue square"] for prompt in PROMPT_STYLES}
+    answers[DETAIL_PROMPT_ZH] = ["a red circle", "a blue cross"]  # the second image answered differently
+    assert prompt_styles.same_answer(answers) == {"detail": 0.5, "one sentence": 1.0}
+
+
 def test_training_mix_keeps_the_old_styles_and_adds_the_new():
     rng = np.random.default_rng(0)
     objects = shapesworld.sample("train", 0).objects
@@ -57,7 +63,9 @@ def test_the_answers_differ_the_way_each_prompt_asks():
 
 
 def test_the_fine_tuned_model_keeps_week_2s_thresholds():
-    result = blip2_caption.evaluate(FINE_TUNED, "test", n=200, device="cpu")
+    # n=500, as the base model's test and the docs' table: position is now bound to each object's colour and
+    # shape, so it sits just under their accuracy, and 200 images leave it too close to call
+    result = blip2_caption.evaluate(FINE_TUNED, "test", n=500, device="cpu")
     seen = result["groups"]["seen"]
     for attribute in blip2_caption.ATTRIBUTES:
         assert seen[attribute] >= 0.90, (attribute, seen)

@@ -161,8 +161,29 @@ def greedy_or_sample(decoder, prefix, context, s, eos):
     return tokens
 
 
+class BeamRules:
+    """Three rules of beam search that generate() fixes and a from-scratch one easily gets wrong
+    while still writing sensible text. decoding_lab's `mistakes` breaks each in turn and counts the
+    checks that catch it."""
+
+    def may_finish(self, rank, n):
+        return rank < n  # only a top-n candidate may finish (as in generate()); the rest are spares
+
+    def length(self, new_tokens, prefix_length):
+        return new_tokens  # the tokens written, </s> included; not the image's queries and the prompt
+
+    def stop(self, s, best_running, worst_finished):
+        """Once n texts have finished (scores already divided by length^length_penalty):
+        early_stopping stops at once; generate()'s default stops when the best running beam, at its
+        current length, can no longer beat the worst finished text."""
+        return s.early_stopping or best_running <= worst_finished
+
+
+GENERATE_RULES = BeamRules()
+
+
 @torch.no_grad()
-def beam_search(decoder, prefix, context, s, eos):
+def beam_search(decoder, prefix, context, s, eos, rules=GENERATE_RULES):
     """Keep the num_beams likeliest partial texts; return the best finished one. A candidate
     finishes with </s> (or at the length limit) and is scored Σ log p / length^length_penalty."""
     n = s.num_beams
@@ -178,12 +199,13 @@ def beam_search(decoder, prefix, context, s, eos):
         vocab = log_probs.shape[-1]
         top_scores, top_index = totals.topk(2 * n)  # 2n: even if n of them end, n can continue
         last = step == s.max_new_tokens - 1
+        penalty = rules.length(step + 1, prefix.shape[1]) ** s.length_penalty  # length^α
         continuing = []
         for rank, (score, index) in enumerate(zip(top_scores.tolist(), top_index.tolist())):
             beam, token = divmod(index, vocab)
             if token == eos or last:
-                if rank < n:  # only a top-n candidate may finish (as in generate())
-                    finished.append((score / (step + 1) ** s.length_penalty, beams[beam] + [token]))
+                if rules.may_finish(rank, n):
+                    finished.append((score / penalty, beams[beam] + [token]))      # Σ log p / length^α
             elif len(continuing) < n:
                 continuing.append((beam, token, score))
         finished = sorted(finished, key=lambda f: f[0], reverse=True)[:n]
@@ -195,17 +217,13 @@ def beam_search(decoder, prefix, context, s, eos):
         beam_scores = torch.tensor([score for _, _, score in continuing])
         context = torch.cat([context[rows], tokens[:, None]], dim=1)
         stepper.append(tokens, rows)
-        if len(finished) == n:
-            if s.early_stopping:
-                break  # n finished texts are enough
-            # generate()'s default stop: the best running beam, at its current length, can no longer
-            # beat the worst finished text
-            if beam_scores[0] / (step + 1) ** s.length_penalty <= finished[-1][0]:
-                break
+        if len(finished) == n and rules.stop(s, beam_scores[0] / penalty, finished[-1][0]):
+            break
     return finished[0][1]
 
 
-def decode(decoder, prefix, context, s, eos):
-    """The new tokens (ending in </s> unless the length limit came first)."""
-    search = beam_search if s.num_beams > 1 else greedy_or_sample
-    return search(decoder, prefix, context, s.validate(), eos)
+def decode(decoder, prefix, context, s, eos, rules=GENERATE_RULES):
+    """The new tokens (ending in </s> unless the length limit came first); `rules` are beam search's."""
+    if s.validate().num_beams > 1:
+        return beam_search(decoder, prefix, context, s, eos, rules)
+    return greedy_or_sample(decoder, prefix, context, s, eos)

@@ -2,6 +2,7 @@
 the tiny BLIP-2, and what the settings do to a caption.
 
     python -m stage2_fundamentals.decoding_lab check [--json]
+    python -m stage2_fundamentals.decoding_lab mistakes [--out outputs/week5/mistakes.json]   (can the checks fail?)
     python -m stage2_fundamentals.decoding_lab sweep --image outputs/week2/gallery/test_00001.png
     python -m stage2_fundamentals.decoding_lab repetition [--image IMG] [--json]
     python -m stage2_fundamentals.decoding_lab bench [--json]        (tokens/s with and without the KV cache)
@@ -27,6 +28,8 @@ from curriculum.images import load_image
 from stage1_demos.blip2_caption import fit_new_tokens
 from stage2_fundamentals.decoder import Decoder, blip2_decoder_inputs
 from stage2_fundamentals.decoding import (
+    GENERATE_RULES,
+    BeamRules,
     Settings,
     apply_no_repeat_ngram,
     apply_repetition_penalty,
@@ -52,9 +55,9 @@ class Captioner:
         embeds, _, input_ids = blip2_decoder_inputs(self.model, self.processor, [image], [prompt])
         return embeds, input_ids
 
-    def generate(self, image, prompt, s):
+    def generate(self, image, prompt, s, rules=GENERATE_RULES):
         embeds, input_ids = self.inputs(image, prompt)
-        return decode(self.decoder, embeds, input_ids, s, self.eos)
+        return decode(self.decoder, embeds, input_ids, s, self.eos, rules)
 
     @torch.no_grad()
     def library_generate(self, image, prompt, s):
@@ -104,19 +107,26 @@ def check_images():
     return [s.image for s in shapesworld.generate("test", 2)] + noise + [Image.new("RGB", (64, 64), "grey")]
 
 
-def check_search(captioner, cases, greedy, name, s, seed=0):
-    """Token-identical to generate() for every (image, prompt) case? max_abs_diff counts the
-    outputs that differ; with the KV cache, ours must also equal our loop without it.
-    differs_from_greedy (against the cases' greedy outputs) shows the setting mattered."""
+def library_outputs(captioner, cases, s, seed=0):
+    """generate()'s new tokens for every (image, prompt) case, each drawn from the same seed."""
+    outputs = []
+    for image, prompt in cases:
+        torch.manual_seed(seed)
+        outputs.append(captioner.library_generate(image, prompt, s))
+    return outputs
+
+
+def check_search(captioner, cases, greedy, library, name, s, rules=GENERATE_RULES, seed=0):
+    """Token-identical to generate() (its `library` outputs) for every (image, prompt) case?
+    max_abs_diff counts the outputs that differ; with the KV cache, ours must also equal our loop
+    without it. differs_from_greedy (against the cases' greedy outputs) shows the setting mattered."""
     differ = changed = 0
-    for (image, prompt), greedy_tokens in zip(cases, greedy):
+    for (image, prompt), greedy_tokens, theirs in zip(cases, greedy, library):
         torch.manual_seed(seed)
-        ours = captioner.generate(image, prompt, s)
-        torch.manual_seed(seed)
-        theirs = captioner.library_generate(image, prompt, s)
+        ours = captioner.generate(image, prompt, s, rules)
         if s.use_cache:
             torch.manual_seed(seed)
-            differ += captioner.generate(image, prompt, replace(s, use_cache=False)) != ours
+            differ += captioner.generate(image, prompt, replace(s, use_cache=False), rules) != ours
         differ += ours != theirs
         changed += ours != greedy_tokens
     return {
@@ -166,12 +176,75 @@ def check_processors(captioner, images):
 
 def run_checks(model="tiny"):
     captioner, images = load_captioner(model), check_images()
-    cases = [(image, prompt) for image in images for prompt in CHECK_PROMPTS]
+    cases = check_cases(images)
     greedy = [captioner.generate(image, prompt, Settings()) for image, prompt in cases]
-    return {
-        "checks": check_processors(captioner, images)
-        + [check_search(captioner, cases, greedy, name, s) for name, s in SEARCH_CHECKS]
-    }
+    searches = [
+        check_search(captioner, cases, greedy, library_outputs(captioner, cases, s), name, s)
+        for name, s in SEARCH_CHECKS
+    ]
+    return {"checks": check_processors(captioner, images) + searches}
+
+
+# ---------------------------------------------------------------- mistakes: can the checks fail?
+class AnyCandidateFinishes(BeamRules):
+    def may_finish(self, rank, n):
+        return True  # a spare candidate (ranked n+1 to 2n) that ends in </s> is kept as a finished text
+
+
+class NeverStopsEarly(BeamRules):
+    def stop(self, s, best_running, worst_finished):
+        return False  # runs on to max_new_tokens however many texts have finished
+
+
+class CountsThePrompt(BeamRules):
+    def length(self, new_tokens, prefix_length):
+        return prefix_length + new_tokens  # the image's queries and the prompt counted in the length
+
+
+MISTAKES = {
+    "lets any candidate finish, not only the top n": AnyCandidateFinishes(),
+    "never stops early": NeverStopsEarly(),
+    "divides by the wrong length (the image's queries and the prompt counted)": CountsThePrompt(),
+}
+BEAM_CHECKS = [(name, s) for name, s in SEARCH_CHECKS if s.num_beams > 1]
+
+
+def check_cases(images=None):
+    """`check`'s (image, prompt) cases: every image with every prompt."""
+    return [(image, prompt) for image in images or check_images() for prompt in CHECK_PROMPTS]
+
+
+def run_mistakes(model="tiny", cases=None):
+    """Each mistake of MISTAKES put into the from-scratch beam search, which then runs `check`'s
+    beam-search checks (on `check`'s cases unless given): which checks fail, how many (check, case)
+    pairs fail, and on which cases (their indices in the list)."""
+    captioner, cases = load_captioner(model), cases or check_cases()
+    greedy = [captioner.generate(image, prompt, Settings()) for image, prompt in cases]
+    library = {name: library_outputs(captioner, cases, s) for name, s in BEAM_CHECKS}  # the same for every mistake
+    rows = []
+    for mistake, rules in MISTAKES.items():
+        failed, caught_on, failures = [], set(), 0
+        for name, s in BEAM_CHECKS:
+            fails = [  # the check, one case at a time
+                not check_search(captioner, [case], [greedy[i]], [library[name][i]], name, s, rules)["ok"]
+                for i, case in enumerate(cases)
+            ]
+            failed += [name] if any(fails) else []
+            caught_on |= {i for i, fail in enumerate(fails) if fail}
+            failures += sum(fails)
+        rows.append({"mistake": mistake, "failed": failed, "failures": failures, "caught_on": sorted(caught_on)})
+    return {"cases": len(cases), "checks": [name for name, _ in BEAM_CHECKS], "mistakes": rows}
+
+
+def print_mistakes(result):
+    print(f"{len(result['checks'])} beam-search checks, {result['cases']} cases each\n")
+    for row in result["mistakes"]:
+        fails = f"{len(row['failed'])} checks fail ({row['failures']} check-case pairs)"
+        print(f"{fails}: a beam search that {row['mistake']}")
+        for name in row["failed"]:
+            print(f"    {name}")
+        if row["caught_on"]:
+            print(f"    on cases {', '.join(map(str, row['caught_on']))} (their indices in the list of cases)")
 
 
 # ---------------------------------------------------------------- sweep and repetition
@@ -338,6 +411,9 @@ def build_parser():
     )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="prove every loop and processor equal to transformers' generate()")
+    wrong = sub.add_parser(
+        "mistakes", help="put each of three beam-search mistakes into the loop and count the checks that catch it"
+    )
     sweep_parser = sub.add_parser("sweep", help="one image, many generation settings, a table of outputs")
     sweep_parser.add_argument("--image", type=cli.InImage(), required=True, help="a PNG or JPEG file")
     loop = sub.add_parser("repetition", help="a setting where the decoder loops, and the fixes, measured")
@@ -385,16 +461,16 @@ def build_parser():
         )
     for p in (sweep_parser, loop, one):
         p.add_argument("--seed", type=cli.Seed(), default=0, help="for sampling (default 0)")
-    for p in (check, sweep_parser, loop, one):
+    for p in (check, wrong, sweep_parser, loop, one):
         p.add_argument(
             "--model",
             type=cli.Model("blip2"),
             default="tiny",
             help="BLIP-2 OPT: 'tiny' (bundled), a hub id or a folder",
         )
-    for p in (sweep_parser, loop, speed):
+    for p in (wrong, sweep_parser, loop, speed):
         p.add_argument("--out", type=cli.OutFile(".json"), help="also write the result as JSON here")
-    for p in (check, sweep_parser, loop, speed, one):
+    for p in (check, wrong, sweep_parser, loop, speed, one):
         p.add_argument("--json", action="store_true")
     return parser
 
@@ -435,6 +511,8 @@ def main(argv=None):
         result, show = sweep(args.image, args.prompt, args.seed, args.model, room), print_sweep
     elif args.command == "repetition":
         result, show = repetition(args.image, seed=args.seed, model=args.model), print_repetition
+    elif args.command == "mistakes":
+        result, show = run_mistakes(args.model), print_mistakes
     else:
         result, show = bench(), print_bench
     if args.out:

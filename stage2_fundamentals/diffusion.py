@@ -167,15 +167,22 @@ def ddpm_step(c, alpha_bar, t, t_prev, model_output, x_t, generator):
     return mean, x0
 
 
-def ddim_step(c, alpha_bar, t, steps, model_output, x_t, eta, generator):
-    """x_t -> x_t'. diffusers' DDIM steps back by T // steps whatever the spacing. Returns (x_t', x̂_0)."""
-    t_prev = t - c.num_train_timesteps // steps
-    final = torch.tensor(1.0) if c.set_alpha_to_one else alpha_bar[0]
-    a_t = alpha_bar[t]
-    a_prev = alpha_bar[t_prev] if t_prev >= 0 else final
+def ddim_alpha_prev(c, alpha_bar, t_prev):
+    """ᾱ_t' of the timestep DDIM jumps to; after the last step (t' < 0), 1 with set_alpha_to_one, else ᾱ_0."""
+    if t_prev >= 0:
+        return alpha_bar[t_prev]
+    return torch.tensor(1.0) if c.set_alpha_to_one else alpha_bar[0]
+
+
+def ddim_sigma(a_t, a_prev, eta):
+    return eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5  # σ = η √((1-ᾱ_t')/(1-ᾱ_t) · β)
+
+
+def ddim_step(c, alpha_bar, t, t_prev, model_output, x_t, eta, generator):
+    """x_t -> x_t' (t' < 0 after the last step). Returns (x_t', x̂_0)."""
+    a_t, a_prev = alpha_bar[t], ddim_alpha_prev(c, alpha_bar, t_prev)
     x0, eps = predict_x0_eps(c, model_output, x_t, a_t)
-    variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)             # σ² / η²
-    sigma = eta * variance ** 0.5
+    sigma = ddim_sigma(a_t, a_prev, eta)
     x_prev = a_prev ** 0.5 * x0 + (1 - a_prev - sigma ** 2) ** 0.5 * eps  # √ᾱ_t' x̂_0 + √(1-ᾱ_t'-σ²) ε̂
     if eta > 0:
         x_prev = x_prev + sigma * draw_noise(x_t, generator)             # + σ z
@@ -183,17 +190,19 @@ def ddim_step(c, alpha_bar, t, steps, model_output, x_t, eta, generator):
 
 
 @torch.no_grad()
-def reverse(model, x, c, steps, sampler="ddim", eta=0.0, generator=None):
-    """Run the reverse process from x = x_T; model(x_t, t) is the network's prediction.
+def reverse(model, x, c, steps, sampler="ddim", eta=0.0, generator=None, step=None):
+    """Run the reverse process from x = x_T; model(x_t, t) is the network's prediction; `step`
+    replaces the sampler's step function (diffusion_lab's `mistakes` swaps in wrong ones).
     Returns the sample after every step (the last one is x_0)."""
     alpha_bar, ts = alphas_cumprod(c), timesteps(c.validate(), steps)
+    step = step or (ddpm_step if sampler == "ddpm" else ddim_step)
     states = []
     for i, t in enumerate(ts):
         out = model(x, t)
-        if sampler == "ddpm":
+        if sampler == "ddpm":  # to the schedule's next timestep
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-            x, _ = ddpm_step(c, alpha_bar, t, t_prev, out, x, generator)
-        else:
-            x, _ = ddim_step(c, alpha_bar, t, steps, out, x, eta, generator)
+            x, _ = step(c, alpha_bar, t, t_prev, out, x, generator)
+        else:  # diffusers' DDIM steps back by T // steps whatever the spacing
+            x, _ = step(c, alpha_bar, t, t - c.num_train_timesteps // steps, out, x, eta, generator)
         states.append(x)
     return states

@@ -3,11 +3,13 @@ schedulers step by step, the week-3 pipeline sampled with them, samplers × step
 forward process in pictures.
 
     python -m stage2_fundamentals.diffusion_lab check [--json]
+    python -m stage2_fundamentals.diffusion_lab mistakes [--json]    # can the checks fail? each mistake swapped in
     python -m stage2_fundamentals.diffusion_lab sample --prompt "a large red circle in the top left" --seed 0
     python -m stage2_fundamentals.diffusion_lab compare --prompt "a large green triangle in the bottom right" --seed 0
     python -m stage2_fundamentals.diffusion_lab forward --image outputs/week8/gallery/test_00001.png
 """
 
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +30,10 @@ from stage2_fundamentals.diffusion import (
     add_noise,
     alphas_cumprod,
     betas,
+    ddim_alpha_prev,
+    ddim_sigma,
+    ddim_step,
+    ddpm_step,
     draw_noise,
     reverse,
     snr,
@@ -162,15 +168,8 @@ def steps_record(name, ours, theirs):
     return {"name": name, "max_abs_diff": worst, "ok": worst <= ATOL and len(ours) == len(theirs)}
 
 
-@torch.no_grad()
-def run_checks(model_name="tiny", configs=CHECK_CONFIGS):
-    """Schedules, the forward process and timesteps, then every sampling loop of `configs`
-    (CHECK_CONFIGS' form; a notebook passes a short one)."""
-    pipe = zoo.load_sd(model_name, "cpu")
-    sd = Config.of(pipe.scheduler.config)
-    model = pipeline_model(pipe, ["a large red circle in the top left"], guidance=5.0)
-    size, channels = pipe.unet.config.sample_size, pipe.unet.config.in_channels
-    x_t = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))
+def schedule_checks(sd):
+    """The schedules, the forward process and the timestep spacings (`sd`: the pipeline's config)."""
     results = []
     for schedule, c in SCHEDULE_CONFIGS.items():
         ours, theirs = betas(c), c.library(DDPMScheduler).betas
@@ -197,14 +196,106 @@ def run_checks(model_name="tiny", configs=CHECK_CONFIGS):
                 f"timesteps, {spacing} spacing, 30 steps", [timesteps(c, 30).float()], [scheduler.timesteps.float()]
             )
         )
+    return results
+
+
+def loops(sd, configs):
+    """Every sampling loop of `configs` (CHECK_CONFIGS' form): (check name, config, sampler, steps, η)."""
     for label, c, runs in configs:
         c = sd if c is None else replace(sd, set_alpha_to_one=True) if c == "set_alpha_to_one" else c
         for sampler, steps, eta in runs:
-            library = c.library(DDPMScheduler if sampler == "ddpm" else DDIMScheduler)
-            ours = reverse(model, x_t, c, steps, sampler, eta, torch.Generator().manual_seed(7))
-            theirs = library_reverse(model, x_t, library, steps, eta, torch.Generator().manual_seed(7))
-            results.append(steps_record(check_name(label, sampler, steps, eta) + ", every step", ours, theirs))
+            yield check_name(label, sampler, steps, eta) + ", every step", c, sampler, steps, eta
+
+
+def library_loop(model, x_t, c, sampler, steps, eta):
+    library = c.library(DDPMScheduler if sampler == "ddpm" else DDIMScheduler)
+    return library_reverse(model, x_t, library, steps, eta, torch.Generator().manual_seed(7))
+
+
+def our_loop(model, x_t, c, sampler, steps, eta, step=None):
+    return reverse(model, x_t, c, steps, sampler, eta, torch.Generator().manual_seed(7), step)
+
+
+def pipeline_check_model(model_name):
+    """What the loops are checked on: the pipeline's UNet with guidance, one x_T, and its scheduler config."""
+    pipe = zoo.load_sd(model_name, "cpu")
+    model = pipeline_model(pipe, ["a large red circle in the top left"], guidance=5.0)
+    size, channels = pipe.unet.config.sample_size, pipe.unet.config.in_channels
+    x_t = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))
+    return model, x_t, Config.of(pipe.scheduler.config)
+
+
+@torch.no_grad()
+def run_checks(model_name="tiny", configs=CHECK_CONFIGS):
+    """Schedules, the forward process and timesteps, then every sampling loop of `configs`
+    (CHECK_CONFIGS' form; a notebook passes a short one)."""
+    model, x_t, sd = pipeline_check_model(model_name)
+    results = schedule_checks(sd)
+    for name, *run in loops(sd, configs):
+        results.append(steps_record(name, our_loop(model, x_t, *run), library_loop(model, x_t, *run)))
     return {"checks": results}
+
+
+# ---------------------------------------------------------------- mistakes: can the checks fail?
+def with_settings(step, **wrong):
+    """`step` run with some settings replaced: a step that ignores what the config asked for."""
+    return lambda c, *rest: step(replace(c, **wrong), *rest)
+
+
+def ddim_one_timestep_too_far(c, alpha_bar, t, t_prev, *rest):
+    """The jump lands on t' - 1: an off-by-one in t' = t - T // steps."""
+    return ddim_step(c, alpha_bar, t, t_prev - 1, *rest)
+
+
+def ddim_without_sigma_in_direction(c, alpha_bar, t, t_prev, model_output, x_t, eta, generator):
+    """√ᾱ_t' x̂_0 + √(1-ᾱ_t') ε̂ + σ z: the direction term forgets the σ² the noise takes."""
+    x_prev, x0 = ddim_step(c, alpha_bar, t, t_prev, model_output, x_t, 0.0, generator)  # η = 0: σ = 0, no z
+    if eta > 0:
+        sigma = ddim_sigma(alpha_bar[t], ddim_alpha_prev(c, alpha_bar, t_prev), eta)
+        x_prev = x_prev + sigma * draw_noise(x_t, generator)
+    return x_prev, x0
+
+
+# each mistake: the wrong step it swaps in, per sampler (a sampler it leaves out keeps the right step)
+MISTAKES = {
+    "ignoring set_alpha_to_one (ᾱ after the last DDIM step always 1)": {
+        "ddim": with_settings(ddim_step, set_alpha_to_one=True)
+    },
+    "stepping DDIM back one timestep too far": {"ddim": ddim_one_timestep_too_far},
+    "dropping σ² from DDIM's direction term": {"ddim": ddim_without_sigma_in_direction},
+    "skipping the clipping": {
+        "ddpm": with_settings(ddpm_step, clip_sample=False),
+        "ddim": with_settings(ddim_step, clip_sample=False),
+    },
+    "fixed_small variance where fixed_large was asked": {"ddpm": with_settings(ddpm_step, variance_type="fixed_small")},
+}
+
+
+@torch.no_grad()
+def run_mistakes(model, x_t, sd, configs=CHECK_CONFIGS, mistakes=MISTAKES):
+    """`check` again with each mistake swapped into the from-scratch steps: which checks fail, by how much.
+    The schedule checks use no step, so a step's mistake cannot fail them; they count in the total."""
+    runs = list(loops(sd, configs))
+    theirs = [library_loop(model, x_t, *run) for _, *run in runs]
+    total = len(schedule_checks(sd)) + len(runs)
+    found = []
+    for mistake, wrong_steps in mistakes.items():
+        records = [
+            steps_record(name, our_loop(model, x_t, c, sampler, n, eta, wrong_steps.get(sampler)), library)
+            for (name, c, sampler, n, eta), library in zip(runs, theirs)
+        ]
+        failed = [r for r in records if not r["ok"]]
+        found.append({"mistake": mistake, "checks": total, "failed": len(failed), "failures": failed})
+    return {"atol": ATOL, "mistakes": found}
+
+
+def print_mistakes(result):
+    for m in result["mistakes"]:
+        diffs = [f["max_abs_diff"] for f in m["failures"]]
+        by = f", off by {min(diffs):.1e} to {max(diffs):.1e}" if diffs else ""
+        print(f"{m['mistake']}: {m['failed']} of {m['checks']} checks fail{by}")
+        for f in m["failures"]:
+            print(f"    {f['name']}  {f['max_abs_diff']:.1e}")
 
 
 # ---------------------------------------------------------------- compare and determinism
@@ -327,6 +418,9 @@ def build_parser():
     )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="prove the schedules and the DDPM / DDIM loops equal to diffusers")
+    mistakes = sub.add_parser(
+        "mistakes", help="run check's loops with each named mistake swapped into the steps: which checks fail"
+    )
     one = sub.add_parser("sample", help="the from-scratch loop on the tiny SD vs the pipeline's image")
     one.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     one.add_argument(
@@ -383,7 +477,7 @@ def build_parser():
         default=str(OUT / "forward.png"),
         help="grid PNG; _snr.png is written beside it",
     )
-    for p in (check, one, grid, noising):
+    for p in (check, mistakes, one, grid, noising):
         p.add_argument(
             "--model",
             type=cli.Model("sd"),
@@ -401,6 +495,11 @@ def main(argv=None):
         sd_generate.check_before_loading(args.model, {"--prompt": args.prompt}, steps)
     if args.command == "check":
         checks.emit(run_checks(args.model), args.json)
+    elif args.command == "mistakes":
+        result = run_mistakes(*pipeline_check_model(args.model))
+        cli.emit(result, args.json, print_mistakes)
+        if not all(m["failed"] for m in result["mistakes"]):  # a mistake no check notices: the checks fall short
+            sys.exit(1)
     elif args.command == "sample":
         start = time.perf_counter()
         result = sample_command(

@@ -5,12 +5,11 @@ from dataclasses import replace
 
 import pytest
 import torch
-from diffusers import DDPMScheduler
 
-from curriculum import shapesworld, zoo
+from curriculum import MODELS_DIR, shapesworld, zoo
 from curriculum.cli import UserError
 from stage2_fundamentals import diffusion, diffusion_lab
-from stage2_fundamentals.diffusion import Config, alphas_cumprod, reverse, snr, timesteps
+from stage2_fundamentals.diffusion import Config, alphas_cumprod, snr, timesteps
 
 pytestmark = pytest.mark.week8
 
@@ -62,14 +61,26 @@ def test_checks_cover_both_samplers_and_eta(checks):
     assert "DDPM" in names and "DDIM 25 steps, η=0.0" in names and "η=1.0" in names and "η=0.5" in names
 
 
-def test_the_loop_check_notices_the_wrong_variance():
-    """fixed_small vs fixed_large are different samplers: comparing across them must fail."""
-    model = lambda x, t: torch.tanh(x) * 0.5  # noqa: E731 - any deterministic model
-    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    ours = reverse(model, x, Config(), 10, "ddpm", generator=torch.Generator().manual_seed(1))
-    library = Config(variance_type="fixed_large").library(DDPMScheduler)
-    theirs = diffusion_lab.library_reverse(model, x, library, 10, generator=torch.Generator().manual_seed(1))
-    assert not diffusion_lab.steps_record("wrong variance", ours, theirs)["ok"]
+@pytest.fixture(scope="module")
+def stand_in():
+    """The loops of `check` without a UNet: a deterministic stand-in model, one x_T, the tiny SD's scheduler config."""
+    model = lambda x, t: torch.tanh(x) * 0.5  # noqa: E731 - any deterministic model whose x̂_0 leaves [-1, 1]
+    x_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    sd = Config.of(json.loads((MODELS_DIR / "tiny-sd" / "scheduler" / "scheduler_config.json").read_text()))
+    return model, x_t, sd
+
+
+def test_every_named_mistake_fails_a_check(stand_in):
+    found = diffusion_lab.run_mistakes(*stand_in)["mistakes"]
+    assert [m["mistake"] for m in found] == list(diffusion_lab.MISTAKES)
+    for m in found:
+        assert m["failed"] == len(m["failures"]) >= 1, m["mistake"]
+        assert all(f["max_abs_diff"] > diffusion_lab.ATOL and not f["ok"] for f in m["failures"]), m
+
+
+def test_without_a_mistake_the_stand_in_fails_no_check(stand_in):
+    """So each failure above is its mistake's doing, not the stand-in's."""
+    assert diffusion_lab.run_mistakes(*stand_in, mistakes={"none": {}})["mistakes"][0]["failed"] == 0
 
 
 def test_snr_falls_from_signal_to_noise():

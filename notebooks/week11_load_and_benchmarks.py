@@ -81,26 +81,27 @@ for config in ("batching on, cache off", "batching off, cache off"):
         for clients in CLIENTS:
             measured = in_thread(bench.closed_loop, url, image_bodies, clients, SECONDS, process.pid)
             rows.append({"config": config, **measured})
-display(Markdown(tables.service({"rows": rows}).markdown()))
+display(Markdown(tables.week11.service({"rows": rows}).markdown()))
 
 # %% [markdown]
 # ## The reference run of `make bench`
 #
-# Measured on 2 cores with the server and wrk on a core each: the matrix-multiply limit every engine
-# is compared against, one image tower under each engine (the tiny CLIP's and ViT-B/32's
-# architecture), the full engines on the tiny models, and the service in four configurations.
+# Measured on 2 cores with the server and wrk on a core each: one torch matrix multiply's rate, one
+# image tower under each engine (the tiny CLIP's and ViT-B/32's architecture) with its share of the
+# best rate the run saw at its precision, the full engines on the tiny models, and the service in
+# four configurations.
 
 # %%
 reference = {
     part: json.loads(Path(f"results/bench/moderation_{part}.json").read_text()) for part in ("engines", "service")
 }
-print("matrix-multiply limit, the reference run:", reference["engines"]["matmul_gflops"], "GFLOP/s")
-print("and this machine now:", bench.matmul_limits(seconds=0.5, n=1024), "GFLOP/s")
+print("one torch matrix multiply, the reference run:", reference["engines"]["matmul_gflops"], "GFLOP/s")
+print("and on this machine now:", bench.matmul_gflops(seconds=0.5, n=1024), "GFLOP/s")
 for table in (
-    tables.engine_towers(reference["engines"]),
-    tables.tiny_engines(reference["engines"]),
-    tables.service(reference["service"]),
-    tables.service_targets(reference["service"]),
+    tables.week11.engine_towers(reference["engines"]),
+    tables.week11.tiny_engines(reference["engines"]),
+    tables.week11.service(reference["service"]),
+    tables.week11.service_targets(reference["service"]),
 ):
     display(Markdown(table.markdown()))
 display(Image(filename="docs/img/bench/moderation.png"))

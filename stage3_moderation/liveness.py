@@ -293,7 +293,7 @@ def main(argv=None):
     with nullcontext((args.url, None)) if args.url else loadgen.server() as (url, process):
         result = measure(url, args.pid or process.pid, args)
     cli.write_json(result, args.out)
-    cli.emit(result, args.json, lambda r: print(tables.attacks(r).markdown()))
+    cli.emit(result, args.json, lambda r: print(tables.week10.attacks(r).markdown()))
 
 
 if __name__ == "__main__":

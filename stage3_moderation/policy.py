@@ -250,41 +250,120 @@ def truth(policy_name, objects):
     }
 
 
+def confusion(predicted, expected, heldout=None):
+    """Counts and rates of a yes/no rule against the truth, one boolean per scene; with `heldout` (does
+    the scene hold a colour-shape pair never rendered in training?), where the mistakes fall."""
+    predicted, expected = np.asarray(predicted, bool), np.asarray(expected, bool)
+    tp, fp = int((predicted & expected).sum()), int((predicted & ~expected).sum())
+    fn, tn = int((~predicted & expected).sum()), int((~predicted & ~expected).sum())
+    counts = {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "accuracy": round((tp + tn) / max(1, len(expected)), 4),
+        "precision": round(tp / max(1, tp + fp), 4),
+        "recall": round(tp / max(1, tp + fn), 4),
+    }
+    if heldout is None:
+        return counts
+    heldout = np.asarray(heldout, bool)
+
+    def by_pair(mistakes):
+        return {"held_out": int((mistakes & heldout).sum()), "seen": int((mistakes & ~heldout).sum())}
+
+    return counts | {"fp_by_pair": by_pair(predicted & ~expected), "fn_by_pair": by_pair(~predicted & expected)}
+
+
+def summary(scores):
+    """The lowest, median and highest of some scores (None where there are none)."""
+    if not len(scores):
+        return None
+    return {k: round(float(f(scores)), 4) for k, f in (("min", np.min), ("median", np.median), ("max", np.max))}
+
+
+def threshold_check(scores, should_flag, flagged):
+    """What a threshold does on labelled scores: the scores of what it should flag and of what it
+    should pass, and how many of each it flags."""
+    return {
+        "should_flag": summary(scores[should_flag]),
+        "should_pass": summary(scores[~should_flag]),
+        "flagged_of_should_flag": [int((flagged & should_flag).sum()), int(should_flag.sum())],
+        "flagged_of_should_pass": [int((flagged & ~should_flag).sum()), int((~should_flag).sum())],
+    }
+
+
+def concept_score(category, vectors, concepts):
+    """Each image's score for a category: its highest cosine to any of the category's concepts
+    (`concepts`: {prompt: unit vector}), as `decide` reads it."""
+    return np.max(vectors @ np.stack([concepts[c] for c in category.concepts]).T, axis=1)
+
+
+def caption_cosines(vectors, texts, samples):
+    """cos(image, its own caption) for every scene, and cos(image, the previous scene's caption)
+    wherever that caption differs from its own."""
+    different = np.array([s.caption_en != samples[i - 1].caption_en for i, s in enumerate(samples)])
+    return (vectors * texts).sum(-1), (vectors * np.roll(texts, 1, axis=0)).sum(-1)[different]
+
+
+def calibration(engine, policy, n, seed):
+    """The policy's thresholds on the val split, which `evaluate`'s test scenes never meet: each
+    concept category's score on scenes with and without its shape, and the image-text cosine of
+    each image with its own caption and with another scene's (CLIP alone: no captions)."""
+    samples = shapesworld.generate("val", n, seed)
+    vectors = engine.embed_images([s.image for s in samples])
+    concepts = dict(zip(policy.concepts, engine.embed_texts(policy.concepts)))
+    checks = {}
+    for category in policy.categories:
+        if category.concepts:
+            score = concept_score(category, vectors, concepts)
+            expected = np.array([truth(policy.name, s.objects)[category.name] for s in samples])
+            checks[category.name] = {"threshold": category.threshold} | threshold_check(
+                score, expected, score >= category.threshold
+            )
+    own, other = caption_cosines(vectors, engine.embed_texts([s.caption_en for s in samples]), samples)
+    cosine, should_flag = np.concatenate([own, other]), np.arange(len(own) + len(other)) >= len(own)
+    checks["mismatch"] = {"threshold": policy.mismatch_threshold} | threshold_check(
+        cosine, should_flag, cosine < policy.mismatch_threshold
+    )
+    return {"split": "val", "n": n, "seed": seed, "checks": checks}
+
+
 def evaluate(engine, policy, n=300, seed=1):
-    """Decisions on n generated test scenes (image only), against the scene's truth; and the
-    mismatch flag on each image with its own caption vs another scene's caption."""
+    """Decisions on n generated test scenes (image only), against the scene's truth, with where the
+    mistakes fall (on scenes that hold a held-out colour-shape pair or not); the mismatch flag on
+    each image with its own caption vs another scene's caption; and the thresholds on the val split."""
     samples = shapesworld.generate("test", n, seed)
     images = [s.image for s in samples]
     vectors = engine.embed_images(images)
     concepts = dict(zip(policy.concepts, engine.embed_texts(policy.concepts)))
     captions = engine.caption_images(images)
-    texts = engine.embed_texts([s.caption_en for s in samples])
-    rows = {c.name: {"tp": 0, "fp": 0, "fn": 0, "tn": 0} for c in policy.categories if c.concepts}
-    for i, s in enumerate(samples):
-        scores = {c: float(vectors[i] @ v) for c, v in concepts.items()}
-        decided = decide(policy, None, scores, captions[i])["categories"]
-        for name, expected in truth(policy.name, s.objects).items():
-            key = ("t" if decided[name] == expected else "f") + ("p" if decided[name] else "n")
-            rows[name][key] += 1
-    for r in rows.values():
-        r["accuracy"] = (r["tp"] + r["tn"]) / n
-        r["recall"] = r["tp"] / max(1, r["tp"] + r["fn"])
-        r["precision"] = r["tp"] / max(1, r["tp"] + r["fp"])
-    own = (vectors * texts).sum(-1)
-    other = (vectors * np.roll(texts, 1, axis=0)).sum(-1)
-    different = [samples[i].caption_en != samples[i - 1].caption_en for i in range(n)]
+    decided = [
+        decide(policy, None, {c: float(vectors[i] @ v) for c, v in concepts.items()}, captions[i])["categories"]
+        for i in range(n)
+    ]
+    truths = [truth(policy.name, s.objects) for s in samples]
+    heldout = [s.heldout for s in samples]
+    rows = {
+        c.name: confusion([d[c.name] for d in decided], [t[c.name] for t in truths], heldout)
+        for c in policy.categories
+        if c.concepts
+    }
+    own, other = caption_cosines(vectors, engine.embed_texts([s.caption_en for s in samples]), samples)
     return {
         "policy": policy.name,
         "engine": engine.name,
         "n": n,
         "seed": seed,
+        "scenes_with_a_held_out_pair": sum(heldout),
         "categories": rows,
         "mismatch": {
             "threshold": policy.mismatch_threshold,
             "false_alarms_on_own_caption": int((own < policy.mismatch_threshold).sum()),
-            "caught_other_caption": int(((other < policy.mismatch_threshold) & different).sum()),
-            "other_captions": int(sum(different)),
+            "caught_other_caption": int((other < policy.mismatch_threshold).sum()),
+            "other_captions": len(other),
         },
+        "thresholds_on_val": calibration(engine, policy, n, seed),
     }
 
 
@@ -299,11 +378,22 @@ def print_evaluation(result):
             f"{name:<16}{r['accuracy']:>10.3f}{r['precision']:>11.3f}{r['recall']:>8.3f}"
             f"{r['tp']:>5}{r['fp']:>5}{r['fn']:>5}"
         )
+    held_out = result["scenes_with_a_held_out_pair"]
+    print(f"\n{held_out} of the scenes hold a held-out colour-shape pair; where the mistakes fall:")
+    for name, r in result["categories"].items():
+        print(f"  {name}: false positives {r['fp_by_pair']}, false negatives {r['fn_by_pair']}")
     m = result["mismatch"]
     print(
         f"\nmismatch (cos < {m['threshold']}): {m['false_alarms_on_own_caption']} false alarms on an image's own "
         f"caption, {m['caught_other_caption']}/{m['other_captions']} other scenes' captions caught"
     )
+    val = result["thresholds_on_val"]
+    print(f"\nthe thresholds on the val split ({val['n']} scenes, seed {val['seed']}): min / median / max scores")
+    for name, c in val["checks"].items():
+        print(
+            f"  {name} at {c['threshold']}: should flag {c['should_flag']}, flagged {c['flagged_of_should_flag']}; "
+            f"should pass {c['should_pass']}, flagged {c['flagged_of_should_pass']}"
+        )
 
 
 def print_policy(policy):

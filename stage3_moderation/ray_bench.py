@@ -87,7 +87,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     result = bench_ray(args.seconds)
     cli.write_json(result, args.out)
-    cli.emit(result, args.json, lambda r: print(tables.ray_serve(r).markdown()))
+    cli.emit(result, args.json, lambda r: print(tables.week11.ray_serve(r).markdown()))
 
 
 if __name__ == "__main__":

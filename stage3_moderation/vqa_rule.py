@@ -15,10 +15,13 @@ alone, the caption rule alone, the visual question, and the policy as deployed (
     python -m stage3_moderation.vqa_rule [--n 600] [--out outputs/week9/vqa_rule.json] [--json]
 """
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from curriculum import MODELS_DIR, REPO_ROOT, cli, shapesworld, viz, zoo
+from curriculum.provenance import shown
 from curriculum.tiny_blip2 import qa_prompt
 from stage1_demos.blip2_caption import caption_images
 from stage1_demos.clip_retrieval import embed_images, embed_texts
@@ -46,17 +49,20 @@ def yes_probability(model, processor, images, question, batch_size=64):
     return torch.cat(out).numpy()
 
 
-def confusion(predicted, expected):
-    tp = int((predicted & expected).sum())
-    fp = int((predicted & ~expected).sum())
-    fn = int((~predicted & expected).sum())
-    return {
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "precision": round(tp / max(1, tp + fp), 4),
-        "recall": round(tp / max(1, tp + fn), 4),
-    }
+def separation(scores, expected):
+    """The probability that a random scene with the symbol scores above a random one without (ties
+    count half): the area under the ROC curve. 0.5 is a score that does not tell them apart."""
+    with_, without = scores[expected], scores[~expected]
+    if not len(with_) or not len(without):
+        return None
+    above = (with_[:, None] > without[None, :]).mean() + 0.5 * (with_[:, None] == without[None, :]).mean()
+    return round(float(above), 4)
+
+
+def as_named(model):
+    """A model folder as the repository names it, so that a result reads the same on every checkout;
+    'tiny' or a hub id as given."""
+    return shown(model) if model != "tiny" and Path(model).is_dir() else model
 
 
 def compare(n=600, seed=1, threshold=0.5, askers=None, policy_path=policies.DEFAULT_POLICY):
@@ -76,28 +82,33 @@ def compare(n=600, seed=1, threshold=0.5, askers=None, policy_path=policies.DEFA
         model, processor = zoo.load_blip2(name, "cpu")
         for category, question in QUESTIONS.items():
             asked[category][label] = yes_probability(model, processor, images, question)
-    rows, curves = [], {}
+    heldout = np.array([s.heldout for s in samples])
+    rows, curves, p_yes_seen = [], {}, {}
     for category in policy.categories:
         if category.name not in QUESTIONS:
             continue
         expected = np.array([policies.truth(policy.name, s.objects)[category.name] for s in samples])
-        concept_score = np.max(vectors @ np.stack([concepts[c] for c in category.concepts]).T, axis=1)
-        by_concepts = concept_score >= category.threshold
+        by_concepts = policies.concept_score(category, vectors, concepts) >= category.threshold
         by_caption = np.array([bool(category.text_hits(c)) for c in captions])
         rules = {
             "CLIP concepts": by_concepts,
             "caption rule": by_caption,
             "deployed policy (concepts or caption)": by_concepts | by_caption,
         }
-        curves[category.name] = {}
+        curves[category.name], p_yes_seen[category.name] = {}, {}
         for label, p_yes in asked[category.name].items():
             rules[f"visual question to the {label} BLIP-2, p(yes) ≥ {threshold:g}"] = p_yes >= threshold
-            sweep = [confusion(p_yes >= t, expected) for t in np.linspace(0.05, 0.95, 19)]
+            sweep = [policies.confusion(p_yes >= t, expected) for t in np.linspace(0.05, 0.95, 19)]
             curves[category.name][f"{label}: p(yes) at every threshold"] = [
                 (c["recall"], c["precision"]) for c in sweep
             ]
+            p_yes_seen[category.name][label] = {
+                "with": policies.summary(p_yes[expected]),
+                "without": policies.summary(p_yes[~expected]),
+                "separation": separation(p_yes, expected),
+            }
         for rule, predicted in rules.items():
-            rows.append({"category": category.name, "rule": rule} | confusion(predicted, expected))
+            rows.append({"category": category.name, "rule": rule} | policies.confusion(predicted, expected, heldout))
             if not rule.startswith("visual question"):
                 curves[category.name][rule] = (rows[-1]["recall"], rows[-1]["precision"])
     return {
@@ -105,9 +116,11 @@ def compare(n=600, seed=1, threshold=0.5, askers=None, policy_path=policies.DEFA
         "seed": seed,
         "threshold": threshold,
         "questions": QUESTIONS,
-        "askers": {k: str(v) for k, v in askers.items()},
+        "askers": {label: as_named(name) for label, name in askers.items()},
         "positives": {c: int(sum(policies.truth(policy.name, s.objects)[c] for s in samples)) for c in QUESTIONS},
+        "scenes_with_a_held_out_pair": int(heldout.sum()),
         "rows": rows,
+        "p_yes": p_yes_seen,
         "curves": curves,
     }
 
@@ -158,7 +171,7 @@ def main(argv=None):
     result = compare(args.n, args.seed, args.threshold, askers)
     if args.out:
         picture = cli.beside(args.out, ".png")
-        result["picture"] = str(picture)
+        result["picture"] = shown(picture)
         with cli.atomic_paths(args.out, picture) as (json_path, png_path):  # both or neither
             viz.precision_recall(
                 result["curves"],

@@ -6,7 +6,7 @@ import pytest
 from curriculum import shapesworld, zoo
 from curriculum.tiny_blip2 import qa_prompt
 from stage1_demos.blip2_caption import QA, caption_images
-from stage3_moderation import vqa_rule
+from stage3_moderation import policy, vqa_rule
 
 pytestmark = pytest.mark.week9
 
@@ -22,9 +22,26 @@ def scenes(n=60, seed=1):
     return [s.image for s in samples], has
 
 
-def test_confusion_arithmetic():
-    r = vqa_rule.confusion(np.array([True, True, False, False]), np.array([True, False, True, False]))
-    assert (r["tp"], r["fp"], r["fn"], r["precision"], r["recall"]) == (1, 1, 1, 0.5, 0.5)
+def test_confusion_arithmetic_and_where_the_mistakes_fall():
+    predicted, expected = [True, True, True, False, False, False], [True, False, False, True, True, False]
+    heldout = [False, True, False, False, True, True]
+    r = policy.confusion(predicted, expected, heldout)
+    assert (r["tp"], r["fp"], r["fn"], r["tn"], r["precision"], r["recall"]) == (1, 2, 2, 1, 0.3333, 0.3333)
+    assert r["fp_by_pair"] == {"held_out": 1, "seen": 1} and r["fn_by_pair"] == {"held_out": 1, "seen": 1}
+    assert "fp_by_pair" not in policy.confusion(predicted, expected)
+
+
+def test_separation_is_the_chance_a_positive_scores_above_a_negative():
+    expected = np.array([True, True, False, False])
+    assert vqa_rule.separation(np.array([0.9, 0.8, 0.1, 0.2]), expected) == 1.0
+    assert vqa_rule.separation(np.array([0.1, 0.2, 0.9, 0.8]), expected) == 0.0
+    assert vqa_rule.separation(np.full(4, 0.49), expected) == 0.5  # one score for all: ties, no separation
+    assert vqa_rule.separation(np.array([0.1, 0.2]), np.array([True, True])) is None
+
+
+def test_a_model_folder_is_recorded_as_the_repository_names_it():
+    assert vqa_rule.as_named(str(vqa_rule.FINE_TUNED)) == "data/models/tiny-blip2-prompts"
+    assert vqa_rule.as_named("tiny") == "tiny" and vqa_rule.as_named("Salesforce/blip2-opt-2.7b").startswith("Sales")
 
 
 def test_p_yes_agrees_with_the_models_own_answer(fine_tuned):
@@ -42,6 +59,9 @@ def test_the_comparison_counts_every_rule_on_the_same_scenes():
     assert len(rules) == 2 * 5
     for (category, rule), r in rules.items():
         assert r["tp"] + r["fn"] == result["positives"][category] > 0, (category, rule)
+        assert sum(r["fp_by_pair"].values()) == r["fp"] and sum(r["fn_by_pair"].values()) == r["fn"]
+    for category, asked in result["p_yes"].items():
+        assert set(asked) == {"bundled", "fine-tuned"} and all(0 <= a["separation"] <= 1 for a in asked.values())
     assert rules[("red_cross", "caption rule")]["recall"] >= 0.9  # the captions name the crosses they see
     deployed = rules[("red_cross", "deployed policy (concepts or caption)")]
     assert deployed["tp"] >= rules[("red_cross", "caption rule")]["tp"]  # an OR never finds fewer

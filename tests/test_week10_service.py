@@ -125,8 +125,15 @@ def test_demo_policy_decides_generated_scenes(onnx_export, demo_policy):
     for name, row in result["categories"].items():
         assert row["tp"] >= 5, name  # the sample really holds the banned shape
         assert row["accuracy"] >= 0.95 and row["recall"] >= 0.95, (name, row)
+        assert sum(row["fp_by_pair"].values()) == row["fp"] and sum(row["fn_by_pair"].values()) == row["fn"]
     m = result["mismatch"]
     assert m["false_alarms_on_own_caption"] <= 2 and m["caught_other_caption"] >= 0.95 * m["other_captions"]
+    val = result["thresholds_on_val"]  # the thresholds on scenes the test measurement does not use
+    assert val["split"] == "val" and set(val["checks"]) == {*result["categories"], "mismatch"}
+    for name, check in val["checks"].items():
+        flag, passed = check["flagged_of_should_flag"][1], check["flagged_of_should_pass"][1]
+        # a category: each val scene holds its shape or not; mismatch: each own caption passes, others' flag
+        assert (passed if name == "mismatch" else flag + passed) == 200 and 0 < flag <= 200, name
 
 
 # ---------------------------------------------------------------- batcher

@@ -1,6 +1,8 @@
 """Week 11: the real server under load, and the benchmark's measurements on a small scale."""
 
 import asyncio
+import re
+import time
 
 import httpx
 import pytest
@@ -62,13 +64,32 @@ def test_engine_benchmark_rows_on_the_tiny_tower():
 
     clip, processor = zoo.load_clip("tiny", "cpu")
     pixels = processor(images=[s.image for s in shapesworld.generate("test", 8)], return_tensors="np").pixel_values
-    limits = bench.matmul_limits(seconds=0.2, n=512)
-    rows = bench.bench_tower("tiny", clip, pixels, limits, seconds=0.1)
+    matmul = bench.matmul_gflops(seconds=0.2, n=512)
+    rows = bench.bench_tower("tiny", clip, pixels, seconds=0.1)
     by_engine = {r["engine"]: r for r in rows}
     assert {"torch-fp32", "compile", "onnx-fp32"} <= set(by_engine)
     assert by_engine["onnx-fp32"]["min_cosine_to_fp32"] >= 0.9999
     for r in rows:
         assert r["images_per_s"] > 0 and r["min_cosine_to_fp32"] >= 0.99, r
         assert r["gflop_per_image"] > 0
-    text = bench.markdown({"matmul_gflops": limits, "threads": 2, "towers": rows, "tiny_engines": []}, None)
-    assert "| tiny | onnx-fp32 | fp32 | 8 |" in text
+    engines = {"matmul_gflops": matmul, "matmul_n": 512, "threads": 2, "towers": rows, "tiny_engines": []}
+    text = bench.markdown(engines, None)
+    assert "| tiny | onnx-fp32 | fp32 | 8 |" in text and "512 × 512 by 512 × 512" in text
+    shares = re.findall(r"\| (\d+)% \|", text)  # of the run's best rate at that precision: never above it
+    assert shares and all(int(x) <= 100 for x in shares), text
+
+
+def test_a_decoder_step_is_timed_alone_and_the_engine_is_left_as_it_was():
+    class Engine:
+        def step(self, rows):
+            time.sleep(0.002)
+
+        def caption_images(self, images):
+            time.sleep(0.02)  # the image tower and the prefill: not a step
+            for _ in range(3):
+                self.step(len(images))
+            return [""] * len(images)
+
+    engine = Engine()
+    assert 2 <= bench.decoder_step_ms(engine, None, 16, seconds=0.05) < 15
+    assert "step" not in vars(engine)  # the method is the class's again

@@ -30,7 +30,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora qformer tiny-blip2-prompts week8 week9 export serve serve-ray week10 week11 week12 tiny-models clean lavis-venv week2-lavis colab-env colab-test notebooks
+.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora qformer tiny-blip2-prompts week8 week9 export serve serve-ray week10 week11 week12 tiny-models remake clean lavis-venv week2-lavis colab-env colab-test notebooks
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -119,7 +119,7 @@ week3: $(VENV)/.installed ## Stable Diffusion: generate, schedulers x steps, the
 	$(SD) explain --prompt "a large red circle in the top left" --out $(W3)/journey.png
 	for token in circle square red; do \
 	  $(SD) attention --prompt "a large red circle in the top left and a large blue square in the bottom right" \
-	    --token $$token --out $(W3)/attention_$$token.png || exit 1; \
+	    --token $$token --out $(W3)/attention_$$token.png --json > $(W3)/attention_$$token.json || exit 1; \
 	done
 	$(SD) eval --split test --out $(W3)/eval.json
 	@echo "pictures: $(W3)/*.png"
@@ -132,10 +132,11 @@ week4: $(VENV)/.installed ## attention from scratch: checks against torch/CLIP/O
 	$(ATTENTION) show --image $(W4)/gallery/test_00002.png --prompt "a photo of" --out $(W4)/attention_photo.png
 	@echo "pictures: $(W4)/*.png"
 
-week5: $(VENV)/.installed ## decoding from scratch: checks against generate(), a settings sweep, the repetition fix
+week5: $(VENV)/.installed ## decoding from scratch: checks against generate(), beam-search mistakes they catch, a settings sweep, the repetition fix
 	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 4 --split test --out $(W5)/gallery
-	$(DECODING) check
-	$(DECODING) check --json > $(W5)/check.json
+	@mkdir -p $(W5)
+	set -o pipefail; $(DECODING) check --json | tee $(W5)/check.json
+	$(DECODING) mistakes --out $(W5)/mistakes.json
 	$(DECODING) sweep --image $(W5)/gallery/test_00001.png --out $(W5)/sweep.json
 	$(DECODING) repetition --out $(W5)/repetition.json
 	@echo "tables: $(W5)/*.json"
@@ -149,16 +150,16 @@ week6: $(VENV)/.installed ## InfoNCE from cross-entropy: check, a tiny CLIP trai
 	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce_lab towers --out $(W6)
 	@echo "results and plots: $(W6)/"
 
-week7: lora qformer ## projection-head ablation, Chinese queries on the English CLIP index (and `make lora`, `make qformer`)
+week7: lora qformer ## `make lora` and `make qformer`, then the projection-head ablation, Chinese and English queries on the English CLIP's index
 	$(OFFLINE) $(PY) -m stage2_fundamentals.projection --out $(W7)
 	$(OFFLINE) $(PY) -m stage2_fundamentals.crosslingual eval --out $(W7)/crosslingual.json
 	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 300 --split test --out $(W7)/gallery
 	$(RETRIEVAL) index --images $(W7)/gallery --out $(W7)/index
-	$(RETRIEVAL) search --index $(W7)/index --text "左边的红色圆形" --out $(W7)/search_zh.png
+	$(RETRIEVAL) search --index $(W7)/index --text "左边的红色圆形" --out $(W7)/search_zh.png --json > $(W7)/search_zh.json
 	$(RETRIEVAL) search --index $(W7)/index --text "a red circle" --out $(W7)/search_en.png
 	@echo "results: $(W7)/"
 
-lora: $(VENV)/.installed ## fine-tuning (week 7): LoRA and prefix tuning vs PEFT, a new colour taught three ways
+lora: $(VENV)/.installed ## fine-tuning (week 7): LoRA and prefix tuning vs PEFT, a new colour taught three ways, LoRA on every linear layer
 	@mkdir -p $(W7)
 	set -o pipefail; $(OFFLINE) $(PY) -m stage2_fundamentals.finetuning_lab check --json | tee $(W7)/finetuning_check.json
 	$(OFFLINE) $(PY) -m stage2_fundamentals.finetuning_lab experiment --out outputs/week7
@@ -169,10 +170,11 @@ lora: $(VENV)/.installed ## fine-tuning (week 7): LoRA and prefix tuning vs PEFT
 qformer: $(VENV)/.installed ## what the Q-Former is for (week 7): 8 and 2 queries vs a projector of every patch, one recipe
 	$(OFFLINE) $(PY) -m stage2_fundamentals.qformer_lab compare --out $(W7)
 
-week8: $(VENV)/.installed ## DDPM / DDIM from scratch vs diffusers, the pipeline reproduced, samplers x steps
+week8: $(VENV)/.installed ## DDPM / DDIM from scratch vs diffusers (and with each named mistake), the pipeline reproduced, samplers x steps, the forward process
 	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 4 --split test --out $(W8)/gallery
 	$(DIFFUSION) check
 	$(DIFFUSION) check --json > $(W8)/check.json
+	$(DIFFUSION) mistakes --json > $(W8)/mistakes.json
 	$(DIFFUSION) sample --prompt "a large red circle in the top left" --seed 0 --out $(W8)/sample_ddim.png \
 	  --json > $(W8)/sample_ddim.json
 	$(DIFFUSION) sample --prompt "a large red circle in the top left" --seed 0 --eta 1 --out $(W8)/sample_ddim_eta1.png \
@@ -210,7 +212,9 @@ week10: $(VENV)/.installed ## the service: start it, the curl examples of docs/w
 	  server=$$!; trap "kill $$server" EXIT; \
 	  for i in $$(seq 600); do curl -sf http://127.0.0.1:8000/readyz >/dev/null && break; \
 	    kill -0 $$server 2>/dev/null || exit 1; sleep 0.5; done; \
-	  bash stage3_moderation/curl_examples.sh
+	  bash stage3_moderation/curl_examples.sh && \
+	  curl -sf http://127.0.0.1:8000/v1/moderations -F image=@$(W10)/gallery/test_00001.png \
+	    -F text="a small green cross in the top right" -o $(W10)/example.json  # the answer docs/week10.md shows
 
 week11: $(VENV)/.installed ## load test (2,000 requests at concurrency 32) and the moderation benchmark
 	$(OFFLINE) $(PY) -m stage3_moderation.loadgen --serve --n 2000 --concurrency 32 --kind mixed --out $(W11)/load.json
@@ -244,11 +248,17 @@ train: $(VENV)/.installed ## train a tiny model on NPROC processes: make train M
 	$(OFFLINE) $(PY) -m $(TRAINER_$(MODEL)) --out outputs/train/$(MODEL) --nproc $(NPROC) $(ARGS)
 
 tiny-models: $(VENV)/.installed ## retrain the bundled checkpoints in data/models (fixed seed; --force: they replace the bundled ones)
-	$(PY) -m curriculum.tiny_clip --out data/models/tiny-clip --seed 0 --force
-	$(PY) -m stage2_fundamentals.crosslingual train --out data/models/tiny-clip-zh --seed 0 --force
-	$(PY) -m curriculum.tiny_blip2 --out data/models/tiny-blip2 --seed 0 --force
-	$(PY) -m curriculum.tiny_blip2_prompts --out data/models/tiny-blip2-prompts --seed 0 --force
-	$(PY) -m curriculum.tiny_sd --out data/models/tiny-sd --seed 0 --force
+	$(OFFLINE) $(PY) -m curriculum.tiny_clip --out data/models/tiny-clip --seed 0 --force
+	$(OFFLINE) $(PY) -m stage2_fundamentals.crosslingual train --out data/models/tiny-clip-zh --seed 0 --force
+	$(OFFLINE) $(PY) -m curriculum.tiny_blip2 --out data/models/tiny-blip2 --seed 0 --force
+	$(OFFLINE) $(PY) -m curriculum.tiny_blip2_prompts --out data/models/tiny-blip2-prompts --seed 0 --force
+	$(OFFLINE) $(PY) -m curriculum.tiny_sd --out data/models/tiny-sd --seed 0 --force
+
+# Provenance: every bundled checkpoint records what made it (training.json); `make test` checks it against
+# today's code (tests/test_provenance.py). This remakes one from scratch and compares it weight by weight.
+CHECKPOINT ?= tiny-clip-zh
+remake: $(VENV)/.installed ## remake one bundled checkpoint from scratch and compare, bit for bit (CHECKPOINT=tiny-clip-zh)
+	$(OFFLINE) $(PY) -m curriculum.remake $(CHECKPOINT)
 
 # The bundled BLIP-2 fine-tuned on the plan's prompt exercise (week 2) and balanced yes/no questions (week 9),
 # then held to week 2's accuracy thresholds; committed, so this runs only when asked or when it is missing.

@@ -4,11 +4,17 @@ Nothing measured is typed by hand. A page marks where a table (or one number in 
 and names what renders it:
 
     <!-- table week1.retrieval -->
-    | direction | R@1 | R@5 | R@10 |          <- written by the renderer week1.retrieval in tables.py,
+    | direction | R@1 | R@5 | R@10 |          <- written by the renderer week1.retrieval in tables/week01.py,
     ...                                         from results/week1/eval.json
     <!-- /table -->
 
     ... text→image R@1 of <!-- value week6.ours_r1 -->0.984<!-- /value --> ...
+
+Outside the blocks, a number that looks measured but is none (a default, a threshold, an image
+size, a paper's figure: cite it) is marked right after it, `0.18215<!-- const: SD 1.x's latent
+scaling factor -->`, and a comparison that is reasoned, not measured, carries `<!-- reasoned -->`;
+curriculum/prose.py (tests/test_docs_prose.py) finds every other typed number, and every comparison
+("beats", "needs fewer", "the same as") that is not beside the generated table or value showing it.
 
 `python -m curriculum.docs` rewrites every marked block of README.md and docs/*.md from results/;
 `--check` writes nothing and lists the blocks that differ (a test runs it, so the docs and the
@@ -64,7 +70,7 @@ def render(kind, name, results, indent=""):
 def unknown_renderer(page, kind, name):
     known = tables.TABLES if kind == "table" else tables.VALUES
     return cli.UserError(
-        f"{page.relative_to(REPO_ROOT)}: no {kind} renderer {name!r} in curriculum/tables.py "
+        f"{page.relative_to(REPO_ROOT)}: no {kind} renderer {name!r} in curriculum/tables/ "
         f"(there are {', '.join(sorted(known))})"
     )
 
@@ -100,12 +106,33 @@ def source(name, outputs):
     return Path(outputs) / name
 
 
-def collect(outputs=OUTPUTS_DIR, results=RESULTS_DIR, pictures=PICTURES_DIR):
+def collectable():
+    """What `collect` can be limited to: each result file and picture, and each folder of them (week1, bench)."""
+    names = [*tables.MAKES, *tables.PICTURES]
+    return sorted({*names, *(name.split("/")[0] for name in names)})
+
+
+class Collectable(cli.Kind):
+    """A result file or picture of `collect`, or a folder of them."""
+
+    def __call__(self, text):
+        if text not in collectable():
+            folders = sorted({name.split("/")[0] for name in collectable()})
+            self.refuse(f"{text!r} is no result file or folder: a folder is one of {', '.join(folders)}")
+        return text
+
+
+def collect(outputs=OUTPUTS_DIR, results=RESULTS_DIR, pictures=PICTURES_DIR, only=()):
     """Copy every result file the renderers read (from outputs/, and the bundled models'
     training.json) into results/, and the pictures the pages show into docs/img/; a missing one
-    names the make target that writes it."""
-    wanted = {Path(results) / name: source(name, outputs) for name in tables.MAKES}
-    wanted |= {Path(pictures) / name: Path(outputs) / name for name in tables.PICTURES}
+    names the make target that writes it. only: just these files and folders (a run that re-made
+    some weeks' measurements and not others)."""
+
+    def chosen(name):
+        return not only or any(name == o or name.startswith(o + "/") for o in only)
+
+    wanted = {Path(results) / name: source(name, outputs) for name in tables.MAKES if chosen(name)}
+    wanted |= {Path(pictures) / name: Path(outputs) / name for name in tables.PICTURES if chosen(name)}
     missing = [str(path.relative_to(outputs) if path.is_relative_to(outputs) else path)
                for path in wanted.values() if not path.is_file()]  # fmt: skip
     if missing:
@@ -115,7 +142,7 @@ def collect(outputs=OUTPUTS_DIR, results=RESULTS_DIR, pictures=PICTURES_DIR):
     with cli.atomic_paths(*wanted) as temps:  # the run's files replace the reference's all together
         for temp, path in zip(temps, wanted.values()):
             shutil.copyfile(path, temp)
-    return sorted(tables.MAKES) + sorted(tables.PICTURES)
+    return sorted(name for name in [*tables.MAKES, *tables.PICTURES] if chosen(name))
 
 
 # ---------------------------------------------------------------- links
@@ -161,14 +188,24 @@ def build_parser():
         choices=("build", "collect"),
         help="build (default): rewrite the docs' tables from results/; collect: outputs/ -> results/",
     )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        type=Collectable(),
+        default=[],
+        metavar="FILE_OR_FOLDER",
+        help="collect: only these result files or folders of them (week1, bench/training.json; default all)",
+    )
     p.add_argument("--check", action="store_true", help="build: write nothing, exit 1 if a page would change")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.only and args.command != "collect":
+        raise cli.UserError("--only is for `collect`: the docs are built from all of results/")
     if args.command == "collect":
-        names = collect()
+        names = collect(only=args.only)
         print(f"copied {len(names)} result files from outputs/ into results/; now run `make docs`")
         return
     differ = build(check=args.check)

@@ -108,14 +108,17 @@ def bench(steps=40, batch_size=256, pool=POOL):
 def markdown(result):
     """The tables docs/training.md shows (curriculum/tables/models.py), for this run."""
     results = {"bench/training.json": result}.__getitem__
-    return "\n\n".join(
-        [
-            f"Training the {result['model']}: {result['steps']} steps of a global batch of {result['batch_size']}",
-            tables.models.training_scaling(results).markdown(),
-            f"2 processes vs 1: {tables.models.training_ratio(results)}",
-            tables.models.training_divergence(results).markdown(),
-        ]
-    ) + "\n"
+    return (
+        "\n\n".join(
+            [
+                f"Training the {result['model']}: {result['steps']} steps of a global batch of {result['batch_size']}",
+                tables.models.training_scaling(results).markdown(),
+                f"2 processes vs 1: {tables.models.training_ratio(results)}",
+                tables.models.training_divergence(results).markdown(),
+            ]
+        )
+        + "\n"
+    )
 
 
 def build_parser():

@@ -164,7 +164,7 @@ PROJECTS = (
         "interviews ask for both; checked on tiny models trained on synthetic shapes.",
         "Write attention, a decoder and decoding loops plainly, and prove them equal to the libraries on real models.",
         "Copied weights from the library layers into the from-scratch modules and compared outputs on "
-        "real inputs; made the checks fail on purpose to make sure they can.",
+        "real inputs, with tests that a wrong variant fails the comparison.",
         (
             ("week4/check.json", "week4", lambda d: "attention and decoder: " + passed(d)),
             (
@@ -182,9 +182,8 @@ PROJECTS = (
         "A self-directed experiment on a tiny captioning model of a synthetic world: teach it a colour "
         "it had never seen, cheaply and without forgetting.",
         "Compare full fine-tuning, LoRA and prefix tuning on the same data and budget.",
-        "Implemented LoRA and prefix tuning from scratch, equal to PEFT; found that LoRA on the attention's "
-        "q and v could not make this tiny model emit a word whose embeddings never trained, that training "
-        "those rows too could, and that LoRA on every linear layer could without them.",
+        "Implemented LoRA and prefix tuning from scratch, equal to PEFT; taught the new word with LoRA on the "
+        "attention's q and v, with the word's tied embedding rows trainable too, and on every linear layer.",
         (
             (
                 "week7/new_concept.json",
@@ -193,6 +192,19 @@ PROJECTS = (
                     f"{r['method']}: {r['trainable']:,} trainable, new colour {r['new_color']:.2f}, old colours "
                     f"{r['old_color']:.2f}"
                     for r in d["rows"]
+                ),
+            ),
+            (
+                "week7/lora_all_layers/new_concept.json",
+                "lora",
+                lambda d: (
+                    "on every linear layer: "
+                    + "; ".join(
+                        f"{r['method']}: {r['trainable']:,} trainable, new colour {r['new_color']:.2f}, old colours "
+                        f"{r['old_color']:.2f}"
+                        for r in d["rows"]
+                        if r["method"].startswith("LoRA")
+                    )
                 ),
             ),
         ),
@@ -206,7 +218,7 @@ PROJECTS = (
         "Exported CLIP and BLIP-2 (with a KV-cached decoder) to ONNX and checked parity; wrote the policy "
         "as data: CLIP concept prompts, thresholds and text rules on the user's text and the caption; served "
         "it with FastAPI behind a dynamic batcher per model stage and a content-hash cache; load-tested it "
-        "and benchmarked every engine against the CPU's matrix-multiply limit.",
+        "and benchmarked every engine beside the best rate the same run measured at its precision.",
         (
             (
                 "onnx/tiny/manifest.json",

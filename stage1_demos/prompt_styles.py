@@ -6,15 +6,17 @@ answer change the way the prompt asks?
 
 For each prompt: how long the answers are (words), how many shapes they name, how often they say
 where a shape is and how big it is, and how often the colour-shape pairs named are exactly the
-image's. The bundled tiny BLIP-2 never learned the one-sentence or Chinese prompts; the model
-fine-tuned by `make tiny-blip2-prompts` did (curriculum/tiny_blip2_prompts.py). Both are measured.
+image's; and how often the English and the Chinese prompt of one request get the very same answer.
+The bundled tiny BLIP-2 never learned the one-sentence or Chinese prompts; the model fine-tuned
+by `make tiny-blip2-prompts` did (curriculum/tiny_blip2_prompts.py). Both are measured.
 """
 
 import re
+from pathlib import Path
 
 import numpy as np
 
-from curriculum import MODELS_DIR, cli, shapesworld, viz, zoo
+from curriculum import MODELS_DIR, cli, provenance, shapesworld, viz, zoo
 from curriculum.tiny_blip2_prompts import PROMPT_STYLES
 from stage1_demos.blip2_caption import GREEDY, caption_images
 
@@ -36,25 +38,41 @@ def measure(answer, objects):
     }
 
 
+def same_answer(answers):
+    """{asks: share of images whose answers are identical under every prompt asking for it} (the
+    English and the Chinese prompt), from {prompt: answers}."""
+    by_request = {}
+    for prompt, asks in PROMPT_STYLES.items():
+        by_request.setdefault(asks, []).append(answers[prompt])
+    return {
+        asks: round(float(np.mean([len(set(per_image)) == 1 for per_image in zip(*group)])), 4)
+        for asks, group in by_request.items()
+    }
+
+
 def compare(models, n=200, seed=0):
-    """The rows of the table, each prompt's answer for one image, and that image (test image 1,
-    which holds two shapes; with n = 1 the only one)."""
+    """The rows of the table, how often the two languages get the same answer, each prompt's answer
+    for one image, and that image (test image 1, which holds two shapes; with n = 1 the only one)."""
     samples = shapesworld.generate("test", n, seed)
     images = [s.image for s in samples]
     shown = min(1, n - 1)
-    rows, examples = [], {}
+    rows, same, examples = [], {}, {}
     for label, name in models.items():
         model, processor = zoo.load_blip2(name, "cpu")
+        answers = {}
         for prompt, asks in PROMPT_STYLES.items():
-            answers = caption_images(model, processor, images, [prompt] * n, GREEDY, batch_size=50)
-            measured = [measure(a, s.objects) for a, s in zip(answers, samples)]
+            answers[prompt] = caption_images(model, processor, images, [prompt] * n, GREEDY, batch_size=50)
+            measured = [measure(a, s.objects) for a, s in zip(answers[prompt], samples)]
             rows.append(
                 {"model": label, "prompt": prompt, "asks": asks}
                 | {key: round(float(np.mean([m[key] for m in measured])), 4) for key in measured[0]}
             )
-            examples[f"{label}: {prompt}"] = answers[shown]
-    result = {"n": n, "seed": seed, "models": {k: str(v) for k, v in models.items()}, "rows": rows}
-    return result, examples, images[shown]
+            examples[f"{label}: {prompt}"] = answers[prompt][shown]
+        same[label] = same_answer(answers)
+    # a model folder as the repository names it, not this machine's absolute path
+    names = {label: provenance.shown(name) if Path(name).is_dir() else str(name) for label, name in models.items()}
+    result = {"n": n, "seed": seed, "models": names, "rows": rows}
+    return result | {"same_answer_across_languages": same}, examples, images[shown]
 
 
 def print_result(result):
@@ -65,6 +83,9 @@ def print_result(result):
             f"{r['model']:<12}{r['prompt']:<38}{r['words']:>7.1f}{r['shapes_named']:>8.2f}{r['says_where']:>7.2f}"
             f"{r['says_size']:>6.2f}{r['pairs_right']:>12.2f}"
         )
+    print("\nthe same answer to the English and the Chinese prompt:")
+    for label, shares in result["same_answer_across_languages"].items():
+        print(f"  {label:<12}" + ", ".join(f"{asks} {share:.2f}" for asks, share in shares.items()))
     if "picture" in result:
         print(f"\npicture: {result['picture']}")
 

@@ -6,7 +6,8 @@ and ...". The bundled model calls pink something else. Each method gets the same
 same order and the same number of steps:
 
     full fine-tuning   everything BLIP-2 trains (Q-Former, projection, decoder; the ViT stays frozen)
-    LoRA, rank r       low-rank updates of the Q-Former's and the decoder's attention (lora.py)
+    LoRA, rank r       low-rank updates of the Q-Former's and the decoder's attention q and v (lora.py;
+                       --targets picks other layers)
     prefix tuning      N learned virtual tokens in the decoder, nothing else (prefix_tuning.py)
 
 and is scored on new pink images (does the caption name every colour right?) and on the old test
@@ -118,9 +119,12 @@ def lora_method(r, targets):
 
 
 def lora_with_new_word(r, targets):
-    """LoRA cannot write a word whose tokens it never learned: ' pink' is the byte pieces
-    'Ġp' 'i' 'n' 'k', whose embedding rows (tied to the output layer) the bundled model never
-    trained. This variant also trains those rows, and only those (PEFT's trainable_token_indices)."""
+    """LoRA with the word's own embedding rows trainable too, and only those (PEFT's
+    trainable_token_indices). ' pink' is the byte pieces 'Ġp' 'i' 'n' 'k', which the bundled model
+    never writes as a word; their rows were trained all the same, toward "never say this": the output
+    layer is tied to them, and every softmax step pushes down every token's logit but the target's.
+    On the q and v projections alone, LoRA did not learn to write the word (`make lora`'s first
+    table); on every linear layer it did (its lora_all_layers run)."""
     method = lora_method(r, targets)
     tokenizer = method.processor.tokenizer
     rows = tokenizer(f" {NEW_COLOR}", add_special_tokens=False).input_ids

@@ -66,6 +66,12 @@ def test_every_demo_names_a_real_module_or_target():
             assert f'"{argv[3]}"' in Path(spec.origin).read_text(), q.demo
 
 
+def test_the_answers_leave_out_the_docs_checks_marks(tmp_path):
+    page = tmp_path / "q.md"
+    page.write_text("## Why?\n\nBecause 48×<!-- const: 8·8·3 / 4 --> fewer<!-- reasoned -->.\n\nDemo: `make week8`\n")
+    assert drill.load(page)[0].answer == "Because 48× fewer."
+
+
 def test_quiz_list_and_no_input_modes(cli_runner):
     code, out, _ = cli_runner(drill.main, ["--list"])
     assert code == 0 and out.count("\n") == len(drill.load())

@@ -20,7 +20,6 @@ A declaration names the file's new sha256, so the next change to that file is ca
 `compare A --to B` says whether two checkpoints hold the same weights, bit for bit or how far apart.
 """
 
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -31,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 from curriculum import MODELS_DIR, REPO_ROOT, cli
+from curriculum.checkpoints import jsonable
 
 PACKAGES = ("curriculum", "stage1_demos", "stage2_fundamentals", "stage3_moderation")
 LIBRARIES = ("torch", "transformers", "diffusers", "accelerate", "numpy", "safetensors", "tokenizers")
@@ -125,10 +125,8 @@ def make_commands(makefile=MAKEFILE):
 def config_of(command):
     """The config the trainer `command` names would train with today (its module's config_from_args)."""
     module = importlib.import_module(command[0])
-    args = [*command[1:]]
-    args = [a for a in args if a != "--force"]  # parsing checks the folder, not whether it may be replaced
-    parsed = module.build_parser().parse_args([*args, "--force"])
-    return json.loads(json.dumps(dataclasses.asdict(module.config_from_args(parsed))))
+    parsed = module.build_parser().parse_args([*command[1:], "--force"])  # the folder may be the bundled one
+    return jsonable(module.config_from_args(parsed))
 
 
 def problems(models_dir=MODELS_DIR, makefile=MAKEFILE, declarations=DECLARATIONS):

@@ -17,17 +17,17 @@ from curriculum import MODELS_DIR, OUTPUTS_DIR, REPO_ROOT, cli, provenance
 
 def remake(name, folder):
     """Train `name` again into `folder` with its `make tiny-models` command; compare with the bundled one."""
-    command = list(provenance.make_commands()[name])
+    made_by = provenance.make_commands()[name]
+    command = list(made_by)
     command[command.index("--out") + 1] = str(folder)
-    command = [arg for arg in command if arg != "--force"]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", *command, "--force"], cwd=REPO_ROOT)
+    proc = subprocess.run([sys.executable, "-m", *command, "--force"], cwd=REPO_ROOT)  # replaces an earlier remake
     if proc.returncode:
         raise cli.UserError(f"the remake of {name} failed (exit code {proc.returncode}); its output is above")
     bundled = provenance.read_json(MODELS_DIR / name / "training.json")
     return {
         "checkpoint": name,
-        "command": " ".join(["python", "-m", *provenance.make_commands()[name]]),
+        "command": " ".join(["python", "-m", *made_by]),
         **provenance.compare(MODELS_DIR / name, folder),
         "minutes": round((time.perf_counter() - start) / 60, 1),
         "same_versions": bundled["provenance"]["versions"] == provenance.versions(),

@@ -212,6 +212,9 @@ def load_test(results):
     )
 
 
+ON, OFF = "batching on, cache off", "batching off, cache off"
+
+
 def service_row(service_result, config, concurrency):
     return next(r for r in service_result["rows"] if r["config"] == config and r["concurrency"] == concurrency)
 
@@ -219,7 +222,7 @@ def service_row(service_result, config, concurrency):
 @value("week11.batching", [SERVICE], "make bench")
 def batching_at_32(results):
     s = results(SERVICE)
-    on, off = service_row(s, "batching on, cache off", 32), service_row(s, "batching off, cache off", 32)
+    on, off = service_row(s, ON, 32), service_row(s, OFF, 32)
     return (
         f"{on['requests_per_s']} requests/s against {off['requests_per_s']} without "
         f"({on['requests_per_s'] / off['requests_per_s']:.1f}×); p50 {on['p50_ms']} against {off['p50_ms']} ms, "
@@ -305,7 +308,7 @@ def decoder_step(results):
 @value("week11.client", [SERVICE], "make bench")
 def client_cost(results):
     s = results(SERVICE)
-    wrk, python = service_row(s, "batching on, cache off", 32), s["python_client"]
+    wrk, python = service_row(s, ON, 32), s["python_client"]
     return (
         f"the Python client spent {python['client_cpu_ms_per_request']} ms of CPU per request and drove "
         f"{python['requests_per_s']} requests/s (p99 {python['p99_ms']} ms, the server's own p99 "
@@ -317,7 +320,7 @@ def client_cost(results):
 @value("week11.engines_alone", [SERVICE], "make bench")
 def engines_share(results):
     s = results(SERVICE)
-    on = service_row(s, "batching on, cache off", 32)
+    on = service_row(s, ON, 32)
     return (
         f"the engines alone, on the server's core, answer {s['engines_alone_per_s']} requests/s of this mix, "
         f"at {s['engines_alone_cpu_ms_per_request']} ms of CPU per request; the service answers "
@@ -357,9 +360,6 @@ def cores(cpus):
 def service_workload(results):
     s = results(SERVICE)
     return f"{s['workload']}, engine {s['engine']}"
-
-
-ON, OFF = "batching on, cache off", "batching off, cache off"
 
 
 @value("week11.one_client", [SERVICE], "make bench")

@@ -18,7 +18,8 @@ Real BLIP-2 starts from a pretrained CLIP-style ViT (EVA-CLIP) and a pretrained 
 and trains only the Q-Former. Here the ViT is the bundled tiny CLIP's vision tower (week 1),
 frozen the same way; there is no pretrained tiny OPT, so the decoder learns with the Q-Former.
 Freezing matters here too: with the ViT trained along (copied or from scratch), the captions
-stayed at chance on where the shapes are (position right in 0.26 of captions after 800 steps);
+stayed at chance on where the shapes are (the quadrants a caption names right in 0.26 of them
+after 800 steps, a looser score than week 2's position, which binds each place to its object);
 frozen, 0.92 after the same 800 steps.
 """
 

@@ -26,11 +26,12 @@ W9 := outputs/week9
 W10 := outputs/week10
 W11 := outputs/week11
 PROMPTS_MODEL := data/models/tiny-blip2-prompts/config.json
+COMPLIANCE_MODEL := data/models/tiny-blip2-compliance/config.json
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora qformer tiny-blip2-prompts week8 week9 export serve serve-ray week10 week11 week12 tiny-models remake clean lavis-venv week2-lavis colab-env colab-test notebooks
+.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora qformer tiny-blip2-prompts tiny-blip2-compliance week8 week9 export serve serve-ray week10 week11 week12 tiny-models remake clean lavis-venv week2-lavis colab-env colab-test notebooks
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -252,6 +253,7 @@ tiny-models: $(VENV)/.installed ## retrain the bundled checkpoints in data/model
 	$(OFFLINE) $(PY) -m stage2_fundamentals.crosslingual train --out data/models/tiny-clip-zh --seed 0 --force
 	$(OFFLINE) $(PY) -m curriculum.tiny_blip2 --out data/models/tiny-blip2 --seed 0 --force
 	$(OFFLINE) $(PY) -m curriculum.tiny_blip2_prompts --out data/models/tiny-blip2-prompts --seed 0 --force
+	$(OFFLINE) $(PY) -m curriculum.tiny_blip2_compliance --out data/models/tiny-blip2-compliance --seed 0 --force
 	$(OFFLINE) $(PY) -m curriculum.tiny_sd --out data/models/tiny-sd --seed 0 --force
 
 # Provenance: every bundled checkpoint records what made it (training.json); `make test` checks it against
@@ -268,6 +270,14 @@ $(PROMPTS_MODEL):
 tiny-blip2-prompts: $(VENV)/.installed ## fine-tune the bundled BLIP-2 on the plan's prompts (seed 0), then its accuracy table
 	$(PY) -m curriculum.tiny_blip2_prompts --out data/models/tiny-blip2-prompts --seed 0 --force
 	$(CAPTION) eval --split test --model data/models/tiny-blip2-prompts --out $(W2)/eval_prompts.json
+
+# The bundled BLIP-2 fine-tuned to answer compliance questions by looking (week 9's visual-question rule);
+# committed, so this runs only when asked or when it is missing.
+$(COMPLIANCE_MODEL):
+	$(MAKE) --no-print-directory tiny-blip2-compliance
+
+tiny-blip2-compliance: $(VENV)/.installed ## fine-tune the bundled BLIP-2 on balanced yes/no compliance questions with near misses (seed 0)
+	$(OFFLINE) $(PY) -m curriculum.tiny_blip2_compliance --out data/models/tiny-blip2-compliance --seed 0 --force
 
 clean: ## remove outputs/ (keeps .venv and data/models)
 	rm -rf outputs

@@ -23,6 +23,7 @@ from curriculum import (
     checkpoints,
     shapesworld,
     tiny_blip2,
+    tiny_blip2_compliance,
     tiny_blip2_prompts,
     tiny_clip,
     tiny_sd,
@@ -247,6 +248,7 @@ TRAINERS = {
     "tiny-clip": tiny_clip,
     "tiny-blip2": tiny_blip2,
     "tiny-blip2-prompts": tiny_blip2_prompts,
+    "tiny-blip2-compliance": tiny_blip2_compliance,
     "tiny-sd": tiny_sd,
 }
 

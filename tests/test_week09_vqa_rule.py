@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from curriculum import shapesworld, zoo
+from curriculum import MODELS_DIR, shapesworld, zoo
 from curriculum.tiny_blip2 import qa_prompt
+from curriculum.tiny_blip2_compliance import ASKABLE, compliance_question
 from stage1_demos.blip2_caption import QA, caption_images
 from stage3_moderation import policy, vqa_rule
 
@@ -91,3 +92,61 @@ def test_the_json_and_its_picture_are_written_together(tmp_path, monkeypatch, cl
     with pytest.raises(TypeError):
         vqa_rule.main(["--n", "4", "--out", str(out)])
     assert list(tmp_path.iterdir()) == []  # no picture without its JSON
+
+
+# ---------------------------------------------------------------- the compliance fine-tune
+def test_compliance_questions_are_balanced_near_misses_that_never_name_a_held_out_pair():
+    rng = np.random.default_rng(0)
+    samples = shapesworld.generate("train", 400, seed=3)
+    asked = [(s.objects, *compliance_question(s.objects, rng)) for s in samples for _ in range(5)]
+    answers = [answer for _, _, answer in asked]
+    assert 0.45 < answers.count("yes") / len(answers) < 0.55
+    near = 0
+    for objects, question, answer in asked:
+        color, shape = question.removeprefix("is there a ").removesuffix("?").split()
+        present = {(o.color, o.shape) for o in objects}
+        assert (color, shape) in ASKABLE and ((color, shape) in present) == (answer == "yes"), question
+        near += answer == "no" and any(color == o.color or shape == o.shape for o in objects)
+    assert near / answers.count("no") > 0.6  # most "no"s share an attribute with what is there
+
+
+@pytest.fixture(scope="module")
+def compliance_answers():
+    """p(yes) of the compliance model for each category on scenes no model trained on and no
+    measurement used (seed 7), with the truth and whether the scene holds a held-out pair."""
+    model = zoo.load_blip2(str(MODELS_DIR / "tiny-blip2-compliance"), "cpu")
+    samples = shapesworld.generate("test", 600, seed=7)
+    images, heldout = [s.image for s in samples], np.array([s.heldout for s in samples])
+    return {
+        category: (
+            vqa_rule.yes_probability(*model, images, question),
+            np.array([policy.truth(policy.DEMO, s.objects)[category] for s in samples]),
+            heldout,
+        )
+        for category, question in vqa_rule.QUESTIONS.items()
+    }
+
+
+@pytest.mark.parametrize("category", vqa_rule.QUESTIONS)
+def test_the_compliance_model_answers_by_looking_on_pairs_it_has_seen(compliance_answers, category):
+    """Issue 29's target, precision and recall >= 0.90, on the scenes whose colour-shape pairs were
+    all seen in training."""
+    p_yes, expected, heldout = compliance_answers[category]
+    scores = policy.confusion(p_yes[~heldout] >= 0.5, expected[~heldout])
+    assert scores["tp"] + scores["fn"] >= 25  # enough scenes with the symbol to measure recall
+    assert scores["precision"] >= 0.90 and scores["recall"] >= 0.90, scores
+
+
+HELD_OUT_GAP = pytest.mark.xfail(
+    strict=True,
+    reason="open (issue 29): asked about a purple cross, the model says yes to a purple circle, a held-out "
+    "pair it never saw (0.71 precision over all scenes of seed 7)",
+)
+
+
+@pytest.mark.parametrize("category", ["red_cross", pytest.param("purple_cross", marks=HELD_OUT_GAP)])
+def test_the_compliance_model_answers_by_looking_on_every_scene(compliance_answers, category):
+    """The same target on every scene, those with a held-out colour-shape pair included."""
+    p_yes, expected, _ = compliance_answers[category]
+    scores = policy.confusion(p_yes >= 0.5, expected)
+    assert scores["precision"] >= 0.90 and scores["recall"] >= 0.90, scores

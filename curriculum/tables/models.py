@@ -4,7 +4,7 @@ trained (data/models/*/training.json, copied to results/models/) and training on
 
 from curriculum.tables import Table, table, value
 
-MODELS = ("tiny-clip", "tiny-blip2", "tiny-blip2-prompts", "tiny-clip-zh", "tiny-sd")
+MODELS = ("tiny-clip", "tiny-blip2", "tiny-blip2-prompts", "tiny-blip2-compliance", "tiny-clip-zh", "tiny-sd")
 
 
 @table(

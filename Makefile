@@ -190,11 +190,12 @@ week8: $(VENV)/.installed ## DDPM / DDIM from scratch vs diffusers (and with eac
 export: $(VENV)/.installed ## ONNX export of the tiny CLIP and BLIP-2 (fp32 + int8) with parity checks
 	$(OFFLINE) $(PY) -m stage3_moderation.export_onnx --out outputs/onnx/tiny
 
-week9: export $(PROMPTS_MODEL) ## ONNX export with parity (`make export`), the demo policy measured on generated scenes, caption rule vs visual question
+week9: export $(PROMPTS_MODEL) $(COMPLIANCE_MODEL) ## ONNX export with parity (`make export`), the demo policy measured on generated scenes, caption rule vs visual question, the policy that asks
 	$(OFFLINE) $(PY) -m stage3_moderation.policy show
 	$(OFFLINE) $(PY) -m stage3_moderation.policy evaluate --n 600 --out $(W9)/policy.json
 	$(OFFLINE) $(PY) -m stage3_moderation.vqa_rule --n 600 --out $(W9)/vqa_rule.json
-	@echo "results: outputs/onnx/tiny/manifest.json, $(W9)/policy.json, $(W9)/vqa_rule.json"
+	$(OFFLINE) $(PY) -m stage3_moderation.policy evaluate --policy data/policies/shapesworld-vqa.yaml --n 600 --out $(W9)/policy_vqa.json
+	@echo "results: outputs/onnx/tiny/manifest.json, $(W9)/policy.json, $(W9)/vqa_rule.json, $(W9)/policy_vqa.json"
 
 serve: $(VENV)/.installed ## the moderation API on $(HOST):$(PORT) with the tiny models (Ctrl-C stops it)
 	$(OFFLINE) $(PY) -m stage3_moderation.serve --host $(HOST) --port $(PORT)

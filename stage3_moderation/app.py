@@ -42,7 +42,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from curriculum import zoo
 from curriculum.cli import UserError
+from curriculum.provenance import shown
 from stage3_moderation import engines, errors, export_onnx, openapi, timing
 from stage3_moderation import policy as policies
 from stage3_moderation.batching import Overloaded, PixelBudget
@@ -295,7 +297,7 @@ def load_moderator(service):
         export_onnx.ensure_exported(s.clip, s.blip2, s.onnx_dir)
     engine = engines.load(s.engine, s.clip, s.blip2, s.onnx_dir, s.threads)
     options = s.options()
-    engine.warm_up(max(o.max_batch_size for o in options.batching.values()))
+    engine.warm_up(max(o.max_batch_size for o in options.batching.values()), service.policy.questions)
     if service.policy.model != s.clip:
         log.warning(
             "policy %s was calibrated for CLIP %s, but the service runs %s: its thresholds may not fit",
@@ -332,6 +334,20 @@ async def lifespan(app):
             await service.api.moderator.stop()
 
 
+def check_questions(policy, blip2):
+    """A policy that asks questions runs only on the BLIP-2 its question thresholds were read for,
+    and on one that can answer yes/no in one token: else one line at start-up, not a service that
+    silently never flags (the bundled BLIP-2 answers "no" to everything)."""
+    if not policy.questions:
+        return
+    if zoo.resolve(policy.question_model, "blip2") != zoo.resolve(blip2, "blip2"):
+        raise UserError(
+            f"policy {policy.name} asks its questions of BLIP-2 {shown(policy.question_model)}, but the service "
+            f"runs BLIP-2 {blip2}: set MODERATION_BLIP2 to the policy's question_model"
+        )
+    engines.yes_no_ids(zoo.load_processor(blip2, "blip2").tokenizer)
+
+
 def create_app(settings: Optional[Settings] = None, load: Optional[Callable[[State], Moderator]] = None) -> FastAPI:
     """The ASGI app (`uvicorn --factory stage3_moderation.app:create_app`); settings default to the
     MODERATION_* environment's. Settings that cannot work stop the start with one line. load(state)
@@ -340,6 +356,7 @@ def create_app(settings: Optional[Settings] = None, load: Optional[Callable[[Sta
     try:
         settings = settings or Settings.from_environment()
         policy = policies.load(settings.policy)  # a bad policy file stops the start at once, with its reason
+        check_questions(policy, settings.blip2)
     except (ValidationError, UserError) as e:
         raise SystemExit(f"moderation service: {one_line(e) if isinstance(e, ValidationError) else e}") from None
     app = FastAPI(

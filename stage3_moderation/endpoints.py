@@ -125,15 +125,16 @@ class Api:
         }
 
     async def captions(self, body, content_type, tenant, client):
-        """Greedy BLIP-2 captions, one per image (an animation: its first frame)."""
+        """Greedy BLIP-2 captions, one per image (an animation: its first frame). The moderation's own
+        Reading: a later moderation of the same image finds it in the cache."""
         parsed = await self._parse(body, content_type, inputs.CAPTIONS, "captions")
         with self.budget.hold(parsed.pixels, client):
             await self._decode(parsed, inputs.CAPTIONS)
-            texts = await all_or_none(*(self.moderator.caption(item.frames[0], tenant) for item in parsed.items))
+            readings = await all_or_none(*(self.moderator.read(item.frames[0], tenant) for item in parsed.items))
         return {
             "object": "list",
             "model": self.names["captions"],
-            "data": [{"index": i, "caption": c} for i, c in enumerate(texts)],
+            "data": [{"index": i, "caption": r.caption} for i, r in enumerate(readings)],
         }
 
 

@@ -17,17 +17,25 @@ captions. What differs is how the math runs:
 Captions use one greedy loop for every engine (`greedy_captions`): embed the prompt tokens, write
 the image queries over the <image> placeholders, then ask the decoder for the next token until
 each row has said </s>. The torch-fp32 engine's captions equal `generate()`'s (tests check).
+
+`read_images(images, questions)` also answers a policy's yes/no questions (week 9's visual-question
+rule) from the same image queries: one prefill per question, no decoding steps,
+
+    p(yes) = softmax(logits[" yes"], logits[" no"])[0]   after "Question: <question> Answer:"
 """
 
 import json
 import logging
+from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from curriculum import runtime, zoo
 from curriculum.cli import UserError
+from curriculum.tiny_blip2 import qa_prompt
 from stage3_moderation import graphs
 
 ENGINES = ("onnx-fp32", "onnx-int8", "torch-fp32", "torch-bf16", "compile")
@@ -75,6 +83,31 @@ def pad_rows(x, rows):
     return x if len(x) == rows else torch.cat([x, x[-1:].expand(rows - len(x), *x.shape[1:])])
 
 
+def yes_no_ids(tokenizer):
+    """The ids of " yes" and " no": a yes/no answer's first token is one of them, so one forward
+    pass reads the answer's probability. A tokenizer that splits either word cannot."""
+    yes, no = (tokenizer(f" {word}", add_special_tokens=False).input_ids for word in ("yes", "no"))
+    if len(yes) != 1 or len(no) != 1:
+        raise UserError("this BLIP-2's tokenizer splits ' yes' or ' no' into several tokens: it cannot answer yes/no")
+    return yes[0], no[0]
+
+
+def prompt_embeds(queries, prompt_ids, embed_tokens, image_token_id):
+    """The decoder's input: word vectors for every position, the image queries (B,Q,E) written over
+    the Q <image> placeholders of prompt_ids (B,T)."""
+    ids = np.asarray(prompt_ids)
+    embeds = embed_tokens[ids]
+    embeds[ids == image_token_id] = queries.reshape(-1, queries.shape[-1])
+    return embeds
+
+
+class Reading(NamedTuple):
+    """What BLIP-2 says about an image: its caption, and p(yes) to each question asked."""
+
+    caption: str
+    answers: tuple = ()
+
+
 def greedy_captions(queries, prefill, step, embed_tokens, tokenizer, image_token_id, prompt_ids, max_new_tokens):
     """Greedy decoding of one batch with a KV cache: the argmax token each step; rows that said
     </s> are padded afterwards, and the loop ends when every row has.
@@ -84,8 +117,7 @@ def greedy_captions(queries, prefill, step, embed_tokens, tokenizer, image_token
     return (logits (B,V), keys, values).
     """
     ids = np.asarray(prompt_ids)
-    embeds = embed_tokens[ids]  # word vectors for every position ...
-    embeds[ids == image_token_id] = queries.reshape(-1, queries.shape[-1])  # ... image queries over <image>
+    embeds = prompt_embeds(queries, ids, embed_tokens, image_token_id)
     mask = (ids != tokenizer.pad_token_id).astype(np.int64)
     logits, keys, values = prefill(embeds, mask)
     done = np.zeros(len(ids), bool)
@@ -128,11 +160,16 @@ class Engine:
         return np.concatenate(vectors)
 
     def caption_images(self, images, prompt="", max_new_tokens=MAX_NEW_TOKENS):
-        captions = []
+        return [reading.caption for reading in self.read_images(images, (), prompt, max_new_tokens)]
+
+    def read_images(self, images, questions=(), prompt="", max_new_tokens=MAX_NEW_TOKENS):
+        """A Reading per image: its greedy caption and its p(yes) to each question, from one vision pass."""
+        readings = []
         for chunk in chunks(images):
             inputs = self.blip2_processor(images=chunk, text=[prompt] * len(chunk), padding=True, return_tensors="np")
-            captions += greedy_captions(
-                self.blip2_queries(inputs.pixel_values),
+            queries = self.blip2_queries(inputs.pixel_values)
+            captions = greedy_captions(
+                queries,
                 self.prefill,
                 self.step,
                 self.embed_tokens,
@@ -141,18 +178,34 @@ class Engine:
                 inputs.input_ids,
                 max_new_tokens,
             )
-        return captions
+            answers = [self.yes_probability(queries, chunk[0], question) for question in questions]
+            readings += [Reading(c, tuple(float(a[i]) for a in answers)) for i, c in enumerate(captions)]
+        return readings
 
-    def warm_up(self, max_batch_size=1):
-        """Each bucket size up to max_batch_size once, so no user waits for a first call at a new
-        shape: onnxruntime plans memory per shape, and the compile engine compiles per bucket
-        (about 10 s per graph and bucket on 2 cores)."""
+    @cached_property
+    def yes_no(self):
+        return yes_no_ids(self.blip2_processor.tokenizer)
+
+    def yes_probability(self, queries, image, question):
+        """p(yes) of each row of image queries (B,Q,E) to one question: the answer's first token, one
+        prefill. Every row has the same prompt, so no padding (image: any one image, for the ids)."""
+        ids = self.blip2_processor(images=[image], text=[qa_prompt(question)], return_tensors="np").input_ids
+        ids = np.repeat(ids, len(queries), axis=0)
+        embeds = prompt_embeds(queries, ids, self.embed_tokens, self.image_token_id)
+        logits, _, _ = self.prefill(embeds, np.ones(ids.shape, np.int64))
+        two = logits[:, list(self.yes_no)].astype(np.float64)
+        return 1 / (1 + np.exp(two[:, 1] - two[:, 0]))  # p_yes / (p_yes + p_no): the shared softmax cancels
+
+    def warm_up(self, max_batch_size=1, questions=()):
+        """Each bucket size up to max_batch_size once (and each question's prompt), so no user waits
+        for a first call at a new shape: onnxruntime plans memory per shape, and the compile engine
+        compiles per bucket (about 10 s per graph and bucket on 2 cores)."""
         from curriculum import shapesworld
 
         image = shapesworld.sample("test", 0).image
         for size in [b for b in BUCKETS if b <= max(1, max_batch_size)]:
             self.embed_images([image] * size), self.embed_texts(["a red circle"] * size)
-            self.caption_images([image] * size, max_new_tokens=3)
+            self.read_images([image] * size, questions, max_new_tokens=3)
 
 
 def onnx_session(path, threads=None):

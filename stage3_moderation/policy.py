@@ -9,10 +9,14 @@ A policy names categories. Each category has
     patterns     ... and regular expressions, checked on the user's text and on the image's caption,
                  as a reader sees them: normalised by normalize.py (NFKC, no invisible characters,
                  look-alike letters), so that ｒｅｄ ｃｒｏｓｓ or a Cyrillic р is caught too
+    question     a yes/no question BLIP-2 is asked about the image (week 9's visual-question rule):
+    question_threshold   the image is flagged when p(yes) >= it, p(yes) = p_yes / (p_yes + p_no)
 plus `mismatch_threshold`: an image and the text sent with it whose CLIP cosine is below it are
-flagged as a `mismatch` (a caption that does not describe its image: a classic spam trick).
+flagged as a `mismatch` (a caption that does not describe its image: a classic spam trick), and
+`question_model`: the BLIP-2 the questions' thresholds were read for (the service must run it).
 
-A text rule that matches scores 1.0. The result has OpenAI's moderation shape, plus `caption`,
+A text rule that matches scores 1.0; otherwise a category scores its highest image evidence, the
+concept cosine or p(yes). The result has OpenAI's moderation shape, plus `caption`,
 `image_text_similarity` and `mismatch`.
 
     python -m stage3_moderation.policy evaluate                 # decisions on generated ShapesWorld cases
@@ -30,11 +34,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from curriculum import REPO_ROOT, cli, shapesworld
 from curriculum.cli import UserError
+from curriculum.provenance import shown
 from stage3_moderation import normalize
 
 POLICIES_DIR = REPO_ROOT / "data" / "policies"
 DEFAULT_POLICY = POLICIES_DIR / "shapesworld.yaml"
-DEMO = "shapesworld-demo"  # the policy whose truth `evaluate` knows
+DEMOS = ("shapesworld-demo", "shapesworld-vqa")  # the policies whose truth `evaluate` knows
 INPUT_TYPES = ("text", "image")
 
 
@@ -48,6 +53,7 @@ def not_blank(text):
 
 Words = Annotated[str, AfterValidator(not_blank)]
 Cosine = Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)]
+Probability = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 
 
 # The file's schema: types and ranges (strict: YAML's 5 is no text, its "abc" no number). What
@@ -60,6 +66,8 @@ class CategorySpec(BaseModel):
     threshold: Optional[Cosine] = None
     terms: list[Words] = []
     patterns: list[Words] = []
+    question: Optional[Words] = None
+    question_threshold: Optional[Probability] = None
 
 
 class PolicySpec(BaseModel):
@@ -67,6 +75,7 @@ class PolicySpec(BaseModel):
     name: Optional[Words] = None
     description: str = ""
     model: Words = "tiny"
+    question_model: Optional[Words] = None
     mismatch_threshold: Cosine = -1.0
     categories: dict[Words, CategorySpec]
 
@@ -82,6 +91,9 @@ FIXES = {
     "concepts": "a list of prompts, e.g. ['a red cross']",
     "terms": "a list of words or phrases, e.g. ['buy now', 'click here']",
     "patterns": "a list of quoted regular expressions, e.g. ['https?://\\S+']",
+    "question": "a yes/no question about the image, e.g. 'is there a red cross?'",
+    "question_threshold": "a probability above 0, at most 1 (p(yes)), e.g. 0.5",
+    "question_model": "the BLIP-2 that answers: a hub id or a folder, e.g. data/models/tiny-blip2-compliance",
     "category": f"a mapping of {', '.join(CategorySpec.model_fields)}",
 }
 
@@ -97,6 +109,8 @@ def schema_error(path, error):
         allowed = CategorySpec.model_fields if len(loc) > 1 else PolicySpec.model_fields
         where = f" in {'.'.join(loc[:-1])}" if len(loc) > 1 else ""
         message = f"unknown keys [{loc[-1]!r}]{where}; allowed: {sorted(allowed)}"
+        if len(loc) == 1 and loc[0] in CategorySpec.model_fields:  # e.g. a question with no category
+            message += f"; {loc[0]} belongs to the category it flags: categories.<name>.{loc[0]}"
     else:
         fix = FIXES["category" if is_category else names[-1]] if names or is_category else None
         problem = re.sub(r" or instance of \w+", "", e["msg"].removeprefix("Value error, "))
@@ -112,6 +126,8 @@ class Category:
     concepts: tuple
     threshold: float
     rules: tuple  # compiled regexes: terms become \bword[\s_-]+word\b
+    question: Optional[str] = None
+    question_threshold: float = 1.0
 
     def hits(self, readings):
         """The rules that a text breaks, given its `normalize.readings`: each rule reads each (an ASCII
@@ -129,11 +145,17 @@ class Policy:
     model: str
     mismatch_threshold: float
     categories: tuple
+    question_model: Optional[str] = None
 
     @property
     def concepts(self):
         """Every concept prompt once, in a fixed order: embedded once at start-up."""
         return list(dict.fromkeys(c for cat in self.categories for c in cat.concepts))
+
+    @property
+    def questions(self):
+        """Every question once, in a fixed order: what BLIP-2 is asked about each image."""
+        return tuple(dict.fromkeys(cat.question for cat in self.categories if cat.question))
 
 
 def _category(name, spec, where):
@@ -142,6 +164,12 @@ def _category(name, spec, where):
         raise UserError(f"{where}: category {name!r} has concepts but does not judge images (add image to input_types)")
     if spec.concepts and spec.threshold is None:
         raise UserError(f"{where}: category {name!r} needs a threshold between -1 and 1 (a CLIP cosine)")
+    if spec.question and "image" not in types:
+        raise UserError(f"{where}: category {name!r} asks a question but judges no images (add image to input_types)")
+    if spec.question and spec.question_threshold is None:
+        raise UserError(f"{where}: category {name!r} needs a question_threshold above 0, at most 1 (p(yes))")
+    if spec.question_threshold is not None and not spec.question:
+        raise UserError(f"{where}: category {name!r} has a question_threshold but no question to ask")
     threshold = 1.0 if spec.threshold is None else spec.threshold  # text rules alone: a hit scores 1.0
     # a term matches as whole words, with any run of spaces, hyphens or underscores between them
     # (red cross, red-cross, red_cross); a term with look-alike letters also as its skeleton
@@ -158,9 +186,41 @@ def _category(name, spec, where):
                 "would flag every text: make it match at least one character"
             )
         rules.append(rule)
-    if not spec.concepts and not rules:
-        raise UserError(f"{where}: category {name!r} has neither concepts nor terms / patterns: it can never flag")
-    return Category(name, spec.description, types, tuple(spec.concepts), float(threshold), tuple(rules))
+    if not spec.concepts and not rules and not spec.question:
+        raise UserError(f"{where}: category {name!r} has no concepts, terms, patterns or question: it can never flag")
+    return Category(
+        name,
+        spec.description,
+        types,
+        tuple(spec.concepts),
+        float(threshold),
+        tuple(rules),
+        spec.question,
+        spec.question_threshold or 1.0,
+    )
+
+
+def question_model(name, path, asked):
+    """The BLIP-2 that answers the policy's questions, checked as far as a file can be: a folder
+    (relative to the repository, like the bundled models) must hold a BLIP-2."""
+    if name is None:
+        if asked:
+            raise UserError(
+                f"{path}: categories {', '.join(asked)} ask questions but no question_model names the BLIP-2 "
+                "that answers them; write e.g. question_model: data/models/tiny-blip2-compliance"
+            )
+        return None
+    folder = REPO_ROOT / name
+    if name != "tiny" and folder.is_dir():
+        kind = cli.saved_model_kind(folder)
+        if kind not in cli.FAMILIES["blip2"][1]:
+            what = f"a {cli.family_of(kind)} model" if kind else "not a saved model"
+            raise UserError(
+                f"{path}: question_model {name} is {what}: it cannot answer a question; name a BLIP-2 taught "
+                "yes/no questions, e.g. data/models/tiny-blip2-compliance"
+            )
+        return str(folder.resolve())
+    return name
 
 
 def load(path=DEFAULT_POLICY):
@@ -182,20 +242,24 @@ def load(path=DEFAULT_POLICY):
         spec = PolicySpec.model_validate(spec)
     except ValidationError as e:
         raise schema_error(path, e) from None
+    categories = tuple(_category(n, c, path) for n, c in spec.categories.items())
+    asked = [c.name for c in categories if c.question]
     return Policy(
         spec.name or path.stem,
         spec.description,
         spec.model,
         spec.mismatch_threshold,
-        tuple(_category(n, c, path) for n, c in spec.categories.items()),
+        categories,
+        question_model(spec.question_model, path, asked),
     )
 
 
-def decide(policy, text=None, concept_scores=None, caption=None, similarity=None):
+def decide(policy, text=None, concept_scores=None, caption=None, similarity=None, answers=None):
     """One moderation result from scores.
 
     text: the user's text or None; concept_scores: {concept: cos(image, concept)} or None when there
-    is no image; caption: the image's caption or None; similarity: cos(image, text) when both came.
+    is no image; caption: the image's caption or None; similarity: cos(image, text) when both came;
+    answers: {question: p(yes)} for the image (the policy's questions).
     """
     has = {"text": bool(text), "image": concept_scores is not None}
     # each text normalised once, for every category's rules
@@ -205,10 +269,16 @@ def decide(policy, text=None, concept_scores=None, caption=None, similarity=None
         applied = [t for t in cat.input_types if has[t]]
         judges_image = "image" in applied
         image_score = max((concept_scores[c] for c in cat.concepts), default=0.0) if judges_image else 0.0
+        p_yes = answers[cat.question] if judges_image and cat.question else 0.0
         hits = (cat.hits(read["text"]) if "text" in applied else []) + (
             cat.hits(read["caption"]) if judges_image and caption else []
         )
-        flagged = bool(hits) or (judges_image and bool(cat.concepts) and image_score >= cat.threshold)
+        flagged = (
+            bool(hits)
+            or (judges_image and bool(cat.concepts) and image_score >= cat.threshold)
+            or (judges_image and bool(cat.question) and p_yes >= cat.question_threshold)
+        )
+        image_score = max(image_score, p_yes)
         score = 1.0 if hits else max(image_score, 0.0)  # the caption speaks for the image
         result["categories"][cat.name] = flagged
         result["category_scores"][cat.name] = round(float(score), 6)
@@ -241,9 +311,9 @@ def worst(results):
 
 # ---------------------------------------------------------------- the ShapesWorld demo, measured
 def truth(policy_name, objects):
-    """What the ShapesWorld demo policy should decide for a scene: the categories it contains."""
-    if policy_name != DEMO:
-        raise UserError(f"`evaluate` knows the truth only for the ShapesWorld demo policy ({DEFAULT_POLICY.name})")
+    """What the ShapesWorld demo policies should decide for a scene: the categories it contains."""
+    if policy_name not in DEMOS:
+        raise UserError(f"`evaluate` knows the truth only for the ShapesWorld demo policies ({', '.join(DEMOS)})")
     return {
         "red_cross": any(o.color == "red" and o.shape == "cross" for o in objects),
         "purple_cross": any(o.color == "purple" and o.shape == "cross" for o in objects),
@@ -252,7 +322,8 @@ def truth(policy_name, objects):
 
 def confusion(predicted, expected, heldout=None):
     """Counts and rates of a yes/no rule against the truth, one boolean per scene; with `heldout` (does
-    the scene hold a colour-shape pair never rendered in training?), where the mistakes fall."""
+    the scene hold a colour-shape pair never rendered in training?), where the mistakes fall and the
+    rates on the scenes of seen pairs only and of held-out pairs only."""
     predicted, expected = np.asarray(predicted, bool), np.asarray(expected, bool)
     tp, fp = int((predicted & expected).sum()), int((predicted & ~expected).sum())
     fn, tn = int((~predicted & expected).sum()), int((~predicted & ~expected).sum())
@@ -272,7 +343,20 @@ def confusion(predicted, expected, heldout=None):
     def by_pair(mistakes):
         return {"held_out": int((mistakes & heldout).sum()), "seen": int((mistakes & ~heldout).sum())}
 
-    return counts | {"fp_by_pair": by_pair(predicted & ~expected), "fn_by_pair": by_pair(~predicted & expected)}
+    def rates(scenes):  # precision and recall on those scenes alone
+        tp = int((predicted & expected & scenes).sum())
+        return {
+            "precision": round(tp / max(1, int((predicted & scenes).sum())), 4),
+            "recall": round(tp / max(1, int((expected & scenes).sum())), 4),
+            "positives": int((expected & scenes).sum()),
+        }
+
+    return counts | {
+        "fp_by_pair": by_pair(predicted & ~expected),
+        "fn_by_pair": by_pair(~predicted & expected),
+        "seen_scenes": rates(~heldout),
+        "held_out_scenes": rates(heldout),
+    }
 
 
 def summary(scores):
@@ -308,18 +392,26 @@ def caption_cosines(vectors, texts, samples):
 
 def calibration(engine, policy, n, seed):
     """The policy's thresholds on the val split, which `evaluate`'s test scenes never meet: each
-    concept category's score on scenes with and without its shape, and the image-text cosine of
-    each image with its own caption and with another scene's (CLIP alone: no captions)."""
+    concept category's score, and each question's p(yes), on scenes with and without its symbol,
+    and the image-text cosine of each image with its own caption and with another scene's."""
     samples = shapesworld.generate("val", n, seed)
-    vectors = engine.embed_images([s.image for s in samples])
-    concepts = dict(zip(policy.concepts, engine.embed_texts(policy.concepts)))
+    images = [s.image for s in samples]
+    vectors = engine.embed_images(images)
+    concepts = dict(zip(policy.concepts, engine.embed_texts(policy.concepts))) if policy.concepts else {}
+    readings = engine.read_images(images, policy.questions, max_new_tokens=1) if policy.questions else []
     checks = {}
     for category in policy.categories:
+        if category.concepts or category.question:
+            expected = np.array([truth(policy.name, s.objects)[category.name] for s in samples])
         if category.concepts:
             score = concept_score(category, vectors, concepts)
-            expected = np.array([truth(policy.name, s.objects)[category.name] for s in samples])
             checks[category.name] = {"threshold": category.threshold} | threshold_check(
                 score, expected, score >= category.threshold
+            )
+        if category.question:
+            p_yes = np.array([r.answers[policy.questions.index(category.question)] for r in readings])
+            checks[f"{category.name} (question)"] = {"threshold": category.question_threshold} | threshold_check(
+                p_yes, expected, p_yes >= category.question_threshold
             )
     own, other = caption_cosines(vectors, engine.embed_texts([s.caption_en for s in samples]), samples)
     cosine, should_flag = np.concatenate([own, other]), np.arange(len(own) + len(other)) >= len(own)
@@ -336,10 +428,16 @@ def evaluate(engine, policy, n=300, seed=1):
     samples = shapesworld.generate("test", n, seed)
     images = [s.image for s in samples]
     vectors = engine.embed_images(images)
-    concepts = dict(zip(policy.concepts, engine.embed_texts(policy.concepts)))
-    captions = engine.caption_images(images)
+    concepts = dict(zip(policy.concepts, engine.embed_texts(policy.concepts))) if policy.concepts else {}
+    readings = engine.read_images(images, policy.questions)
     decided = [
-        decide(policy, None, {c: float(vectors[i] @ v) for c, v in concepts.items()}, captions[i])["categories"]
+        decide(
+            policy,
+            None,
+            {c: float(vectors[i] @ v) for c, v in concepts.items()},
+            readings[i].caption,
+            answers=dict(zip(policy.questions, readings[i].answers)),
+        )["categories"]
         for i in range(n)
     ]
     truths = [truth(policy.name, s.objects) for s in samples]
@@ -347,7 +445,7 @@ def evaluate(engine, policy, n=300, seed=1):
     rows = {
         c.name: confusion([d[c.name] for d in decided], [t[c.name] for t in truths], heldout)
         for c in policy.categories
-        if c.concepts
+        if c.concepts or c.question
     }
     own, other = caption_cosines(vectors, engine.embed_texts([s.caption_en for s in samples]), samples)
     return {
@@ -403,6 +501,9 @@ def print_policy(policy):
         print(f"\n  {c.name} [{', '.join(c.input_types)}] {c.description}")
         if c.concepts:
             print(f"    image: max cos to {list(c.concepts)} >= {c.threshold}")
+        if c.question:
+            model = shown(policy.question_model)
+            print(f"    image: p(yes) to {c.question!r} >= {c.question_threshold} (BLIP-2 {model})")
         if c.rules:
             where = "text and caption" if "image" in c.input_types else "text"
             print(f"    {where}: {[r.pattern for r in c.rules]}")
@@ -442,9 +543,10 @@ def main(argv=None):
     truth(policy.name, [])  # refuses another policy before the models load
     from stage3_moderation import engines, export_onnx
 
+    blip2 = policy.question_model or "tiny"  # a policy's questions are asked of its own BLIP-2
     if args.engine.startswith("onnx"):
-        export_onnx.ensure_exported()
-    result = evaluate(engines.load(args.engine), policy, args.n, args.seed)
+        export_onnx.ensure_exported(blip2_name=blip2)
+    result = evaluate(engines.load(args.engine, blip2_name=blip2), policy, args.n, args.seed)
     if args.out:
         cli.write_json(result, args.out)
     cli.emit(result, args.json, print_evaluation)

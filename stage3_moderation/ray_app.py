@@ -35,6 +35,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from curriculum import REPO_ROOT, zoo
 from curriculum.cli import UserError
 from stage3_moderation import engines, errors, export_onnx, timing
+from stage3_moderation import policy as policies
 from stage3_moderation.app import create_app
 from stage3_moderation.batching import Overloaded
 from stage3_moderation.loadgen import free_port
@@ -71,8 +72,9 @@ class ModelDeployment:
 
     async def __init__(self, settings):
         s = settings_from(settings)
+        self.questions = policies.load(s.policy).questions  # the ingress checked them (app.check_questions)
         self.engine = await asyncio.to_thread(engines.load, s.engine, s.clip, s.blip2, s.onnx_dir, s.threads)
-        await asyncio.to_thread(self.engine.warm_up, BATCH_DEFAULTS["max_batch_size"])
+        await asyncio.to_thread(self.engine.warm_up, BATCH_DEFAULTS["max_batch_size"], self.questions)
 
     def reconfigure(self, config):
         """user_config: {max_batch_size, batch_wait_timeout_s}, changeable on a running application."""
@@ -108,7 +110,8 @@ class Blip2(ModelDeployment):
 
     @serve.batch(**BATCH_DEFAULTS)
     async def caption(self, images):
-        return await timed(self.engine.caption_images, images)
+        """Readings: each image's caption and p(yes) to the policy's questions."""
+        return await timed(lambda chunk: self.engine.read_images(chunk, self.questions), images)
 
 
 class RemoteEngine:

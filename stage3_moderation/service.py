@@ -2,13 +2,15 @@
 
     frame ──key──> cache? ──no──> clip_image batcher ──> unit vector ──> concept scores ─┐
           └─key──> cache? ──no──> caption batcher    ──> caption ──> text rules ─────────┤
+                                                      └─> p(yes) to each question ───────┤
     text ─────────────────────────> clip_text batcher  ──> cos(frame, text): mismatch ───┼─> policy.decide
          └──────────────────────────────────────────────────> text rules ───────────────┘
 
 An image is judged frame by frame (a still image is one frame; images.py decodes them as the
 viewer sees them), a long frame in square views along it, and its worst view decides. One batcher
 per model stage, because the stages cost very different amounts (a caption is ~40 decoder steps,
-an embedding one pass) and batch best at different sizes.
+an embedding one pass) and batch best at different sizes. The caption stage also answers the
+policy's questions (engines.read_images): the same image queries, one more prefill per question.
 """
 
 import asyncio
@@ -117,7 +119,7 @@ class Moderator:
             fns = {
                 "clip_image": lambda images: list(engine.embed_images(images)),
                 "clip_text": lambda texts: list(engine.embed_texts(texts)),
-                "caption": engine.caption_images,
+                "caption": lambda images: engine.read_images(images, policy.questions),
             }
             self.batchers = {
                 s: batching.Batcher(
@@ -151,7 +153,8 @@ class Moderator:
     async def embed_image(self, frame, tenant):
         return await self._cached("clip_image", frame, tenant)
 
-    async def caption(self, frame, tenant):
+    async def read(self, frame, tenant):
+        """BLIP-2's Reading of a frame: its caption and p(yes) to each of the policy's questions."""
         return await self._cached("caption", frame, tenant)
 
     async def embed_text(self, text):
@@ -172,7 +175,7 @@ class Moderator:
                 return policies.decide(self.policy, text)
         # each frame in its square views (images.py: a long frame's centre crop alone left the rest unjudged)
         jobs = [
-            all_or_none(*(all_or_none(self.embed_image(v, tenant), self.caption(v, tenant)) for v in f.views or [f]))
+            all_or_none(*(all_or_none(self.embed_image(v, tenant), self.read(v, tenant)) for v in f.views or [f]))
             for f in frames
         ]
         if text:
@@ -184,7 +187,8 @@ class Moderator:
             for views in outputs:
                 # the text fits a frame when it fits some part of it: the best view's cosine, not the worst
                 similarity = None if text_vector is None else max(float(np.dot(v, text_vector)) for v, _ in views)
-                for vector, caption in views:
+                for vector, reading in views:
                     scores = {c: float(np.dot(vector, v)) for c, v in self.concepts.items()}
-                    results.append(policies.decide(self.policy, text, scores, caption, similarity))
+                    answers = dict(zip(self.policy.questions, reading.answers))
+                    results.append(policies.decide(self.policy, text, scores, reading.caption, similarity, answers))
             return policies.worst(results)

@@ -10,9 +10,13 @@ once per category, and reads the answer's probability rather than its text:
 
 The question is one forward pass (the answer's first token), the format the tiny BLIP-2 was
 trained on. This compares, per category and on the scenes `policy evaluate` uses: CLIP concepts
-alone, the caption rule alone, the visual question, and the policy as deployed (concepts or caption).
+alone, the caption rule alone, the visual question to each BLIP-2 asked (the bundled one, and by
+default the prompt fine-tune and the compliance fine-tune), and the demo policy as deployed
+(concepts or caption); every rule's precision and recall also on the scenes of seen colour-shape
+pairs alone and of held-out pairs alone. The policy kind that serves the question is
+data/policies/shapesworld-vqa.yaml (engines.read_images).
 
-    python -m stage3_moderation.vqa_rule [--n 600] [--out outputs/week9/vqa_rule.json] [--json]
+    python -m stage3_moderation.vqa_rule [--n 600] [--ask MODEL ...] [--out outputs/week9/vqa_rule.json] [--json]
 """
 
 from pathlib import Path
@@ -26,25 +30,24 @@ from curriculum.tiny_blip2 import qa_prompt
 from stage1_demos.blip2_caption import caption_images
 from stage1_demos.clip_retrieval import embed_images, embed_texts
 from stage3_moderation import policy as policies
+from stage3_moderation.engines import yes_no_ids
 
 # One yes/no question per category of the demo policy, in the trained question format.
 QUESTIONS = {"red_cross": "is there a red cross?", "purple_cross": "is there a purple cross?"}
-FINE_TUNED = MODELS_DIR / "tiny-blip2-prompts"
+FINE_TUNED = MODELS_DIR / "tiny-blip2-prompts"  # taught prompts and questions, its answers mostly "no"
+COMPLIANCE = MODELS_DIR / "tiny-blip2-compliance"  # taught balanced yes/no compliance questions
 
 
 @torch.no_grad()
 def yes_probability(model, processor, images, question, batch_size=64):
     """p(yes) = p_yes / (p_yes + p_no) for the answer's first token, one forward pass per image."""
-    tokenizer = processor.tokenizer
-    yes, no = (tokenizer(f" {word}", add_special_tokens=False).input_ids for word in ("yes", "no"))
-    if len(yes) != 1 or len(no) != 1:
-        raise cli.UserError("this BLIP-2's tokenizer splits ' yes' or ' no' into several tokens: not a yes/no model")
+    yes, no = yes_no_ids(processor.tokenizer)
     out = []
     for i in range(0, len(images), batch_size):
         chunk = images[i : i + batch_size]
         inputs = processor(images=chunk, text=[qa_prompt(question)] * len(chunk), padding=True, return_tensors="pt")
         logits = model(**inputs.to(model.device, model.dtype)).logits[:, -1].float()  # left padding: last = next
-        two = logits[:, [yes[0], no[0]]].softmax(dim=-1)  # p_yes / (p_yes + p_no): the shared softmax cancels
+        two = logits[:, [yes, no]].softmax(dim=-1)  # p_yes / (p_yes + p_no): the shared softmax cancels
         out.append(two[:, 0].cpu())
     return torch.cat(out).numpy()
 
@@ -155,19 +158,27 @@ def build_parser():
         help="write the result JSON here, and the precision-recall picture beside it",
     )
     parser.add_argument(
-        "--fine-tuned",
+        "--ask",
         type=cli.Model("blip2", none=True),
-        default=str(FINE_TUNED) if zoo.is_saved(FINE_TUNED) else "none",
-        help="a BLIP-2 taught balanced yes/no questions, asked too; none: only the bundled one "
-        f"(default {FINE_TUNED.relative_to(REPO_ROOT)} where `make tiny-blip2-prompts` made it, else none)",
+        action="append",
+        help="a fine-tuned BLIP-2 asked the questions besides the bundled one (repeat for several; none: the "
+        f"bundled one alone; default: {', '.join(str(m.relative_to(REPO_ROOT)) for m in (FINE_TUNED, COMPLIANCE))}, "
+        "those their make targets made)",
     )
     parser.add_argument("--json", action="store_true")
     return parser
 
 
+def label(model):
+    """How a table names an asker: the two fine-tunes by what they were taught, others by folder or id."""
+    named = {FINE_TUNED.resolve(): "prompt-tuned", COMPLIANCE.resolve(): "compliance"}
+    return named.get(Path(model).resolve(), Path(model).name) if Path(model).is_dir() else model
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    askers = {"bundled": "tiny"} | ({"fine-tuned": args.fine_tuned} if args.fine_tuned != "none" else {})
+    asked = args.ask or [str(m) for m in (FINE_TUNED, COMPLIANCE) if zoo.is_saved(m)]
+    askers = {"bundled": "tiny"} | {label(m): m for m in asked if m != "none"}
     result = compare(args.n, args.seed, args.threshold, askers)
     if args.out:
         picture = cli.beside(args.out, ".png")

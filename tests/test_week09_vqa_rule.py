@@ -1,5 +1,7 @@
 """Week 9: the visual-question rule against the caption rule (stage3_moderation/vqa_rule.py)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -29,6 +31,8 @@ def test_confusion_arithmetic_and_where_the_mistakes_fall():
     r = policy.confusion(predicted, expected, heldout)
     assert (r["tp"], r["fp"], r["fn"], r["tn"], r["precision"], r["recall"]) == (1, 2, 2, 1, 0.3333, 0.3333)
     assert r["fp_by_pair"] == {"held_out": 1, "seen": 1} and r["fn_by_pair"] == {"held_out": 1, "seen": 1}
+    assert r["seen_scenes"] == {"precision": 0.5, "recall": 0.5, "positives": 2}
+    assert r["held_out_scenes"] == {"precision": 0.0, "recall": 0.0, "positives": 1}
     assert "fp_by_pair" not in policy.confusion(predicted, expected)
 
 
@@ -80,12 +84,25 @@ def fake_compare(n, seed, threshold, askers):
     }
 
 
+def test_both_fine_tunes_are_asked_by_default_named_by_what_they_were_taught(monkeypatch, cli_runner):
+    asked = {}
+    monkeypatch.setattr(
+        vqa_rule, "compare", lambda n, seed, t, askers: asked.update(askers) or fake_compare(n, seed, t, askers)
+    )
+    assert cli_runner(vqa_rule.main, ["--n", "4", "--json"])[0] == 0
+    assert asked == {
+        "bundled": "tiny",
+        "prompt-tuned": str(vqa_rule.FINE_TUNED),
+        "compliance": str(vqa_rule.COMPLIANCE),
+    }
+
+
 def test_the_json_and_its_picture_are_written_together(tmp_path, monkeypatch, cli_runner):
     out = tmp_path / "vqa_rule.json"
     monkeypatch.setattr(vqa_rule, "compare", fake_compare)
-    code, _, _ = cli_runner(vqa_rule.main, ["--n", "4", "--fine-tuned", "none", "--out", str(out)])
+    code, _, _ = cli_runner(vqa_rule.main, ["--n", "4", "--ask", "none", "--out", str(out)])
     assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["vqa_rule.json", "vqa_rule.png"]
-    assert '"fine-tuned"' not in out.read_text()  # none: only the bundled model is asked
+    assert list(json.loads(out.read_text())["askers"]) == ["bundled"]  # none: only the bundled model is asked
     for p in tmp_path.iterdir():
         p.unlink()
     monkeypatch.setattr(vqa_rule, "compare", lambda *a: fake_compare(*a) | {"rows": [object()]})  # JSON fails
@@ -120,7 +137,7 @@ def compliance_answers():
     return {
         category: (
             vqa_rule.yes_probability(*model, images, question),
-            np.array([policy.truth(policy.DEMO, s.objects)[category] for s in samples]),
+            np.array([policy.truth(policy.DEMOS[0], s.objects)[category] for s in samples]),
             heldout,
         )
         for category, question in vqa_rule.QUESTIONS.items()

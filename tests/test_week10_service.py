@@ -57,6 +57,17 @@ def write(tmp_path, text):
         ("categories: {x: {terms: ['  ']}}", "is blank"),
         ("categories: {x: {patterns: ['.*']}}", "matches an empty string and so would flag every text"),
         ("categories: {x: {patterns: ['\\b']}}", "matches an empty string"),
+        # visual-question rules (week 9): a question needs its category, a threshold and a BLIP-2 to answer
+        ("question: is there a cat?\ncategories: {x: {terms: [a]}}", r"question belongs to the category it flags"),
+        ("question_model: tiny\ncategories: {x: {question: 'is there a cat?'}}", "needs a question_threshold"),
+        ("categories: {x: {terms: [a], question_threshold: 0.5}}", "has a question_threshold but no question"),
+        ("categories: {x: {question: 'a cat?', question_threshold: 0.5, input_types: [text]}}", "judges no images"),
+        ("categories: {x: {question: 'a cat?', question_threshold: 0}}", r"question_threshold = 0: .*greater than 0"),
+        ("categories: {x: {question: 'a cat?', question_threshold: 0.5}}", "no question_model names the BLIP-2"),
+        (
+            "question_model: data/models/tiny-clip\ncategories: {x: {question: 'a cat?', question_threshold: 0.5}}",
+            "question_model data/models/tiny-clip is a CLIP model: it cannot answer a question",
+        ),
     ],
 )
 def test_policy_file_mistakes_are_explained(tmp_path, text, message):
@@ -505,7 +516,7 @@ def test_policy_cli(cli_runner, tmp_path):
     code, _, err = cli_runner(policy.main, ["show", str(write(tmp_path, "categories: {x: {terms: 5}}"))])
     assert code == 2 and "categories.x.terms = 5" in err and err.count("\n") == 1
     code, _, err = cli_runner(policy.main, ["evaluate", "--policy", str(policy.POLICIES_DIR / "real-world.yaml")])
-    assert code == 2 and "knows the truth only for the ShapesWorld demo policy" in err  # before any model loads
+    assert code == 2 and "knows the truth only for the ShapesWorld demo policies" in err  # before any model loads
 
 
 def test_the_pages_curl_examples_are_the_ones_make_week10_runs():

@@ -140,7 +140,7 @@ def collect(outputs=OUTPUTS_DIR, results=RESULTS_DIR, pictures=PICTURES_DIR, onl
         targets = sorted({makes[name] for name in missing})
         raise cli.UserError(f"no {', '.join(missing)}: run {', '.join(targets)} first")
     with cli.atomic_paths(*wanted) as temps:  # the run's files replace the reference's all together
-        for temp, path in zip(temps, wanted.values()):
+        for temp, path in zip(temps if len(wanted) > 1 else [temps], wanted.values()):
             shutil.copyfile(path, temp)
     return sorted(name for name in [*tables.MAKES, *tables.PICTURES] if chosen(name))
 

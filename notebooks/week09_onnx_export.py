@@ -81,13 +81,30 @@ policy.print_evaluation(policy.evaluate(engine, demo, n=N_SCENES))
 #
 # The plan's alternative asks the captioner directly, "Question: is there a red cross? Answer:",
 # and reads `p(yes) = p_yes / (p_yes + p_no)` of the first answer token. Watch the visual-question
-# rows: neither BLIP-2 looks at the image to answer; each learned the answer's prior (the bundled
-# one says "no" to everything), which its overall QA accuracy hid. The precision-recall picture draws
-# p(yes) at every threshold: a flat curve means no threshold separates scenes with the symbol.
+# rows: the bundled BLIP-2 and the prompt fine-tune do not look at the image to answer; each learned
+# the answer's prior (the bundled one says "no" to everything), which its overall QA accuracy hid.
+# The compliance fine-tune (balanced yes/no questions, most "no"s near misses such as a red circle
+# beside a red cross) looks: its false positives fall on scenes with a colour-shape pair it never
+# saw. The precision-recall picture draws p(yes) at every threshold: a flat curve means no threshold
+# separates scenes with the symbol.
 
 # %%
-askers = {"bundled": "tiny", "fine-tuned": str(vqa_rule.FINE_TUNED)}
+askers = {"bundled": "tiny", "prompt-tuned": str(vqa_rule.FINE_TUNED), "compliance": str(vqa_rule.COMPLIANCE)}
 asked = vqa_rule.compare(n=N_SCENES, askers=askers)
 vqa_rule.print_result(asked)
 title = f"{N_SCENES} test scenes: the visual question at every threshold vs the fixed rules"
 display(Image(filename=viz.precision_recall(asked["curves"], OUT / "vqa_rule.png", title)))
+
+# %% [markdown]
+# ## The question as a policy rule
+#
+# `data/policies/shapesworld-vqa.yaml` asks each cross's question of the compliance BLIP-2 and flags
+# at p(yes) >= its `question_threshold`. The engines answer from the caption's own image queries (one
+# more prefill per question), so the service serves it as it serves captions. Here the eager engine
+# on that BLIP-2, through the same `policy.evaluate` as above:
+
+# %%
+asking = policy.load(policy.POLICIES_DIR / "shapesworld-vqa.yaml")
+policy.print_policy(asking)
+asking_engine = engines.load("torch-fp32", blip2_name=asking.question_model)
+policy.print_evaluation(policy.evaluate(asking_engine, asking, n=N_SCENES))

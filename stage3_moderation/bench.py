@@ -17,8 +17,12 @@ Three measurements, each as ratios within one run (these machines are noisy):
            server's core; the service's targets as ratios (docs/week11.md)
   liveness /healthz latency and the server's memory, idle and under the heaviest image load the
            limits admit (images decoded off the event loop, a budget of decoded pixels in flight)
+  questions what week 9's visual-question rule costs: the service with the demo policy (CLIP
+           concepts + caption rule) against the policy that asks BLIP-2 its questions
+           (shapesworld-vqa.yaml on the compliance BLIP-2), image+text requests, cache off, the
+           same clients; and the BLIP-2 stage alone, a caption with and without the questions
 
-    python -m stage3_moderation.bench                   # all four -> outputs/bench/
+    python -m stage3_moderation.bench                   # all of them -> outputs/bench/
     python -m stage3_moderation.bench engines --quick   # fewer seconds per measurement
 """
 
@@ -38,12 +42,14 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from curriculum import OUTPUTS_DIR, REPO_ROOT, cli, runtime, shapesworld, tables, viz, zoo
+from curriculum import MODELS_DIR, OUTPUTS_DIR, REPO_ROOT, cli, runtime, shapesworld, tables, viz, zoo
 from stage1_demos.clip_retrieval import recall_table
 from stage3_moderation import engines, export_onnx, graphs, inputs, loadgen
 from stage3_moderation.settings import Settings
 
 OUT = OUTPUTS_DIR / "bench"
+VQA_POLICY = REPO_ROOT / "data" / "policies" / "shapesworld-vqa.yaml"
+COMPLIANCE = MODELS_DIR / "tiny-blip2-compliance"
 VIT_B_32_BATCH = 16
 MATMUL_N = 2048  # the reference matrix multiply: MATMUL_N × MATMUL_N by MATMUL_N × MATMUL_N
 CONCURRENCY = (1, 8, 32)
@@ -332,6 +338,60 @@ def bench_service(seconds=8.0, n=960, pool=64):
     return {**result, "targets": targets(result)}
 
 
+QUESTION_CONFIGS = {  # both: batching on, cache off
+    "concepts + caption rule (shapesworld.yaml)": {"MODERATION_CACHE_ENTRIES": "0"},
+    "questions + caption rule (shapesworld-vqa.yaml)": {
+        "MODERATION_CACHE_ENTRIES": "0",
+        "MODERATION_POLICY": str(VQA_POLICY),
+        "MODERATION_BLIP2": str(COMPLIANCE),
+    },
+}
+
+
+def reading_ms(engine, images, questions, seconds):
+    """Milliseconds per image of BLIP-2's stage: the caption, and p(yes) to each question."""
+    return round(1000 / throughput(lambda: engine.read_images(images, questions), len(images), seconds), 2)
+
+
+def bench_questions(seconds=8.0, n=960, pool=64):
+    """The two policies served alike (week 11's closed loop on the server's own cores, server CPU ms
+    per request, mean batch per stage), and the BLIP-2 stage alone in batches of 16, with and without
+    the questions: where the rule's cost goes."""
+    from stage3_moderation import policy as policies
+
+    bodies = loadgen.workload("image", n, pool)
+    server_cpus, client_cpus = split_cores()
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)
+    export_onnx.ensure_exported(blip2_name=str(COMPLIANCE))  # before the clock: the server would export at start
+    rows = []
+    for name, env in tqdm(QUESTION_CONFIGS.items(), desc="policies"):
+        with loadgen.server(env, cpus=server_cpus) as (url, process):
+            closed_loop(url, bodies, max(CONCURRENCY), 2)
+            for concurrency in CONCURRENCY:
+                rows.append({"config": name, **closed_loop(url, bodies, concurrency, seconds, process.pid)})
+    questions = policies.load(VQA_POLICY).questions
+    engine = engines.load(engines.DEFAULT_ENGINE, blip2_name=str(COMPLIANCE), threads=Settings().threads)
+    images = [sample.image for sample in shapesworld.generate("test", 16, seed=3)]
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, server_cpus or before)
+    try:
+        stage = {
+            "caption_ms_per_image": reading_ms(engine, images, (), seconds / 2),
+            "caption_and_questions_ms_per_image": reading_ms(engine, images, questions, seconds / 2),
+            "questions": len(questions),
+        }
+    finally:
+        os.sched_setaffinity(0, before)
+    return {
+        "workload": f"{n} image+text moderation requests, {pool} distinct images, cache off",
+        "engine": engines.DEFAULT_ENGINE,
+        "client": "wrk" if loadgen.have_wrk() else "python",
+        "rows": rows,
+        "blip2_stage_batch_16": stage,
+    }
+
+
 def targets(result):
     """The service's four targets (docs/week11.md) as measured ratios, each with whether it is met."""
     row = {(r["config"], r["concurrency"]): r for r in result["rows"]}
@@ -505,7 +565,7 @@ def print_report(result):
 
 def build_parser():
     p = cli.Parser(prog="python -m stage3_moderation.bench", description=__doc__, formatter_class=cli.RawHelp)
-    p.add_argument("what", nargs="?", default="all", choices=("all", "engines", "service", "liveness"))
+    p.add_argument("what", nargs="?", default="all", choices=("all", "engines", "service", "liveness", "questions"))
     p.add_argument(
         "--out",
         type=cli.OutFolder(),
@@ -530,6 +590,11 @@ def main(argv=None):
     if args.what in ("all", "liveness"):
         result["liveness"] = bench_liveness(requests=24 if args.quick else 200)
         cli.write_json(result["liveness"], out / "moderation_liveness.json")
+    if args.what in ("all", "questions"):
+        result["questions"] = bench_questions(seconds=2.0 if args.quick else 8.0)
+        cli.write_json(result["questions"], out / "moderation_questions.json")
+    if args.what == "questions":  # not part of the report: docs/week09.md shows it
+        return cli.emit(result, args.json, lambda r: print(f"wrote {out}/moderation_questions.json"))
     with cli.atomic_paths(out / "moderation.md", out / "moderation.png") as (md, png):  # the report: both or neither
         md.write_text(markdown(result.get("engines"), result.get("service"), result.get("liveness")), encoding="utf-8")
         plot(result.get("engines"), result.get("service"), png)

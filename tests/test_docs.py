@@ -157,3 +157,13 @@ def test_reading_guide_quotes_the_lines_it_links():
     for snippet, path, line in rows:
         lines = (docs.REPO_ROOT / path).read_text(encoding="utf-8").splitlines()
         assert snippet in lines[int(line) - 1], (path, line, snippet)
+
+
+@pytest.mark.parametrize("only", [["week9/policy.json"], ["week9/policy.json", "week9/vqa_rule.json"]])
+def test_collect_copies_one_result_file_or_several(tmp_path, only):
+    outputs, results, pictures = tmp_path / "outputs", tmp_path / "results", tmp_path / "img"
+    for name in only:
+        (outputs / name).parent.mkdir(parents=True, exist_ok=True)
+        (outputs / name).write_text(json.dumps({"from": name}))
+    assert docs.collect(outputs, results, pictures, only) == sorted(only)
+    assert all(json.loads((results / name).read_text()) == {"from": name} for name in only)

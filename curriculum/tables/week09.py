@@ -1,5 +1,6 @@
 """docs/week09.md's tables (the ONNX exports, results/onnx/tiny/manifest.json; the caption rule vs a visual question,
-results/week9/vqa_rule.json) and docs/week10.md's policy tables (results/week9/policy.json)."""
+results/week9/vqa_rule.json; the policy that asks, results/week9/policy_vqa.json and its cost,
+results/bench/moderation_questions.json) and docs/week10.md's policy tables (results/week9/policy.json)."""
 
 from curriculum.tables import Table, f3, table, value
 
@@ -38,9 +39,60 @@ def policy(results):
 def vqa_rule(results):
     rows = [
         [row["category"], row["rule"], f3(row["precision"]), f3(row["recall"]), row["tp"], row["fp"], row["fn"]]
+        + [split(row, "seen_scenes"), split(row, "held_out_scenes")]
         for row in results("week9/vqa_rule.json")["rows"]
     ]
-    return Table(["category", "rule", "precision", "recall", "tp", "fp", "fn"], rows)
+    header = ["category", "rule", "precision", "recall", "tp", "fp", "fn"]
+    return Table(header + ["seen-pair scenes: P / R", "held-out-pair scenes: P / R"], rows)
+
+
+def split(row, scenes):
+    """'0.975 / 1.000': precision and recall on one kind of scene (confusion's breakdown)."""
+    return "–" if scenes not in row else f"{row[scenes]['precision']:.3f} / {row[scenes]['recall']:.3f}"
+
+
+@table(
+    "week9.policy_vqa",
+    9,
+    "The policy that asks BLIP-2, on the same test scenes",
+    ["week9/policy_vqa.json"],
+    "make week9",
+)
+def policy_vqa(results):
+    r = results("week9/policy_vqa.json")
+    rows = [
+        [name, f3(c["precision"]), f3(c["recall"]), c["tp"], c["fp"], c["fn"]]
+        + [split(c, "seen_scenes"), split(c, "held_out_scenes"), of_total(c["fp_by_pair"])]
+        for name, c in r["categories"].items()
+    ]
+    header = ["category", "precision", "recall", "tp", "fp", "fn", "seen-pair scenes: P / R"]
+    return Table(header + ["held-out-pair scenes: P / R", "false positives on held-out-pair scenes"], rows)
+
+
+@table(
+    "week9.policy_vqa_thresholds",
+    9,
+    "The asking policy's thresholds on the val split",
+    ["week9/policy_vqa.json"],
+    "make week9",
+)
+def policy_vqa_thresholds(results):
+    return threshold_table(results("week9/policy_vqa.json").get("thresholds_on_val"))
+
+
+@value("week9.question_cost", ["bench/moderation_questions.json"], "make bench")
+def question_cost(results):
+    r = results("bench/moderation_questions.json")
+    at = {row["config"].split(" (")[0]: row for row in r["rows"] if row["concurrency"] == 32}
+    clip, asked = at["concepts + caption rule"], at["questions + caption rule"]
+    stage = r["blip2_stage_batch_16"]
+    return (
+        f"at 32 clients the service answered {asked['requests_per_s']:.1f} requests/s with the questions against "
+        f"{clip['requests_per_s']:.1f} with CLIP's concepts ({asked['requests_per_s'] / clip['requests_per_s']:.2f}×), "
+        f"{asked['server_cpu_ms_per_request']:.1f} against {clip['server_cpu_ms_per_request']:.1f} server CPU ms per "
+        f"request; BLIP-2's stage alone, in batches of 16: {stage['caption_ms_per_image']:.2f} ms per image for "
+        f"the caption, {stage['caption_and_questions_ms_per_image']:.2f} with its {stage['questions']} questions"
+    )
 
 
 @value("week9.vqa_setup", ["week9/vqa_rule.json"], "make week9")
@@ -96,7 +148,10 @@ def held_out_share(results):
     "make week9",
 )
 def thresholds(results):
-    val = results("week9/policy.json").get("thresholds_on_val")
+    return threshold_table(results("week9/policy.json").get("thresholds_on_val"))
+
+
+def threshold_table(val):
     header = ["rule", "flags when", "should flag: min / median / max", "should pass: min / median / max",
               "flagged of should flag", "flagged of should pass"]  # fmt: skip
     if val is None:  # results of `make week9` from before it recorded them
@@ -105,10 +160,16 @@ def thresholds(results):
     def spread(s):
         return "–" if s is None else f"{s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f}"
 
+    def rule(name, threshold):
+        if name == "mismatch":
+            return "mismatch (own caption passes, another scene's flags)", f"cos < {threshold}"
+        if name.endswith(" (question)"):
+            return name, f"p(yes) ≥ {threshold}"
+        return f"{name} concepts", f"cos ≥ {threshold}"
+
     rows = [
         [
-            f"{name} (own caption passes, another scene's flags)" if name == "mismatch" else f"{name} concepts",
-            f"cos {'<' if name == 'mismatch' else '≥'} {c['threshold']}",
+            *rule(name, c["threshold"]),
             spread(c["should_flag"]),
             spread(c["should_pass"]),
             "{} of {}".format(*c["flagged_of_should_flag"]),
@@ -164,3 +225,20 @@ def p_yes(results):
         )
 
     return "; ".join(one(c, label, a) for c, asked in r["p_yes"].items() for label, a in asked.items())
+
+
+@value("week9.compliance_split", ["week9/vqa_rule.json"], "make week9")
+def compliance_split(results):
+    rows = [r for r in results("week9/vqa_rule.json")["rows"] if "compliance BLIP-2" in r["rule"]]
+    if not rows or "seen_scenes" not in rows[0]:
+        return "the compliance fine-tune is not in this result (`make week9` asks it)"
+
+    def one(r):
+        seen, held = r["seen_scenes"], r["held_out_scenes"]
+        return (
+            f"{r['category']}: precision / recall {seen['precision']:.3f} / {seen['recall']:.3f} on seen-pair "
+            f"scenes, {held['precision']:.3f} / {held['recall']:.3f} on held-out-pair scenes "
+            f"({of_total(r['fp_by_pair'])} false positives there)"
+        )
+
+    return "; ".join(map(one, rows))

@@ -4,16 +4,19 @@ the tiny BLIP-2, and what the settings do to a caption.
     python -m stage2_fundamentals.decoding_lab check [--json]
     python -m stage2_fundamentals.decoding_lab mistakes [--out outputs/week5/mistakes.json]   (can the checks fail?)
     python -m stage2_fundamentals.decoding_lab sweep --image outputs/week2/gallery/test_00001.png
-    python -m stage2_fundamentals.decoding_lab repetition [--image IMG] [--json]
+    python -m stage2_fundamentals.decoding_lab repetition [--n 100] [--early-steps 150] [--out FILE]
+        (does the model repeat by itself? where it does, which remedy fixes it: measured over test scenes)
     python -m stage2_fundamentals.decoding_lab bench [--json]        (tokens/s with and without the KV cache)
 """
 
+import json
 import time
 from dataclasses import asdict, replace
 
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 from transformers import (
     LogitsProcessorList,
     NoRepeatNGramLogitsProcessor,
@@ -23,9 +26,12 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from curriculum import checks, cli, shapesworld, zoo
+from curriculum import OUTPUTS_DIR, checks, cli, shapesworld, tiny_blip2, training, zoo
+from curriculum.checkpoints import jsonable
 from curriculum.images import load_image
-from stage1_demos.blip2_caption import fit_new_tokens
+from curriculum.tiny_blip2 import DETAIL_PROMPT, caption, detailed_caption, reading_order
+from curriculum.tiny_blip2_prompts import DETAIL_PROMPT_ZH
+from stage1_demos.blip2_caption import ATTRIBUTES, attribute_correct, fit_new_tokens
 from stage2_fundamentals.decoder import Decoder, blip2_decoder_inputs
 from stage2_fundamentals.decoding import (
     GENERATE_RULES,
@@ -307,45 +313,214 @@ def repeated_ngram_rate(tokens, n=3):
     return repeats / len(grams) if grams else 0.0
 
 
-# The loop: a caption is ~15 tokens, but </s> is forbidden for 48 (as when a length is forced, or a
-# model never learned to stop). With nothing left to say, greedy decoding repeats itself.
-LOOPING = Settings(max_new_tokens=48, min_new_tokens=48)
-FIXES = [
-    ("greedy, free to stop (for reference)", Settings(max_new_tokens=48)),
-    ("greedy, </s> forbidden for 48 tokens (the problem)", LOOPING),
-    ("+ repetition_penalty 1.3", replace(LOOPING, repetition_penalty=1.3)),
-    ("+ repetition_penalty 2", replace(LOOPING, repetition_penalty=2.0)),
-    ("+ no_repeat_ngram_size 3", replace(LOOPING, no_repeat_ngram_size=3)),
-    ("+ sampling, temperature 1, top-p 0.9", replace(LOOPING, do_sample=True, top_p=0.9)),
-    ("beam search, 3 beams", replace(LOOPING, num_beams=3)),
-    ("beam search, 3 beams + no_repeat_ngram_size 3", replace(LOOPING, num_beams=3, no_repeat_ngram_size=3)),
+# The search: settings a learner would really use, none of them forbidding </s>, on the bundled model
+# and on an early checkpoint (the same recipe stopped early). A caption repeats when its repeated
+# 3-gram rate is above that of the true caption of its scene written the way its prompt asks: two
+# objects' phrases share words ("in the top ..."), so a right caption is not always at 0.
+LONG = 64  # as many new tokens as fit after the image and the prompt (the tiny decoder reads 64 positions)
+PROMPTS = {"": caption, DETAIL_PROMPT: detailed_caption, DETAIL_PROMPT_ZH: detailed_caption}
+SEARCH = [
+    ("greedy", "", Settings(max_new_tokens=LONG)),
+    ("beam search, 5 beams", "", Settings(max_new_tokens=LONG, num_beams=5)),
+    ("beam search, 5 beams, length_penalty 2", "", Settings(max_new_tokens=LONG, num_beams=5, length_penalty=2.0)),
+    ("sampling, temperature 0.5", "", Settings(max_new_tokens=LONG, do_sample=True, temperature=0.5)),
+    ("sampling, temperature 1", "", Settings(max_new_tokens=LONG, do_sample=True)),
+    ("greedy", DETAIL_PROMPT, Settings(max_new_tokens=LONG)),
+    ("beam search, 5 beams", DETAIL_PROMPT, Settings(max_new_tokens=LONG, num_beams=5)),
+    ("sampling, temperature 0.5", DETAIL_PROMPT, Settings(max_new_tokens=LONG, do_sample=True, temperature=0.5)),
+    ("greedy", DETAIL_PROMPT_ZH, Settings(max_new_tokens=LONG)),
 ]
+# Repeating by itself: the early checkpoint (the model itself with --early-steps 0), no prompt, greedy,
+# often names the first object again for the second. Its remedies, each added to that setting:
+NATURAL = ("greedy, free to stop", Settings(max_new_tokens=LONG))
+NATURAL_REMEDIES = [
+    ("+ repetition_penalty 1.2", {"repetition_penalty": 1.2}),
+    ("+ repetition_penalty 1.5", {"repetition_penalty": 1.5}),
+    ("+ repetition_penalty 2", {"repetition_penalty": 2.0}),
+    ("+ no_repeat_ngram_size 2", {"no_repeat_ngram_size": 2}),
+    ("+ no_repeat_ngram_size 3", {"no_repeat_ngram_size": 3}),
+    ("+ no_repeat_ngram_size 4", {"no_repeat_ngram_size": 4}),
+    ("+ sampling, temperature 0.7", {"do_sample": True, "temperature": 0.7}),
+    ("+ beam search, 5 beams", {"num_beams": 5}),
+    ("length: max_new_tokens 12", {"max_new_tokens": 12}),
+]
+# Where the bundled model repeats: a caption asked to be longer than its own (~18 tokens), as a
+# learner does for "more detail" (min_new_tokens, LAVIS's min_length): </s> is forbidden until then.
+FORCED = ("greedy, at least 30 new tokens (min_new_tokens 30)", Settings(max_new_tokens=48, min_new_tokens=30))
+FORCED_REMEDIES = [
+    ("+ repetition_penalty 1.2", {"repetition_penalty": 1.2}),
+    ("+ repetition_penalty 1.5", {"repetition_penalty": 1.5}),
+    ("+ repetition_penalty 2", {"repetition_penalty": 2.0}),
+    ("+ no_repeat_ngram_size 2", {"no_repeat_ngram_size": 2}),
+    ("+ no_repeat_ngram_size 3", {"no_repeat_ngram_size": 3}),
+    ("+ sampling, temperature 0.7", {"do_sample": True, "temperature": 0.7}),
+    ("+ sampling, top-p 0.9", {"do_sample": True, "top_p": 0.9}),
+    ("+ beam search, 3 beams", {"num_beams": 3}),
+    ("+ beam search, 3 beams, no_repeat_ngram_size 3", {"num_beams": 3, "no_repeat_ngram_size": 3}),
+    ("length: max_new_tokens 30 (stop at the minimum)", {"max_new_tokens": 30}),
+    ("length: min_new_tokens 20", {"min_new_tokens": 20}),
+    ("length: min_new_tokens 0 (free to stop)", {"min_new_tokens": 0}),
+]
+REMOVED = 0.10  # a remedy removes the repetition when at most this share of its captions repeat
+KEPT = 0.05  # and keeps the caption right when its exact score is within this of free decoding's
+EARLY_STEPS = 150  # of the bundled recipe's 1,800
+# a small budget (tests): greedy only in the search, and one remedy of each kind
+QUICK_SEARCH = [row for row in SEARCH if row[0] == "greedy"]
+QUICK = ("+ repetition_penalty 1.5", "+ no_repeat_ngram_size 3", "length: min_new_tokens 0 (free to stop)")
 
 
-def repetition(image=None, prompt="", seed=0, model="tiny", n=3):
-    image = load_image(image) if image else shapesworld.sample("test", 1).image
-    captioner = load_captioner(model)
-    rows = []
-    for name, s in FIXES:
-        tokens, _ = timed_decode(captioner, image, prompt, s, seed)
+def early_checkpoint(steps=EARLY_STEPS, progress=True):
+    """The bundled model's recipe (curriculum.tiny_blip2, seed 0) run for `steps` steps instead of
+    1,800: trained into outputs/week5/ on first use (a few minutes on a CPU), then reused."""
+    out = OUTPUTS_DIR / "week5" / f"early-blip2-{steps}"
+    config = replace(tiny_blip2.Config(), steps=steps)
+    record = out / "training.json"
+    if not (record.exists() and json.loads(record.read_text())["provenance"]["config"] == jsonable(config)):
+        tiny_blip2.train(out, config, training.Options(device="cpu", precision="fp32", progress=progress))
+    return str(out)
+
+
+def new_token_room(captioner, prompt):
+    """How many new tokens fit after the image's queries and the prompt (</s> included)."""
+    config = captioner.model.config
+    prompt_tokens = len(captioner.tokenizer(prompt, verbose=False).input_ids)
+    return config.text_config.max_position_embeddings - config.num_query_tokens - prompt_tokens
+
+
+def measure(captioner, samples, prompt, s, seed, n_gram, bar):
+    """Repetition and correctness of one setting's captions of `samples`: the mean repeated n-gram
+    rate, the share of captions that repeat (more than their scene's true caption), the attribute
+    scores of week 2 (blip2_caption.attribute_correct) and the share named exactly right."""
+    s = replace(s, max_new_tokens=min(s.max_new_tokens, new_token_room(captioner, prompt)))
+    truth_of = PROMPTS.get(prompt, caption)
+    rates, repeats, right, exact, texts = [], [], {a: [] for a in ATTRIBUTES}, [], []
+    for i, sample in enumerate(samples):
+        tokens, _ = timed_decode(captioner, sample.image, prompt, s, seed + i)
+        text = captioner.text(tokens)
+        truth = captioner.tokenizer(truth_of(sample.objects), add_special_tokens=False).input_ids
+        rates.append(repeated_ngram_rate(tokens, n_gram))
+        repeats.append(rates[-1] > repeated_ngram_rate(truth, n_gram))
+        named = shapesworld.parse_caption(text)
+        for a in ATTRIBUTES:
+            right[a].append(attribute_correct(sample.objects, named, a))
+        exact.append(reading_order(named) == reading_order(sample.objects))
+        texts.append(text)
+        bar.update()
+    mean = lambda xs: round(float(np.mean(xs)), 3)  # noqa: E731
+    worst = int(np.argmax(rates))
+    return {
+        "settings": asdict(s),
+        "repeated_ngram_rate": mean(rates),
+        "repeating": mean(repeats),
+        **{a: mean(right[a]) for a in ATTRIBUTES},
+        "exact": mean(exact),
+        "example": texts[0],
+        "worst": texts[worst],
+    }
+
+
+def choose_fix(rows, free):
+    """The remedy that removes the repetition (at most REMOVED of its captions repeat) with the
+    best exact score, and whether it keeps the caption as right as free decoding (within KEPT)."""
+    removed = [r for r in rows if r["repeating"] <= REMOVED]
+    if not removed:
+        return {"setting": None, "keeps_caption": False}
+    best = max(removed, key=lambda r: (r["exact"], np.mean([r[a] for a in ATTRIBUTES]), -r["repeated_ngram_rate"]))
+    return {"setting": best["setting"], "keeps_caption": best["exact"] >= free["exact"] - KEPT}
+
+
+def remedies(captioner, samples, problem, changes, seed, n_gram, bar):
+    """The problem's row, then one per remedy (the problem's settings changed), and the fix."""
+    name, settings = problem
+    rows = [{"setting": name} | measure(captioner, samples, "", settings, seed, n_gram, bar)]
+    for remedy, change in changes:
         rows.append(
-            {
-                "setting": name,
-                "settings": asdict(s),
-                "text": captioner.text(tokens),
-                "repeated_ngram_rate": round(repeated_ngram_rate(tokens, n), 3),
-            }
+            {"setting": remedy} | measure(captioner, samples, "", replace(settings, **change), seed, n_gram, bar)
         )
-    return {"ngram": n, "rows": rows}
+    free = next(r for r in rows if r["settings"]["min_new_tokens"] == 0)  # the first that may stop when done
+    repeats = rows[0]["repeating"] > REMOVED
+    fix = choose_fix(rows[1:], free) if repeats else {"setting": None, "keeps_caption": True}
+    return {"problem": name, "repeats": repeats, "free": free["setting"], "rows": rows, "fix": fix}
+
+
+def repetition(n=6, seed=0, model="tiny", early_steps=0, quick=True, n_gram=3, progress=True):
+    """Search SEARCH on `model` (and an early checkpoint unless early_steps is 0) over n test
+    scenes; then the remedies of two problems: the early checkpoint's greedy captions (NATURAL),
+    and `model` asked for a longer caption than its own (FORCED). quick: a small budget (greedy
+    settings only, the remedies in QUICK). These defaults are a small budget (seconds, the
+    notebook's); the command's (--n 100 --early-steps 150, not quick) are the docs' measurement."""
+    search_settings = QUICK_SEARCH if quick else SEARCH
+    natural_changes, forced_changes = (
+        [r for r in changes if r[0] in QUICK] if quick else changes for changes in (NATURAL_REMEDIES, FORCED_REMEDIES)
+    )
+    samples = shapesworld.generate("test", n, seed)
+    checkpoints = {model: model} | ({f"early ({early_steps} steps)": early_steps} if early_steps else {})
+    work = n * (len(checkpoints) * len(search_settings) + 2 + len(natural_changes) + len(forced_changes))
+    search, problems = [], {}
+    with tqdm(total=work, desc="repetition", unit="caption", disable=not progress) as bar:
+        for label, name in checkpoints.items():
+            captioner = load_captioner(early_checkpoint(name, progress) if label != model else name)
+            for setting, prompt, s in search_settings:
+                row = measure(captioner, samples, prompt, s, seed, n_gram, bar)
+                search.append({"checkpoint": label, "prompt": prompt, "setting": setting} | row)
+        # the last checkpoint loaded: the early one, or the model when there is none
+        problems["natural"] = {"checkpoint": label} | remedies(
+            captioner, samples, NATURAL, natural_changes, seed, n_gram, bar
+        )
+        captioner = load_captioner(model)
+        problems["forced"] = {"checkpoint": model} | remedies(
+            captioner, samples, FORCED, forced_changes, seed, n_gram, bar
+        )
+    return {
+        "ngram": n_gram,
+        "n": n,
+        "seed": seed,
+        "model": model,
+        "removed_at": REMOVED,
+        "kept_within": KEPT,
+        "search": search,
+        "natural": [
+            {"checkpoint": r["checkpoint"], "prompt": r["prompt"], "setting": r["setting"]}
+            for r in search
+            if r["repeating"] > REMOVED
+        ],
+        "problems": problems,
+    }
 
 
 def print_repetition(result):
+    n = result["ngram"]
     print(
-        f"repeated {result['ngram']}-gram rate: the share of the output's token {result['ngram']}-grams "
-        "seen earlier in it\n"
+        f"{result['n']} ShapesWorld test scenes. rate: the mean share of a caption's token {n}-grams seen earlier "
+        f"in it; repeat: the share of captions above their scene's true caption's rate; color … exact: "
+        "attribute scores (week 2)\n"
     )
-    for r in result["rows"]:
-        print(f"{r['repeated_ngram_rate']:>5.2f}  {r['setting']}\n       {r['text']}")
+    head = f"{'rate':>5} {'repeat':>6} {'color':>5} {'shape':>5} {'size':>5} {'pos':>5} {'exact':>5}  "
+
+    def line(r, name):
+        scores = " ".join(f"{r[a]:>5.2f}" for a in (*ATTRIBUTES, "exact"))
+        print(f"{r['repeated_ngram_rate']:>5.2f} {r['repeating']:>6.2f} {scores}  {name}")
+
+    print("settings a learner would use, </s> allowed:\n" + head + "setting")
+    for r in result["search"]:
+        line(r, f"{r['checkpoint']}, prompt {r['prompt']!r}, {r['setting']}")
+    print(
+        f"\nrepeating by itself (more than {result['removed_at']:.2f} of captions): "
+        f"{len(result['natural'])} of {len(result['search'])} settings"
+    )
+    for kind, p in result["problems"].items():
+        print(f"\n{kind}: {p['checkpoint']}, {p['problem']}, and each remedy:\n" + head + "setting")
+        for r in p["rows"]:
+            line(r, r["setting"])
+        fix = p["fix"]
+        kept = "keeps the caption right" if fix["keeps_caption"] else "does NOT keep the caption right"
+        if not p["repeats"]:
+            print("it does not repeat here: nothing to fix")
+        elif fix["setting"] is None:
+            print("no remedy removes the repetition")
+        else:
+            print(f"fix, by the measurement: {fix['setting']} ({kept})")
+        print(f"its worst caption: {p['rows'][0]['worst']}")
 
 
 # ---------------------------------------------------------------- benchmark
@@ -416,8 +591,23 @@ def build_parser():
     )
     sweep_parser = sub.add_parser("sweep", help="one image, many generation settings, a table of outputs")
     sweep_parser.add_argument("--image", type=cli.InImage(), required=True, help="a PNG or JPEG file")
-    loop = sub.add_parser("repetition", help="a setting where the decoder loops, and the fixes, measured")
-    loop.add_argument("--image", type=cli.InImage(), help="a PNG or JPEG file (default: a ShapesWorld test image)")
+    loop = sub.add_parser(
+        "repetition",
+        help="search for settings where the captions repeat; measure each remedy's repetition and correctness",
+    )
+    loop.add_argument(
+        "--n", type=cli.Count(1, 10_000), default=100, help="ShapesWorld test scenes, 1 to 10,000 (default 100)"
+    )
+    loop.add_argument(
+        "--early-steps",
+        type=cli.Count(0, 100_000),
+        default=EARLY_STEPS,
+        help=f"also search an early checkpoint: the bundled recipe run this many steps (default {EARLY_STEPS}), "
+        "trained into outputs/week5/ on first use (minutes); 0: skip it",
+    )
+    loop.add_argument(
+        "--quick", action="store_true", help="a small budget: greedy settings only, three remedies (for tests)"
+    )
     speed = sub.add_parser("bench", help="tokens/s with and without the KV cache (tiny model)")
     one = sub.add_parser("generate", help="caption one image with any settings, through the from-scratch loops")
     one.add_argument("--image", type=cli.InImage(), required=True, help="a PNG or JPEG file")
@@ -510,7 +700,8 @@ def main(argv=None):
         room = fit_new_tokens(args.model, "transformers", [args.prompt], max(s.max_new_tokens for _, s in SWEEP))
         result, show = sweep(args.image, args.prompt, args.seed, args.model, room), print_sweep
     elif args.command == "repetition":
-        result, show = repetition(args.image, seed=args.seed, model=args.model), print_repetition
+        result = repetition(args.n, args.seed, args.model, args.early_steps, args.quick)
+        show = print_repetition
     elif args.command == "mistakes":
         result, show = run_mistakes(args.model), print_mistakes
     else:

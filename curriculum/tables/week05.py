@@ -63,12 +63,116 @@ def caption_tokens(results):
     return f"{greedy['tokens']} tokens"
 
 
-@table("week5.repetition", 5, "Repeated text, and what each fix does", ["week5/repetition.json"], "make week5")
-def repetition(results):
+def _scores(row):
+    return [f"{row['repeated_ngram_rate']:.3f}", f"{row['repeating']:.2f}"] + [
+        f"{row[a]:.2f}" for a in ("color", "shape", "size", "position", "exact")
+    ]
+
+
+SCORES = ["repeated 3-grams", "captions that repeat", "colour", "shape", "size", "position", "exact"]
+
+
+@table(
+    "week5.repetition_search",
+    5,
+    "Does the tiny BLIP-2 repeat by itself? Settings a learner would use, over test scenes",
+    ["week5/repetition.json"],
+    "make week5",
+)
+def repetition_search(results):
     r = results("week5/repetition.json")
-    return Table(
-        ["setting (48 tokens)", f"repeated {r['ngram']}-grams", "output"],
-        [[row["setting"], f"{row['repeated_ngram_rate']:.2f}", row["text"]] for row in r["rows"]],
+    rows = [
+        [row["checkpoint"], f"`{row['prompt']}`" if row["prompt"] else "none", row["setting"], *_scores(row)]
+        for row in r["search"]
+    ]
+    return Table(["checkpoint", "prompt", "decoding", *SCORES], rows)
+
+
+def _remedies(problem):
+    fix = problem["fix"]["setting"]
+    rows = [
+        [f"**{row['setting']}** (the fix)" if row["setting"] == fix else row["setting"], *_scores(row)]
+        for row in problem["rows"]
+    ]
+    return Table([f"{problem['checkpoint']}, no prompt: setting", *SCORES], rows)
+
+
+@table(
+    "week5.repetition_natural",
+    5,
+    "The early checkpoint's own repetition, and what each remedy does",
+    ["week5/repetition.json"],
+    "make week5",
+)
+def repetition_natural(results):
+    return _remedies(results("week5/repetition.json")["problems"]["natural"])
+
+
+@table(
+    "week5.repetition",
+    5,
+    "Repeated text when a longer caption is asked for, and what each remedy does",
+    ["week5/repetition.json"],
+    "make week5",
+)
+def repetition(results):
+    return _remedies(results("week5/repetition.json")["problems"]["forced"])
+
+
+@table(
+    "week5.repetition_examples",
+    5,
+    "A longer caption asked for, and its remedies, on one test scene",
+    ["week5/repetition.json"],
+    "make week5",
+)
+def repetition_examples(results):
+    rows = results("week5/repetition.json")["problems"]["forced"]["rows"]
+    return Table(["setting", "caption of test scene 0"], [[row["setting"], row["example"]] for row in rows])
+
+
+@value("week5.repetition_n", ["week5/repetition.json"], "make week5")
+def repetition_n(results):
+    return f"{results('week5/repetition.json')['n']} test scenes"
+
+
+@value("week5.repetition_found", ["week5/repetition.json"], "make week5")
+def repetition_found(results):
+    r = results("week5/repetition.json")
+    return f"{len(r['natural'])} of {len(r['search'])} settings"
+
+
+@value("week5.repetition_found_which", ["week5/repetition.json"], "make week5")
+def repetition_found_which(results):
+    r = results("week5/repetition.json")
+    by = {}
+    for row in r["natural"]:
+        by.setdefault(row["checkpoint"], []).append(row)
+    return "; ".join(f"{len(rows)} of them on {checkpoint}" for checkpoint, rows in by.items()) or "none"
+
+
+@value("week5.repetition_natural_fix", ["week5/repetition.json"], "make week5")
+def repetition_natural_fix(results):
+    return _fix(results("week5/repetition.json")["problems"]["natural"])
+
+
+@value("week5.repetition_fix", ["week5/repetition.json"], "make week5")
+def repetition_fix(results):
+    return _fix(results("week5/repetition.json")["problems"]["forced"])
+
+
+def _fix(problem):
+    if not problem["repeats"]:
+        return "none needed (it does not repeat)"
+    fix = problem["fix"]
+    if fix["setting"] is None:
+        return "none (no remedy removes it)"
+    rows = {r["setting"]: r for r in problem["rows"]}
+    row, free = rows[fix["setting"]], rows[problem["free"]]
+    kept = "keeps" if fix["keeps_caption"] else "does not keep"
+    return (
+        f"{fix['setting']}: {row['repeating']:.2f} of captions repeat, against {problem['rows'][0]['repeating']:.2f}; "
+        f"exact {row['exact']:.2f} against free decoding's {free['exact']:.2f} (it {kept} the caption right)"
     )
 
 

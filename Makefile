@@ -142,12 +142,13 @@ week5: $(VENV)/.installed ## decoding from scratch: checks against generate(), b
 	$(DECODING) repetition --out $(W5)/repetition.json
 	@echo "tables: $(W5)/*.json"
 
-week6: $(VENV)/.installed ## InfoNCE from cross-entropy: check, a tiny CLIP trained with it, negatives, temperature, learning rate, ViT vs CNN
+week6: $(VENV)/.installed ## InfoNCE from cross-entropy: check, a tiny CLIP trained with it, negatives, temperature, learning rate (CLIP and a BLIP-2 fine-tune), ViT vs CNN
 	@mkdir -p $(W6)
 	set -o pipefail; $(OFFLINE) $(PY) -m stage2_fundamentals.infonce_lab check --json | tee $(W6)/check.json
 	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce_lab train --out $(W6)
 	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce_lab negatives --out $(W6)
 	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce_lab lr --out $(W6)
+	$(OFFLINE) $(PY) -m stage3_moderation.blip2_lr_sweep --out $(W6)/blip2_lr.json
 	$(OFFLINE) $(PY) -m stage2_fundamentals.infonce_lab towers --out $(W6)
 	@echo "results and plots: $(W6)/"
 

@@ -261,7 +261,7 @@ def print_negatives(result):
 
 
 # ---------------------------------------------------------------- learning rate and warm-up
-LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+LEARNING_RATES = (1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
 def diverged(losses, batch_size):
@@ -386,7 +386,7 @@ def build_parser():
     fit.add_argument("--seed", type=cli.Seed(), default=0, help="random seed (default 0)")
     sweep = sub.add_parser("negatives", help="R@1 against batch size, temperature, and no negatives")
     sweep.add_argument("--steps", type=STEPS, default=300, help=f"training steps per run, {STEPS_RANGE} (default 300)")
-    lr = sub.add_parser("lr", help="loss curves and R@1 at 5 learning rates, with and without warm-up")
+    lr = sub.add_parser("lr", help=f"loss and R@1 at {len(LEARNING_RATES)} learning rates, with and without warm-up")
     lr.add_argument("--steps", type=STEPS, default=150, help=f"training steps per run, {STEPS_RANGE} (default 150)")
     vs = sub.add_parser("towers", help="the same recipe with a CNN image tower vs the ViT: R@1, seen and held out")
     vs.add_argument("--steps", type=STEPS, default=300, help=f"training steps per tower, {STEPS_RANGE} (default 300)")

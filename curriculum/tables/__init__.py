@@ -27,6 +27,7 @@ PICTURES = {
     "week3/attention_circle.png": "make week3",
     "week4/attention.png": "make week4",
     "week6/negatives.png": "make week6",
+    "week6/blip2_lr.png": "make week6",
     "week7/search_zh.png": "make week7",
     "week7/new_concept_loss.png": "make week7",
     "week8/forward_snr.png": "make week8",

@@ -1,5 +1,7 @@
 """docs/week06.md's tables: info_nce and what the contrastive recipe depends on, from results/week6/."""
 
+import math
+
 from curriculum.tables import Table, checks, f3, table, value
 
 table("week6.check", 6, "info_nce vs CLIP's own loss", ["week6/check.json"], "make week6")(checks("week6/check.json"))
@@ -82,6 +84,13 @@ def bunched(results):
     return f"of the runs with negatives, “{most['label']}” bunches its images the most (mean cosine {cosine})"
 
 
+def rate_verdict(row, chance):
+    """stuck at guessing (infonce_lab.diverged); barely moved: below guessing by less than a tenth; learned."""
+    if row["diverged"]:
+        return "stuck at guessing"
+    return "barely moved" if row["final_loss"] > 0.9 * chance else "learned"
+
+
 @table(
     "week6.learning_rates",
     6,
@@ -98,7 +107,7 @@ def learning_rates(results):
             f3(row["max_loss"]),
             f3(row["final_loss"]),
             f3(row["text_to_image_R@1"]),
-            "stuck at guessing" if row["diverged"] else "learned",
+            rate_verdict(row, r["chance_loss"]),
         ]
         for row in sorted(r["rows"], key=lambda row: (row["lr"], not row["warmup"]))
     ]
@@ -108,9 +117,10 @@ def learning_rates(results):
 @value("week6.lr_setup", ["week6/learning_rates.json"], "make week6")
 def learning_rate_setup(results):
     r = results("week6/learning_rates.json")
+    rates = sorted({row["lr"] for row in r["rows"]})
     return (
-        f"{r['steps']} steps × {r['batch_size']} from scratch each, a {r['pool']:,}-image pool; guessing scores "
-        f"log {r['batch_size']} = {r['chance_loss']:.2f}"
+        f"{len(rates)} rates from {rates[0]:g} to {rates[-1]:g}, {r['steps']} steps × {r['batch_size']} from "
+        f"scratch each, a {r['pool']:,}-image pool; guessing scores log {r['batch_size']} = {r['chance_loss']:.2f}"
     )
 
 
@@ -133,8 +143,36 @@ def learning_rate_edge(results):
             f"at guessing: {', '.join(f'{lr:g}' for lr in stuck) or 'none'}"
         )
     return (
-        f"Only at {', '.join(f'{lr:g}' for lr in learned)} does the loss end below guessing; from {min(stuck):g} up, "
+        f"From {min(learned):g} to {max(learned):g} the loss ends below guessing; from {min(stuck):g} up, "
         f"every run ends at guessing, so the edge lies between {max(learned):g} and {min(stuck):g}"
+    )
+
+
+@value("week6.lr_slow", ["week6/learning_rates.json"], "make week6")
+def learning_rate_slow(results):
+    r = results("week6/learning_rates.json")
+    lowest, pair = next(iter(rate_runs(results).items()))
+    ends = " and ".join(f3(row["final_loss"]) for row in pair.values())
+    r1 = max(row["text_to_image_R@1"] for row in pair.values())
+    return (
+        f"At {lowest:g} the loss ends at {ends} (with and without warm-up), against {r['chance_loss']:.2f} for "
+        f"guessing, and text→image R@1 at {f3(r1)} at most"
+    )
+
+
+@value("week6.lr_best", ["week6/learning_rates.json"], "make week6")
+def learning_rate_best(results):
+    rows = results("week6/learning_rates.json")["rows"]
+    best = max(rows, key=lambda row: row["text_to_image_R@1"])
+    lowest = min(rows, key=lambda row: row["final_loss"])
+    same = (
+        "also the lowest final loss"
+        if lowest is best
+        else f"lowest final loss: {lowest['lr']:g} ({f3(lowest['final_loss'])})"
+    )
+    return (
+        f"the best retrieval is at {best['lr']:g} {'with' if best['warmup'] else 'without'} warm-up (text→image "
+        f"R@1 {f3(best['text_to_image_R@1'])}, final loss {f3(best['final_loss'])}; {same})"
     )
 
 
@@ -191,3 +229,151 @@ def towers_verdict(results):
         f"{f3(vit['text_to_image_R@1'])} for the ViT on seen pairs, {f3(cnn['heldout_text_to_image_R@1'])} against "
         f"{f3(vit['heldout_text_to_image_R@1'])} on held-out pairs"
     )
+
+
+# ---------------------------------------------------------------- the learning rate in a BLIP-2 fine-tune
+BLIP2_LR = "week6/blip2_lr.json"
+
+
+PLATEAU_MARGIN = 0.05  # "at the coin-flip level": the held-out answer loss within 5% of ln 2
+
+
+def plateau_step(row):
+    """The first probed step at which the held-out answer loss is within PLATEAU_MARGIN of ln 2."""
+    return next((step for step, loss in row["heldout_loss"] if loss <= (1 + PLATEAU_MARGIN) * math.log(2)), None)
+
+
+def symbol(category):
+    """red_cross -> red cross"""
+    return category.replace("_", " ")
+
+
+@table(
+    "week6.blip2_lr",
+    6,
+    "Learning rate and warm-up in the BLIP-2 compliance fine-tune",
+    [BLIP2_LR],
+    "make week6",
+)
+def blip2_learning_rates(results):
+    r = results(BLIP2_LR)
+    categories = list(r["test"]["questions"])
+    header = ["learning rate", "warm-up", "final training loss", "held-out answer loss: start → end (lowest)"]
+    header += [f"steps to within {PLATEAU_MARGIN:.0%} of ln 2"]
+    for category in categories:
+        header += [f"{symbol(category)}: precision / recall", f"{symbol(category)}: AUC"]
+    rows = []
+    for row in sorted(r["rows"], key=lambda row: (row["lr"], not row["warmup"])):
+        cells = [
+            f"{row['lr']:g}",
+            "yes" if row["warmup"] else "no",
+            f3(row["final_loss"]),
+            f"{f3(row['heldout_first'])} → {f3(row['heldout_final'])} ({f3(row['heldout_min'])})",
+            plateau_step(row) if plateau_step(row) is not None else f"not in {r['steps']}",
+        ]
+        for category in categories:
+            c = row["categories"][category]
+            cells += [f"{f3(c['precision'])} / {f3(c['recall'])}", "–" if c["auc"] is None else f3(c["auc"])]
+        rows.append(cells)
+    return Table(header, rows)
+
+
+@value("week6.blip2_lr_setup", [BLIP2_LR], "make week6")
+def blip2_lr_setup(results):
+    r = results(BLIP2_LR)
+    rates = sorted({row["lr"] for row in r["rows"]})
+    t, probe = r["test"], r["probe"]
+    positives = " and ".join(f"{n} with a {symbol(c)}" for c, n in t["positives"].items())
+    return (
+        f"{len(rates)} rates from {rates[0]:g} to {rates[-1]:g}, each {r['steps']} steps × {r['batch_size']} from "
+        f"the bundled tiny BLIP-2 with a {r['pool']:,}-image pool, warm-up over the first {r['warmup_steps']} steps "
+        "or none; "
+        f"the held-out loss on {probe['questions']} compliance questions about test scenes every {probe['every']} "
+        f"steps; precision and recall at p(yes) ≥ {t['threshold']:g} on week 9's {t['n']} test scenes ({positives})"
+    )
+
+
+def blip2_runs(results):
+    """{(lr, warm-up): row} of the BLIP-2 sweep."""
+    return {(row["lr"], row["warmup"]): row for row in results(BLIP2_LR)["rows"]}
+
+
+@value("week6.blip2_lr_speed", [BLIP2_LR], "make week6")
+def blip2_lr_speed(results):
+    runs = blip2_runs(results)
+    start = f3(next(iter(runs.values()))["heldout_first"])
+    steps = []
+    for (lr, warmup), row in sorted(runs.items()):
+        if warmup:
+            step = plateau_step(row)
+            steps.append(f"{'never' if step is None else f'step {step}'} at {lr:g}")
+    return (
+        f"with warm-up, the held-out answer loss falls from {start} to within {PLATEAU_MARGIN:.0%} of "
+        f"ln 2 = {math.log(2):.3f} by {', '.join(steps)}"
+    )
+
+
+@value("week6.blip2_lr_plateau", [BLIP2_LR], "make week6")
+def blip2_lr_plateau(results):
+    r = results(BLIP2_LR)
+    ends = [row["heldout_final"] for row in r["rows"]]
+    medians = [
+        c[key]
+        for row in r["rows"]
+        for c in row["categories"].values()
+        for key in ("median_p_yes_with", "median_p_yes_without")
+        if c[key] is not None
+    ]
+    return (
+        f"every run ends with a held-out answer loss from {f3(min(ends))} to {f3(max(ends))}, against "
+        f"ln 2 = {math.log(2):.3f} for a coin flip, and the median p(yes) on the test scenes lies between "
+        f"{f3(min(medians))} and {f3(max(medians))} whether the symbol is there or not"
+    )
+
+
+@value("week6.blip2_lr_damage", [BLIP2_LR], "make week6")
+def blip2_lr_damage(results):
+    runs = blip2_runs(results)
+    start = f3(next(iter(runs.values()))["first_loss"])
+    best = min(row["final_loss"] for row in runs.values())
+    kept = sorted({lr for (lr, _), row in runs.items() if row["final_loss"] <= 1.1 * best})
+    worse = sorted({lr for (lr, _), row in runs.items() if row["final_loss"] > 1.1 * best})
+    ends = "; ".join(
+        f"{lr:g}: {f3(runs[(lr, True)]['final_loss'])} with warm-up, {f3(runs[(lr, False)]['final_loss'])} without"
+        for lr in worse
+        if (lr, True) in runs and (lr, False) in runs
+    )
+    kept_text = f"{kept[0]:g} to {kept[-1]:g}" if kept else "no rate"
+    return (
+        f"the training loss (starting at {start}) ends within 10% of the lowest, {f3(best)}, from {kept_text}, "
+        f"and higher above ({ends or 'none'})"
+    )
+
+
+@value("week6.blip2_lr_warmup", [BLIP2_LR], "make week6")
+def blip2_lr_warmup(results):
+    runs = blip2_runs(results)
+    top = max(lr for lr, _ in runs)
+    warm, cold = runs.get((top, True)), runs.get((top, False))
+    if not warm or not cold:
+        return f"at {top:g} only one of the two runs was made"
+    lower = "lower" if warm["max_loss"] < cold["max_loss"] else "not lower"
+    return (
+        f"at {top:g} the training loss peaks at {f3(warm['max_loss'])} with warm-up and {f3(cold['max_loss'])} "
+        f"without ({lower} with it), and ends at {f3(warm['final_loss'])} and {f3(cold['final_loss'])}"
+    )
+
+
+@value("week6.blip2_lr_auc", [BLIP2_LR], "make week6")
+def blip2_lr_auc(results):
+    r = results(BLIP2_LR)
+    parts = []
+    for category in r["test"]["questions"]:
+        scored = [(row["categories"][category]["auc"], row) for row in r["rows"]]
+        scored = [(auc, row) for auc, row in scored if auc is not None]
+        low, high = min(scored, key=lambda x: x[0]), max(scored, key=lambda x: x[0])
+        parts.append(
+            f"{symbol(category)} from {f3(low[0])} ({low[1]['lr']:g}{'' if low[1]['warmup'] else ', no warm-up'}) "
+            f"to {f3(high[0])} ({high[1]['lr']:g}{'' if high[1]['warmup'] else ', no warm-up'})"
+        )
+    return "the AUC of p(yes) ranges " + "; ".join(parts)

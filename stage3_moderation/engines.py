@@ -143,6 +143,7 @@ class Engine:
         self.clip_processor, self.blip2_processor = clip_processor, blip2_processor
         # float32 once here, so the greedy loop's per-step lookups need no conversion
         self.embed_tokens, self.image_token_id = np.asarray(embed_tokens, np.float32), image_token_id
+        self._question_ids = {}  # question -> its prompt ids (question_ids)
 
     def embed_images(self, images):
         return np.concatenate(
@@ -186,11 +187,18 @@ class Engine:
     def yes_no(self):
         return yes_no_ids(self.blip2_processor.tokenizer)
 
+    def question_ids(self, question, image):
+        """The prompt ids of a question with its <image> placeholders (image: any one, for the processor),
+        made once per question: every caption batch asks the same few."""
+        if question not in self._question_ids:
+            inputs = self.blip2_processor(images=[image], text=[qa_prompt(question)], return_tensors="np")
+            self._question_ids[question] = inputs.input_ids
+        return self._question_ids[question]
+
     def yes_probability(self, queries, image, question):
         """p(yes) of each row of image queries (B,Q,E) to one question: the answer's first token, one
-        prefill. Every row has the same prompt, so no padding (image: any one image, for the ids)."""
-        ids = self.blip2_processor(images=[image], text=[qa_prompt(question)], return_tensors="np").input_ids
-        ids = np.repeat(ids, len(queries), axis=0)
+        prefill. Every row has the same prompt, so no padding."""
+        ids = np.repeat(self.question_ids(question, image), len(queries), axis=0)
         embeds = prompt_embeds(queries, ids, self.embed_tokens, self.image_token_id)
         logits, _, _ = self.prefill(embeds, np.ones(ids.shape, np.int64))
         two = logits[:, list(self.yes_no)].astype(np.float64)

@@ -160,36 +160,51 @@ def warn_if_truncated(tokenizer, text):
         )
 
 
+def check_chinese(index_model):
+    """Chinese queries go through the Chinese tower distilled into the tiny CLIP's space, no other."""
+    if index_model != "tiny":
+        raise cli.UserError(
+            "Chinese queries need a Chinese text tower distilled into this index's CLIP space; "
+            "the bundled tiny-clip-zh fits the tiny CLIP only: index with --model tiny, "
+            "or query in English (--lang en)"
+        )
+
+
+def embed_query(clip, text=None, image=None, language="en", clip_zh=None):
+    """(1, D) unit vector of one query: a text (through clip_zh's tower when language is 'zh') or a
+    PIL image. clip, clip_zh: (model, processor) and (model, tokenizer) as the zoo loads them."""
+    model, processor = clip
+    if image is not None:
+        return embed_images(model, processor, [image])
+    if language == "zh":
+        warn_if_truncated(clip_zh[1], text)
+        return embed_texts_zh(*clip_zh, [text])
+    warn_if_truncated(processor.tokenizer, text)
+    return embed_texts(model, processor, [text])
+
+
+def top_hits(index, meta, query, k):
+    """The k nearest gallery images to a (1, D) query: [{path, score (cosine), caption}], best first."""
+    scores, ids = index.search(query, min(k, index.ntotal))
+    return [
+        {"path": meta["paths"][i], "score": round(float(s), 4), "caption": meta["captions"][i]}
+        for s, i in zip(scores[0], ids[0])
+    ]
+
+
 def search(index_dir, text=None, image=None, k=5, device="auto", lang="auto"):
     """Top-k gallery images for a text or an image query, with the index's own model. Chinese
     text goes through the Chinese tower distilled into that model's space: the same index serves both."""
     if (text is None) == (image is None):
         raise cli.UserError("give exactly one query: --text or --image")
     index, meta = load_index(index_dir)
-    if image is not None:
-        query_image = load_image(image)
-    model, processor = zoo.load_clip(meta["model"], device)
+    query_image = load_image(image) if image is not None else None
     language = query_language(text, lang) if text is not None else None
     if language == "zh":
-        if meta["model"] != "tiny":
-            raise cli.UserError(
-                "Chinese queries need a Chinese text tower distilled into this index's CLIP space; "
-                "the bundled tiny-clip-zh fits the tiny CLIP only: index with --model tiny, "
-                "or query in English (--lang en)"
-            )
-        zh_model, zh_tokenizer = zoo.load_clip_zh("tiny", device)
-        warn_if_truncated(zh_tokenizer, text)
-        query = embed_texts_zh(zh_model, zh_tokenizer, [text])
-    elif text is not None:
-        warn_if_truncated(processor.tokenizer, text)
-        query = embed_texts(model, processor, [text])
-    else:
-        query = embed_images(model, processor, [query_image])
-    scores, ids = index.search(query, min(k, index.ntotal))
-    results = [
-        {"path": meta["paths"][i], "score": round(float(s), 4), "caption": meta["captions"][i]}
-        for s, i in zip(scores[0], ids[0])
-    ]
+        check_chinese(meta["model"])
+    clip = zoo.load_clip(meta["model"], device)
+    clip_zh = zoo.load_clip_zh("tiny", device) if language == "zh" else None
+    results = top_hits(index, meta, embed_query(clip, text, query_image, language, clip_zh), k)
     query = {"text": text, "lang": language} if text is not None else {"image": str(image)}
     return {"query": query, "results": results}
 

@@ -87,18 +87,27 @@ def check_before_loading(model, texts, step_counts):
 
 
 @torch.no_grad()
-def generate(pipe, prompts, steps=25, scheduler="dpmsolver", guidance=5.0, seeds=(0,), negative_prompt=None):
+def generate(
+    pipe, prompts, steps=25, scheduler="dpmsolver", guidance=5.0, seeds=(0,), negative_prompt=None, on_step=None
+):
     """One image per (prompt, seed) pair. Image i starts from the noise of its own generator seeded
-    with seeds[i], so it is the same whatever else is in the batch."""
+    with seeds[i], so it is the same whatever else is in the batch. on_step(done, total) is called
+    after each denoising step (a progress bar: the web app's)."""
     use_scheduler(pipe, scheduler)
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     negative = None if negative_prompt is None else [negative_prompt] * len(prompts)
+
+    def step_end(pipe, step, timestep, tensors):  # diffusers' callback_on_step_end: must hand the tensors back
+        on_step(step + 1, pipe.num_timesteps)
+        return tensors
+
     return pipe(
         list(prompts),
         num_inference_steps=steps,
         guidance_scale=guidance,
         negative_prompt=negative,
         generator=generators,
+        callback_on_step_end=step_end if on_step else None,
     ).images
 
 
@@ -312,14 +321,14 @@ def token_positions(tokenizer, prompt, word):
 
 
 @torch.no_grad()
-def attention_maps(pipe, prompt, word, steps, guidance, seed, scheduler="dpmsolver"):
+def attention_maps(pipe, prompt, word, steps, guidance, seed, scheduler="dpmsolver", on_step=None):
     """(image, {side: map}, overall map): how much each latent pixel attended to `word`, averaged
     over heads, the layers of each resolution and all steps; overall = all resolutions, upsampled."""
     positions = token_positions(pipe.tokenizer, prompt, word)
     maps, default = [], pipe.unet.attn_processors
     pipe.unet.set_attn_processor({name: RecordCrossAttention(positions, maps) for name in default})
     try:
-        image = generate(pipe, [prompt], steps, scheduler, guidance, [seed])[0]
+        image = generate(pipe, [prompt], steps, scheduler, guidance, [seed], on_step=on_step)[0]
     finally:
         pipe.unet.set_attn_processor(default)
     by_resolution = {}
@@ -332,6 +341,17 @@ def attention_maps(pipe, prompt, word, steps, guidance, seed, scheduler="dpmsolv
         [F.interpolate(h[None, None], size=(top, top), mode="bilinear")[0, 0] for h in by_resolution.values()]
     ).mean(0)
     return image, by_resolution, overall
+
+
+def attention_picture(image, by_resolution, overall, prompt, token, out):
+    """{label: map} of `attention_maps`' maps, each layer resolution and all of them upsampled, and the
+    image with each map laid over it, written to `out`."""
+    maps = {f"{side}x{side} layers": heat for side, heat in by_resolution.items()}
+    maps["all layers, upsampled"] = overall
+    picture = viz.heatmap_overlays(
+        image, [(label, heat.numpy()) for label, heat in maps.items()], out, f"cross-attention to {token!r}: {prompt}"
+    )
+    return maps, picture
 
 
 def quadrant_shares(heat):
@@ -564,14 +584,7 @@ def main(argv=None):
         image, by_resolution, overall = attention_maps(
             pipe, args.prompt, args.token, args.steps, args.guidance, args.seed
         )
-        maps = {f"{side}x{side} layers": heat for side, heat in by_resolution.items()}
-        maps["all layers, upsampled"] = overall
-        picture = viz.heatmap_overlays(
-            image,
-            [(label, heat.numpy()) for label, heat in maps.items()],
-            args.out,
-            f"cross-attention to {args.token!r}: {args.prompt}",
-        )
+        maps, picture = attention_picture(image, by_resolution, overall, args.prompt, args.token, args.out)
         result = {
             "prompt": args.prompt,
             "token": args.token,

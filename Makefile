@@ -31,7 +31,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora qformer tiny-blip2-prompts tiny-blip2-compliance week8 week9 export serve serve-ray week10 week11 week12 tiny-models remake clean lavis-venv week2-lavis colab-env colab-test notebooks
+.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora qformer tiny-blip2-prompts tiny-blip2-compliance week8 week9 export serve serve-ray ui week10 week11 week12 tiny-models remake clean lavis-venv week2-lavis colab-env colab-test notebooks
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -207,6 +207,14 @@ serve-ray: $(VENV)/.installed ## the same API on Ray Serve (configs/serve/modera
 	@echo "moderation on Ray Serve: http://127.0.0.1:8000 once the log says the application is ready; Ctrl-C stops it"
 	$(OFFLINE) RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/serve run configs/serve/moderation.yaml
 
+$(VENV)/.ui-installed: $(VENV)/.installed
+	$(PIP) install --quiet -e '.[ui]'
+	touch $@
+
+UI_PORT ?= 7860
+ui: $(VENV)/.ui-installed ## the demos as a web app (Gradio) on $(HOST):$(UI_PORT), the tiny models (Ctrl-C stops it)
+	$(OFFLINE) $(PY) -m stage3_moderation.ui --host $(HOST) --port $(UI_PORT)
+
 # Starts the server in the background, waits for /readyz, runs week 10's curl examples (docs/week10.md), stops it.
 week10: $(VENV)/.installed ## the service: start it, the curl examples of docs/week10.md, stop it
 	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 4 --split test --out $(W10)/gallery
@@ -293,7 +301,7 @@ clean: ## remove outputs/ (keeps .venv and data/models)
 COLAB_VENV := .venv-colab
 COLAB_PY := $(COLAB_VENV)/bin/python
 COLAB_MARKERS := week1 or week2 or week3 or week4 or week5 or week6 or week7 or week8 or week9 or week10 \
-  or week11 or week12 or notebooks
+  or week11 or week12 or notebooks or ui
 $(COLAB_VENV)/.colab-installed: requirements-colab.txt pyproject.toml
 	python3 -m venv $(COLAB_VENV)
 	$(COLAB_PY) -m pip install --quiet "$$(grep -E '^torch==' requirements-colab.txt)"

@@ -1,5 +1,6 @@
 """docs/week10.md's tables: the service's liveness under load and under attack, from
-results/bench/moderation_liveness.json and results/bench/liveness.json (`make bench`)."""
+results/bench/moderation_liveness.json and results/bench/liveness.json (`make bench`); and docs/ui.md's
+time to answer of each tab of the web app, from results/ui/browser.json (its browser test, `make test`)."""
 
 import json
 
@@ -75,3 +76,18 @@ def example_answer(results):
         f"  {one_line('image_text_similarity')}, {one_line('mismatch')}}}]}}",
     ]
     return "\n```json\n" + "\n".join(lines) + "\n```\n"
+
+
+UI = "ui/browser.json"
+
+
+@value("week10.ui_seconds", [UI], "make test")
+def ui_seconds(results):
+    """How long each tab of the web app took to answer in the browser test (tests/test_ui.py)."""
+    r = results(UI)
+    s, g = r["seconds_to_answer"], r["generate"]
+    return (
+        f"search {s['search']} s (top 5 of the gallery), caption {s['caption']} s, generate {s['generate']} s "
+        f"({g['steps']} {g['scheduler']} steps and the cross-attention map of {g['word']!r}), moderate "
+        f"{s['moderate']} s (an image and a text), in Chromium {r['chromium']}"
+    )

@@ -17,6 +17,7 @@ IMAGES = None  # a folder of your own photos to send (on Colab, upload them into
 # The service's default engine is onnx-fp32, which needs an ONNX export: week 9's is used when it is there,
 # else one is made at start-up (a minute here). torch-fp32 starts at once.
 ENGINE = "torch-fp32"
+UI = False  # True: also the demos' web app (make ui) on this server, with a public share link on Colab
 
 # %%
 import atexit
@@ -118,11 +119,32 @@ metrics = http.get("/metrics").text.splitlines()
 print("\n".join(line for line in metrics if line.startswith(("moderation_batch_size_count", "moderation_cache_total"))))
 
 # %% [markdown]
+# ## The demos as a web app, with a link to share
+#
+# `make ui` on a laptop; here, with `UI = True` in the parameters cell, the same Gradio app
+# (stage3_moderation/ui.py, [docs/ui.md](../docs/ui.md)): search, caption and ask, generate on this
+# profile's models, and its Moderate tab asks the server started above. On Colab `--share` prints a
+# public gradio.live link (open for 72 hours) to show it from any browser; `app.close()` stops it.
+
+# %%
+if UI:
+    from stage3_moderation import ui
+
+    models = [f"--{family}={MODELS[family]}" for family in ("clip", "blip2", "sd")]
+    app = ui.start(
+        [*models, f"--port={loadgen.free_port()}", f"--moderation-url={url}"] + ["--share"] * colab.on_colab()
+    )
+else:
+    print("UI = False: set UI = True in the parameters cell to launch the web app here (make ui on a laptop)")
+
+# %% [markdown]
 # ## Stop the server
 #
 # Closing the context terminates the server process (and the HTTP client). Run this cell before you
 # leave; a re-run of the start cell also stops the earlier server first.
 
 # %%
+if UI:
+    app.close()
 services.close()
 print(f"server stopped: exit code {process.wait(10)}")

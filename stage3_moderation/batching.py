@@ -45,6 +45,9 @@ class Settings:
     max_wait_ms: float = 5.0
     max_queue: int = 256
     timeout_s: float = 30.0
+    # batches in flight at once: one in a process whose model call takes every core; the Ray Serve
+    # ingress (ray_app.py) runs as many as its model deployment has replicas to run them
+    concurrency: int = 1
 
 
 @dataclass(eq=False)  # compared by identity: the queue must never compare items (images, arrays)
@@ -62,24 +65,27 @@ class Batcher:
         on_batch(name, size, seconds) is called after every batch, on_drop(name) for every item
         that left the queue uncomputed, on_item(name, queue seconds) for every item answered (metrics)."""
         settings = settings or Settings()
-        if settings.max_batch_size < 1 or settings.max_queue < 1:
-            raise ValueError("max_batch_size and max_queue must be at least 1")
+        if min(settings.max_batch_size, settings.max_queue, settings.concurrency) < 1:
+            raise ValueError("max_batch_size, max_queue and concurrency must be at least 1")
         self.name, self.fn, self.settings = name, fn, settings
         self.on_batch, self.on_drop, self.on_item = on_batch, on_drop, on_item
         self.waiting = deque()  # Entry, oldest first
         self.arrived = asyncio.Event()
-        self.worker = None
+        self.workers = []
         self.computed = self.dropped = 0
 
     def start(self):
-        if self.worker is None:
-            self.worker = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
+        if not self.workers:
+            loop = asyncio.get_running_loop()
+            self.workers = [
+                loop.create_task(self._run(), name=f"batcher-{self.name}-{i}") for i in range(self.settings.concurrency)
+            ]
 
     async def stop(self):
-        if self.worker is not None:
-            self.worker.cancel()
-            await asyncio.gather(self.worker, return_exceptions=True)
-            self.worker = None
+        for worker in self.workers:
+            worker.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
+        self.workers = []
 
     @property
     def depth(self):

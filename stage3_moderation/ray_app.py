@@ -2,20 +2,24 @@
 
     make serve-ray      # serve run configs/serve/moderation.yaml: http://127.0.0.1:8000, Ctrl-C stops it
 
-    HTTP ──> Moderation (ingress, FastAPI)                  ──handle──> Clip  (@serve.batch: images, texts)
-             week 10's app.py + endpoints.py + inputs.py:   ──handle──> Blip2 (@serve.batch: captions)
+    HTTP ──> Moderation (ingress, FastAPI)                  ──handle, a batch──> Clip  (images, texts)
+             week 10's app.py + endpoints.py + inputs.py,   ──handle, a batch──> Blip2 (captions, questions)
              auth, validation, decoding, cache, policy,
-             the error shape
+             the error shape, and week 10's batchers
 
-The ingress is week 10's app itself (`app.create_app`): the same routes, validation, cache, policy
-and error responses. Only the seam differs: its Moderator's stages call the model deployments
-through Ray Serve handles, where week 10 puts items into its own batchers (service.Moderator's
-`stages`). Each model deployment runs the week-9 engine (MODERATION_ENGINE, ONNX by default) and
-batches with `@serve.batch`; Ray places its replicas on any machine of the cluster, restarts one
-that dies, autoscales between the config's bounds and refuses work past `max_queued_requests`.
+The ingress is week 10's app itself (`app.create_app`): the same routes, validation, cache, policy,
+error responses and batchers. Only the engine differs: the batchers' model calls go through Ray
+Serve handles to the model deployments, one call per batch (RemoteEngine). Each model deployment
+runs the week-9 engine (MODERATION_ENGINE, ONNX by default); Ray places its replicas on any
+machine of the cluster, restarts one that dies, autoscales between the config's bounds and
+refuses work past `max_queued_requests`.
+
+An earlier version sent each item through its own handle call and batched in the deployments
+with @serve.batch: three hops per image+text request, each pickling its arguments; batching before
+the hop makes it three per batch (docs/ray-serve.md measures both).
 
 Settings: MODERATION_* variables (the config's runtime_env) and the application's `args`, both
-Settings fields; batching: each model deployment's `user_config`.
+Settings fields, batching included (MODERATION_MAX_BATCH_SIZE ...), as in week 10.
 """
 
 import asyncio
@@ -34,7 +38,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from curriculum import REPO_ROOT, zoo
 from curriculum.cli import UserError
-from stage3_moderation import engines, errors, export_onnx, timing
+from stage3_moderation import engines, errors, export_onnx
 from stage3_moderation import policy as policies
 from stage3_moderation.app import create_app
 from stage3_moderation.batching import Overloaded
@@ -44,7 +48,6 @@ from stage3_moderation.settings import Settings, one_line
 
 CONFIG = REPO_ROOT / "configs" / "serve" / "moderation.yaml"
 APP = "moderation"
-BATCH_DEFAULTS = {"max_batch_size": 16, "batch_wait_timeout_s": 0.005}  # week 10's defaults: 16 items, 5 ms
 
 
 def settings_from(args):
@@ -55,88 +58,51 @@ def settings_from(args):
         raise UserError(f"moderation on Ray Serve: {one_line(e)}") from None
 
 
-async def timed(fn, items):
-    """fn(items) in a worker thread (the replica keeps answering), each output paired with its batch's
-    (size, seconds, first): `first` on one item only, so the ingress counts every batch once in its
-    metrics, while every request learns how long its batch's model call took (its Server-Timing)."""
-    start = time.perf_counter()
-    outputs = list(await asyncio.to_thread(fn, items))
-    seconds = time.perf_counter() - start
-    return [(output, (len(items), seconds, i == 0)) for i, output in enumerate(outputs)]
-
-
 class ModelDeployment:
-    """One week-9 engine in a replica; its batched methods' sizes come from the config's user_config."""
-
-    batched = ()  # the @serve.batch methods
+    """One week-9 engine in a replica. Each call is a whole batch, made by the ingress's batchers:
+    one handle call carries up to max_batch_size items, where a call per item cost a hop per item."""
 
     async def __init__(self, settings):
         s = settings_from(settings)
         self.questions = policies.load(s.policy).questions  # the ingress checked them (app.check_questions)
         self.engine = await asyncio.to_thread(engines.load, s.engine, s.clip, s.blip2, s.onnx_dir, s.threads)
-        await asyncio.to_thread(self.engine.warm_up, BATCH_DEFAULTS["max_batch_size"], self.questions)
-
-    def reconfigure(self, config):
-        """user_config: {max_batch_size, batch_wait_timeout_s}, changeable on a running application."""
-        config = BATCH_DEFAULTS | (config or {})
-        for name in self.batched:
-            getattr(self, name).set_max_batch_size(config["max_batch_size"])
-            getattr(self, name).set_batch_wait_timeout_s(config["batch_wait_timeout_s"])
+        largest = max(o.max_batch_size for o in s.options().batching.values())
+        await asyncio.to_thread(self.engine.warm_up, largest, self.questions)
 
     def describe(self):
         return {"engine": self.engine.name}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=4)
 class Clip(ModelDeployment):
-    batched = ("embed_image", "embed_text")
-
-    @serve.batch(**BATCH_DEFAULTS)
-    async def embed_image(self, images):
-        return await timed(self.engine.embed_images, images)
-
-    @serve.batch(**BATCH_DEFAULTS)
-    async def embed_text(self, texts):
-        return await timed(self.engine.embed_texts, texts)
+    async def embed_images(self, images):
+        return await asyncio.to_thread(self.engine.embed_images, images)
 
     async def embed_texts(self, texts):
-        """Unbatched: the policy's concepts, once at the ingress's start."""
         return await asyncio.to_thread(self.engine.embed_texts, texts)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=4)
 class Blip2(ModelDeployment):
-    batched = ("caption",)
-
-    @serve.batch(**BATCH_DEFAULTS)
-    async def caption(self, images):
+    async def read_images(self, images):
         """Readings: each image's caption and p(yes) to the policy's questions."""
-        return await timed(lambda chunk: self.engine.read_images(chunk, self.questions), images)
+        return await asyncio.to_thread(self.engine.read_images, images, self.questions)
 
 
 class RemoteEngine:
-    """What the Moderator asks of its engine outside the hot path, when the models are deployments:
-    its name, the CLIP tokenizer (token counts, loaded here: no model weights), and text vectors
-    once at start-up (the Moderator's constructor runs in a worker thread, so it may wait here)."""
+    """The engine of the ingress's Moderator when the models are deployments: week 10's batchers run
+    in the ingress, and each batch is one call through a handle (from the batcher's worker thread,
+    so the wait blocks no event loop). Ray's failures become the API's: a deployment whose queue is
+    full 503 overloaded, a replica that died under the batch 503 replica_failed."""
 
-    def __init__(self, clip, clip_name):
-        self.clip = clip
+    def __init__(self, clip, blip2, clip_name, timeout_s):
+        self.clip, self.blip2, self.timeout_s = clip, blip2, timeout_s
         self.name = clip.describe.remote().result()["engine"]
-        self.clip_processor = zoo.load_processor(clip_name, "clip")
+        self.clip_processor = zoo.load_processor(clip_name, "clip")  # token counts: no weights
 
-    def embed_texts(self, texts):
-        return self.clip.embed_texts.remote(list(texts)).result()
-
-
-def remote_stage(stage, method, metrics, timeout_s):
-    """async fn(item) -> output through a deployment handle: the Moderator's stage, as a batcher's
-    submit is in week 10, with the same failures in the API's error shape: a full queue is 503
-    overloaded, a replica that died under the request 503 replica_failed, too slow 504."""
-
-    async def submit(item):
-        sent = time.perf_counter()
+    def call(self, stage, method, items):
         try:
-            output, (size, seconds, first) = await asyncio.wait_for(method.remote(item), timeout_s)
+            return method.remote(list(items)).result(timeout_s=self.timeout_s)
         except BackPressureError as e:
             raise Overloaded(f"the {stage} deployment is overloaded: {e.message.strip().rstrip('.')}") from None
         except (RayActorError, ActorUnavailableError, DeploymentUnavailableError):
@@ -145,44 +111,51 @@ def remote_stage(stage, method, metrics, timeout_s):
                 "replica_failed",
                 1,
             ) from None
-        if first:
-            metrics.on_batch(stage, size, seconds)
-        if (request := timing.current.get()) is not None:
-            # the handle's round trip: the model call, and before it the queue, routing and transport
-            returned = time.perf_counter()
-            request.item(queued=sent, started=returned - seconds, finished=returned)
-        return output
 
-    return submit
+    def embed_images(self, images):
+        return self.call("clip_image", self.clip.embed_images, images)
+
+    def embed_texts(self, texts):
+        return self.call("clip_text", self.clip.embed_texts, texts)
+
+    def read_images(self, images, questions):
+        return self.call("caption", self.blip2.read_images, images)  # the replica asks its policy's questions
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
 @serve.ingress()
 class Moderation:
-    """Week 10's FastAPI app as the ingress, its models behind the two deployments' handles."""
+    """Week 10's FastAPI app as the ingress, its batchers over the two deployments' handles."""
 
-    def __init__(self, clip, blip2, settings):
+    def __init__(self, clip, blip2, settings, replicas):
         self.clip, self.blip2, self.settings = clip, blip2, settings_from(settings)
+        self.replicas = replicas  # {stage: the most replicas its deployment runs}: batches in flight at once
 
     def load(self, service):
-        """app.py's loader for this front end (run in a worker thread): a Moderator whose stages are handles."""
-        s, metrics = service.settings, service.metrics
-        stages = {
-            "clip_image": remote_stage("clip_image", self.clip.embed_image, metrics, s.timeout_s),
-            "clip_text": remote_stage("clip_text", self.clip.embed_text, metrics, s.timeout_s),
-            "caption": remote_stage("caption", self.blip2.caption, metrics, s.timeout_s),
-        }
-        return Moderator(RemoteEngine(self.clip, s.clip), service.policy, s.options(), metrics, stages)
+        """app.py's loader for this front end (run in a worker thread): week 10's Moderator, batching
+        here, whose engine is the deployments; a stage keeps a batch in flight per replica."""
+        s = service.settings
+        options = s.options()
+        for stage, batching in options.batching.items():
+            batching.concurrency = self.replicas[stage]
+        engine = RemoteEngine(self.clip, self.blip2, s.clip, s.timeout_s)
+        return Moderator(engine, service.policy, options, service.metrics)
 
     def __serve_build_asgi_app__(self):
         return create_app(self.settings, load=self.load)
 
 
+def most_replicas(options):
+    return options.get("autoscaling_config", {}).get("max_replicas") or options.get("num_replicas", 1)
+
+
 def build(args):
     """The application (`import_path: stage3_moderation.ray_app:build` in a Serve config); args:
     Settings fields, e.g. {"onnx_dir": ...}. Exports ONNX here, once, if it is missing, so the
-    replicas never race to write it."""
-    return application(args)
+    replicas never race to write it. Serve applies a config's deployment options after this builds,
+    so the batches the ingress keeps in flight per stage come from configs/serve/moderation.yaml's
+    replicas: a config that runs more replicas of a model should match them there."""
+    return application(args, config_options())
 
 
 def application(args=None, deployments=None):
@@ -192,7 +165,9 @@ def application(args=None, deployments=None):
     if s.engine.startswith("onnx"):
         export_onnx.ensure_exported(s.clip, s.blip2, s.onnx_dir)
     clip, blip2, ingress = (d.options(**deployments.get(d.name, {})) for d in (Clip, Blip2, Moderation))
-    return ingress.bind(clip.bind(args), blip2.bind(args), args)
+    clips, blip2s = (most_replicas(deployments.get(d.name, {})) for d in (Clip, Blip2))
+    replicas = {"clip_image": clips, "clip_text": clips, "caption": blip2s}
+    return ingress.bind(clip.bind(args), blip2.bind(args), args, replicas)
 
 
 def config_options(path=CONFIG, **changes):
@@ -208,16 +183,29 @@ def config_options(path=CONFIG, **changes):
 
 
 @contextmanager
-def serving(args=None, deployments=None, num_cpus=2, ready_timeout=300):
+def serving(args=None, deployments=None, num_cpus=2, ready_timeout=300, direct_ingress=False):
     """A local Ray cluster of num_cpus CPUs serving the application on a free loopback port; yields
-    its base URL once /readyz says ready, then shuts Serve and Ray down (the tests and the benchmark)."""
+    its base URL once /readyz says ready, then shuts Serve and Ray down (the tests and the benchmark).
+    direct_ingress: the URL is the ingress replica's own HTTP server, with no proxy in front (Ray
+    2.60's experimental RAY_SERVE_ENABLE_DIRECT_INGRESS, which every Ray process inherits from here)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report over the network
+    direct = {}
+    if direct_ingress:
+        first = free_port()  # the replicas' ports are taken from here on: this one is free now
+        direct = {
+            "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + 100),
+        }
+    before = {name: os.environ.get(name) for name in direct}
+    os.environ.update(direct)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
         serve.run(application(args, deployments), name=APP, route_prefix="/", blocking=False)
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + ready_timeout
+        url = f"http://127.0.0.1:{direct['RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT'] if direct else port}"
+        deadline = time.monotonic() + ready_timeout
         while True:
             try:
                 if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
@@ -231,3 +219,8 @@ def serving(args=None, deployments=None, num_cpus=2, ready_timeout=300):
     finally:
         serve.shutdown()
         ray.shutdown()
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value

@@ -105,32 +105,27 @@ class Metrics:
 
 
 class Moderator:
-    def __init__(self, engine, policy, options=None, metrics=None, stages=None):
+    def __init__(self, engine, policy, options=None, metrics=None):
         """engine: the models, which embed the policy's concepts once here and count tokens (its CLIP
-        tokenizer); stages: how each item reaches a model in the hot path, {stage: async fn(item) ->
-        output}. By default one week-10 batcher per stage in this process, over the engine; the Ray
-        Serve app (ray_app.py) passes calls to its model deployments instead, which batch there."""
+        tokenizer); one batcher per stage over it. In week 10 the engine is in this process; the Ray
+        Serve ingress (ray_app.py) passes one whose calls go to its model deployments, a batch a call."""
         self.engine, self.policy, self.options = engine, policy, options or Options()
         options = self.options
         self.metrics = metrics or Metrics()
         self.cache = LRUCache(options.cache_entries, options.cache_bytes)
-        self.batchers = {}
-        if stages is None:
-            fns = {
-                "clip_image": lambda images: list(engine.embed_images(images)),
-                "clip_text": lambda texts: list(engine.embed_texts(texts)),
-                "caption": lambda images: engine.read_images(images, policy.questions),
-            }
-            self.batchers = {
-                s: batching.Batcher(
-                    s, fns[s], options.batching[s], self.metrics.on_batch, self.metrics.on_drop, self.metrics.on_item
-                )
-                for s in STAGES
-            }
-            for stage, batcher in self.batchers.items():
-                self.metrics.queue_depth.labels(stage).set_function(lambda b=batcher: b.depth)
-            stages = {s: b.submit for s, b in self.batchers.items()}
-        self.stages = stages
+        fns = {
+            "clip_image": lambda images: list(engine.embed_images(images)),
+            "clip_text": lambda texts: list(engine.embed_texts(texts)),
+            "caption": lambda images: engine.read_images(images, policy.questions),
+        }
+        self.batchers = {
+            s: batching.Batcher(
+                s, fns[s], options.batching[s], self.metrics.on_batch, self.metrics.on_drop, self.metrics.on_item
+            )
+            for s in STAGES
+        }
+        for stage, batcher in self.batchers.items():
+            self.metrics.queue_depth.labels(stage).set_function(lambda b=batcher: b.depth)
         self.concepts = dict(zip(policy.concepts, engine.embed_texts(policy.concepts))) if policy.concepts else {}
         self.dimension = engine.embed_texts(["a"]).shape[1]
 
@@ -146,7 +141,7 @@ class Moderator:
         value = self.cache.get(key)
         self.metrics.cache.labels(stage, "hit" if value is not None else "miss").inc()
         if value is None:
-            value = await self.stages[stage](frame.image)
+            value = await self.batchers[stage].submit(frame.image)
             self.cache.put(key, value)
         return value
 
@@ -158,7 +153,7 @@ class Moderator:
         return await self._cached("caption", frame, tenant)
 
     async def embed_text(self, text):
-        return await self.stages["clip_text"](text)
+        return await self.batchers["clip_text"].submit(text)
 
     def count_tokens(self, texts):
         """CLIP tokens per text, as the model reads them (truncated to its context): OpenAI's usage."""

@@ -163,32 +163,58 @@ RAY = "bench/ray.json"
 
 def ray_serve(r):
     rows = [
-        [x["server"], x["concurrency"], x["requests_per_s"], x["p50_ms"], x["p99_ms"], x["errors"]] for x in r["rows"]
+        [x["server"], x["concurrency"], x["requests_per_s"], x["p50_ms"], x["p99_ms"], x["server_cpu_ms_per_request"]]
+        + [x["errors"]]
+        for x in r["rows"]
     ]
-    return Table(["server", "concurrency", "requests/s", "p50 ms", "p99 ms", "errors"], rows)
+    header = ["server", "concurrency", "requests/s", "p50 ms", "p99 ms", "server CPU ms per request", "errors"]
+    return Table(header, rows)
 
 
 bench_table("week11.ray_serve", 11, "The single process vs Ray Serve, same workload, one run", RAY, ray_serve)
+
+PROCESSES = ("ingress", "proxy", "clip", "blip2", "controller", "ray daemons and workers")
+
+
+def ray_cpu(r):
+    """Where each server's CPU goes at 32 clients: milliseconds per answered request, by process."""
+    rows = []
+    for x in r["rows"]:
+        if x["concurrency"] == 32 and x["server"].startswith("Ray"):
+            by = x["cpu_ms_by_process"]
+            rows.append([x["server"], *(by.get(name, 0.0) for name in PROCESSES), x["server_cpu_ms_per_request"]])
+    return Table(["server (32 clients)", *PROCESSES, "all"], rows)
+
+
+bench_table("week11.ray_cpu", 11, "Ray Serve's CPU per request, by process", RAY, ray_cpu)
 
 
 @value("week11.ray_workload", [RAY], "make bench")
 def ray_workload(results):
     r = results(RAY)
-    return f"{r['workload']}, engine {r['engine']}; {r['cpus']} CPU cores, shared by the server and {r['client']}"
+    cores = r["server_cpus"] if isinstance(r["server_cpus"], str) else ", ".join(map(str, r["server_cpus"]))
+    where = f"the server on core {cores}, {r['client']} on the rest"
+    return f"{r['workload']}, engine {r['engine']}; {r['cpus']} CPU cores: {where}"
 
 
 @value("week11.ray_costs", [RAY], "make bench")
 def ray_costs(results):
-    """Ray's cost at one client (latency added by its hops) and what a second BLIP-2 replica gives at 32."""
+    """Ray's cost at one client, and at 32: through its proxy, with two BLIP-2 replicas, and with direct ingress."""
     at = {(x["server"], x["concurrency"]): x for x in results(RAY)["rows"]}
     one, ray1, ray2 = "single process (week 10)", "Ray Serve, 1 BLIP-2 replica", "Ray Serve, 2 BLIP-2 replicas"
+    direct = "Ray Serve, 1 BLIP-2 replica, direct ingress"
     c1, c32 = at[one, 1], at[one, 32]
+
+    def share(name):
+        return f"{at[name, 32]['requests_per_s'] / c32['requests_per_s']:.2f}×"
+
     return (
-        f"at one client, p50 {at[ray1, 1]['p50_ms']} ms on Ray against {c1['p50_ms']} ms in one process "
-        f"({at[ray1, 1]['requests_per_s'] / c1['requests_per_s']:.2f}× the requests/s); at 32 clients, "
-        f"{at[ray1, 32]['requests_per_s']} requests/s with one BLIP-2 replica and {at[ray2, 32]['requests_per_s']} "
-        f"with two, against {c32['requests_per_s']} in one process "
-        f"({at[ray2, 32]['requests_per_s'] / c32['requests_per_s']:.2f}×)"
+        f"at one client, p50 {at[ray1, 1]['p50_ms']} ms on Ray against {c1['p50_ms']} ms in one process; at 32 "
+        f"clients, against {c32['requests_per_s']} requests/s in one process ({c32['server_cpu_ms_per_request']} ms "
+        f"of CPU each), Ray Serve answers {at[ray1, 32]['requests_per_s']} through its proxy ({share(ray1)}, "
+        f"{at[ray1, 32]['server_cpu_ms_per_request']} ms each), {at[ray2, 32]['requests_per_s']} with two BLIP-2 "
+        f"replicas ({share(ray2)}) and {at[direct, 32]['requests_per_s']} with direct ingress ({share(direct)}, "
+        f"{at[direct, 32]['server_cpu_ms_per_request']} ms each)"
     )
 
 

@@ -52,11 +52,12 @@ def test_the_search_checks_can_fail(checks):
 
 def test_each_beam_search_mistake_fails_a_check():
     """The checks can fail: each mistake of decoding_lab.MISTAKES, put into the beam search, makes at
-    least one of `check`'s beam-search checks differ from generate() on its 20 cases (the beam
-    checks only, without the library's other searches: about half a minute on 2 idle cores)."""
-    result = decoding_lab.run_mistakes()
+    least one of `check`'s beam-search checks differ from generate() on the first 12 of its 20 cases
+    (the reference run over all 20, results/week5/mistakes.json, first catches them on cases 3, 1
+    and 9; 12 cases instead of 20 save `make test` about 10 s)."""
+    result = decoding_lab.run_mistakes(cases=decoding_lab.check_cases()[:12])
     assert [row["mistake"] for row in result["mistakes"]] == list(decoding_lab.MISTAKES)
-    assert result["cases"] == 20 and result["checks"] == [name for name, _ in decoding_lab.BEAM_CHECKS]
+    assert result["cases"] == 12 and result["checks"] == [name for name, _ in decoding_lab.BEAM_CHECKS]
     for row in result["mistakes"]:
         assert row["failed"] and row["failures"] >= len(row["failed"]) and row["caught_on"], row
 

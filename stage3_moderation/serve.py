@@ -20,7 +20,10 @@ A reverse proxy in front (nginx, a cloud load balancer) should set its own: it s
 address, so it can also limit connections per client, which this process (behind it) cannot.
 """
 
+import fcntl
 import json
+import struct
+import termios
 from http import HTTPStatus
 
 import uvicorn
@@ -33,6 +36,7 @@ from stage3_moderation.errors import BadInput
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LINGER_S = 1.0  # a refused client's last bytes are read and dropped this long, no more
+LATE_READ_S = 0.05  # a clock that ran out with bytes unread looks again this much later
 
 
 def raw_response(error):
@@ -101,11 +105,29 @@ class LimitedHttp(HttpToolsProtocol):
             self.timer.cancel()
             self.timer = None
 
+    def unread_bytes(self):
+        """The bytes the kernel holds for this connection that the loop has not read yet."""
+        try:
+            fd = self.transport.get_extra_info("socket").fileno()
+            return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, bytes(4)))[0]
+        except (AttributeError, OSError):  # closed meanwhile
+            return 0
+
+    def timeout_keep_alive_handler(self):
+        """uvloop runs the timers that are due before it reads the sockets: after a stall (a busy
+        machine, a paused VM) the next request may be here, unread. Closing then would reset it."""
+        if not self.unread_bytes():
+            super().timeout_keep_alive_handler()
+
     def time_up(self, part, seconds):
         """The request's headers or body did not arrive in time: 408 if nothing was answered yet,
         then the connection is closed; the app, if it was reading the body, sees the client gone.
-        A pipelined request waits while an earlier one on its connection is being answered."""
+        A pipelined request waits while an earlier one on its connection is being answered, and
+        bytes that arrived but were not read yet (the loop was late, see above) are read first."""
         self.timer = None
+        if self.unread_bytes():
+            self.timer = self.loop.call_later(LATE_READ_S, self.time_up, part, seconds)
+            return
         earlier = self.pipeline if part == "body" else self.cycle is not None and not self.cycle.response_complete
         if earlier:
             self.start_clock(part)

@@ -93,7 +93,8 @@ def start_service(onnx_export):
 def serve_in_thread(onnx_export):
     """serve_in_thread(**settings) -> (base URL, app): a real server on loopback (serve.config: uvicorn
     with the HTTP limits), in a thread of this process, so a test can reach into the app (hold a
-    stage, break a function) while clients talk to it over real sockets. Stopped after the test."""
+    stage, break a function) or its event loop (`app.state.loop`) while clients talk to it over real
+    sockets. Stopped after the test."""
     import threading
     import time
 
@@ -118,6 +119,7 @@ def serve_in_thread(onnx_export):
         while True:
             try:
                 if httpx.get(f"{url}/readyz").status_code == 200:
+                    app.state.loop = server.servers[0].get_loop()
                     return url, app
             except httpx.HTTPError:
                 pass

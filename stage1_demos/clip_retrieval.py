@@ -192,6 +192,16 @@ def top_hits(index, meta, query, k):
     ]
 
 
+def query_hits(index, meta, load, text=None, image=None, k=5, lang="auto"):
+    """(language, top-k hits) of one query on a loaded index: a text (in its language) or a PIL image.
+    load(family) gives the loaded 'clip' or 'clip-zh', asked for after the query is checked."""
+    language = query_language(text, lang) if text is not None else None
+    if language == "zh":
+        check_chinese(meta["model"])
+    clip_zh = load("clip-zh") if language == "zh" else None
+    return language, top_hits(index, meta, embed_query(load("clip"), text, image, language, clip_zh), k)
+
+
 def search(index_dir, text=None, image=None, k=5, device="auto", lang="auto"):
     """Top-k gallery images for a text or an image query, with the index's own model. Chinese
     text goes through the Chinese tower distilled into that model's space: the same index serves both."""
@@ -199,12 +209,11 @@ def search(index_dir, text=None, image=None, k=5, device="auto", lang="auto"):
         raise cli.UserError("give exactly one query: --text or --image")
     index, meta = load_index(index_dir)
     query_image = load_image(image) if image is not None else None
-    language = query_language(text, lang) if text is not None else None
-    if language == "zh":
-        check_chinese(meta["model"])
-    clip = zoo.load_clip(meta["model"], device)
-    clip_zh = zoo.load_clip_zh("tiny", device) if language == "zh" else None
-    results = top_hits(index, meta, embed_query(clip, text, query_image, language, clip_zh), k)
+
+    def load(family):
+        return zoo.load_clip(meta["model"], device) if family == "clip" else zoo.load_clip_zh("tiny", device)
+
+    language, results = query_hits(index, meta, load, text, query_image, k, lang)
     query = {"text": text, "lang": language} if text is not None else {"image": str(image)}
     return {"query": query, "results": results}
 

@@ -113,6 +113,9 @@ def read_upload(path):
     return images.decode(data, LIMITS, all_frames=False)[0].image
 
 
+LOADERS = {"clip": zoo.load_clip, "clip-zh": zoo.load_clip_zh, "blip2": zoo.load_blip2, "sd": zoo.load_sd}
+
+
 class Models:
     """The app's models, each loaded once on first use (a lock: two tabs asking at once load it once)."""
 
@@ -121,15 +124,15 @@ class Models:
         self.device, self.lock, self.loaded = device, threading.Lock(), {}
 
     def get(self, family):
-        loaders = {"clip": zoo.load_clip, "clip-zh": zoo.load_clip_zh, "blip2": zoo.load_blip2, "sd": zoo.load_sd}
         with self.lock:
             if family not in self.loaded:
-                self.loaded[family] = loaders[family](self.names.get(family, "tiny"), self.device)
+                self.loaded[family] = LOADERS[family](self.names.get(family, "tiny"), self.device)
             return self.loaded[family]
 
 
 # ---------------------------------------------------------------- search (week 1)
 INDEXING = threading.Lock()  # two searches at once export the default gallery, and index a folder, once
+INDEXES = {}  # index folder -> (FAISS index, meta), read once
 
 
 def gallery_folder(text):
@@ -158,7 +161,9 @@ def index_for(folder, clip, device):
     with INDEXING:
         if not (index_dir / clip_retrieval.META_FILE).exists():
             clip_retrieval.build_index(folder, index_dir, clip, device)
-    return clip_retrieval.load_index(index_dir)
+        if index_dir not in INDEXES:
+            INDEXES[index_dir] = clip_retrieval.load_index(index_dir)
+        return INDEXES[index_dir]
 
 
 def search_tab(models):
@@ -169,12 +174,7 @@ def search_tab(models):
             raise cli.UserError("type a query or upload an image (one of the two; clear the other)")
         image = read_upload(image_path) if image_path is not None else None
         index, meta = index_for(gallery_folder(gallery), models.names["clip"], models.device)
-        language = clip_retrieval.query_language(text) if text else None
-        if language == "zh":
-            clip_retrieval.check_chinese(meta["model"])
-        clip_zh = models.get("clip-zh") if language == "zh" else None
-        query = clip_retrieval.embed_query(models.get("clip"), text, image, language, clip_zh)
-        hits = clip_retrieval.top_hits(index, meta, query, int(k))
+        _, hits = clip_retrieval.query_hits(index, meta, models.get, text, image, int(k))
         return [
             (open_image(h["path"]), f"#{n} {h['score']:.3f} {h['caption'] or Path(h['path']).name}")
             for n, h in enumerate(hits, 1)
@@ -450,8 +450,19 @@ def build_parser():
     return p
 
 
+class Running:
+    """The app serving in the background: `blocks` (Gradio's), and close() for it and its moderation."""
+
+    def __init__(self, blocks, moderation):
+        self.blocks, self.moderation = blocks, moderation
+
+    def close(self):
+        self.blocks.close()
+        self.moderation.close()
+
+
 def start(argv=None):
-    """The app, serving in the background (a notebook's cell returns at once; `app.close()` stops it)."""
+    """The app, serving in the background (a notebook's cell returns at once; `close()` stops it)."""
     args = build_parser().parse_args(argv)
     models = Models(args.clip, args.blip2, args.sd, args.device)
     moderation = Moderation(args.moderation_url, args.clip, args.blip2)
@@ -471,17 +482,15 @@ def start(argv=None):
         moderation.close()
         raise cli.UserError(f"cannot listen on {args.host}:{args.port} ({e}): choose another --port") from None
     print(f"the demos: {app.local_url} (moderation: {moderation.where}); Ctrl-C stops", flush=True)
-    app.moderation = moderation
-    return app
+    return Running(app, moderation)
 
 
 def main(argv=None):
-    app = start(argv)
+    running = start(argv)
     try:
-        app.block_thread()  # until Ctrl-C, which closes the server
+        running.blocks.block_thread()  # until Ctrl-C, which closes the server
     finally:
-        app.close()
-        app.moderation.close()
+        running.close()
 
 
 if __name__ == "__main__":

@@ -178,12 +178,18 @@ class Moderator:
         outputs = await all_or_none(*jobs)
         with timing.stage("policy"):
             text_vector = outputs.pop() if text else None
-            results = []
-            for views in outputs:
-                # the text fits a frame when it fits some part of it: the best view's cosine, not the worst
-                similarity = None if text_vector is None else max(float(np.dot(v, text_vector)) for v, _ in views)
-                for vector, reading in views:
-                    scores = {c: float(np.dot(vector, v)) for c, v in self.concepts.items()}
-                    answers = dict(zip(self.policy.questions, reading.answers))
-                    results.append(policies.decide(self.policy, text, scores, reading.caption, similarity, answers))
-            return policies.worst(results)
+            return judge(self.policy, self.concepts, text, outputs, text_vector)
+
+
+def judge(policy, concepts, text, frames, text_vector=None):
+    """The policy's result for a text and an image's frames, each frame a list of its views'
+    (unit vector, Reading); concepts: {concept: unit vector}. The worst view decides."""
+    results = []
+    for views in frames:
+        # the text fits a frame when it fits some part of it: the best view's cosine, not the worst
+        similarity = None if text_vector is None else max(float(np.dot(v, text_vector)) for v, _ in views)
+        for vector, reading in views:
+            scores = {c: float(np.dot(vector, v)) for c, v in concepts.items()}
+            answers = dict(zip(policy.questions, reading.answers))
+            results.append(policies.decide(policy, text, scores, reading.caption, similarity, answers))
+    return policies.worst(results)

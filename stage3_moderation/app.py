@@ -317,6 +317,7 @@ async def load_in_background(service, decoder):
             "captions": service.settings.blip2,
         }
         service.api = Api(moderator, service.settings.limits(), service.budget, decoder, names)
+        engines.freeze_heap()  # after the models load: only the requests' objects are collected
         log.info("ready: engine %s, policy %s", moderator.engine.name, service.settings.policy)
     except Exception as e:  # kept for /readyz: the process stays up to say what went wrong
         service.load_error = f"{type(e).__name__}: {e}"

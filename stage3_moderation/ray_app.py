@@ -68,6 +68,7 @@ class ModelDeployment:
         self.engine = await asyncio.to_thread(engines.load, s.engine, s.clip, s.blip2, s.onnx_dir, s.threads)
         largest = max(o.max_batch_size for o in s.options().batching.values())
         await asyncio.to_thread(self.engine.warm_up, largest, self.questions)
+        engines.freeze_heap()
 
     def describe(self):
         return {"engine": self.engine.name}
@@ -138,6 +139,7 @@ class Moderation:
         options = s.options()
         for stage, batching in options.batching.items():
             batching.concurrency = self.replicas[stage]
+        options.model_calls = None  # they run in the replicas, each on its own CPUs
         engine = RemoteEngine(self.clip, self.blip2, s.clip, s.timeout_s)
         return Moderator(engine, service.policy, options, service.metrics)
 

@@ -107,10 +107,12 @@ class LimitedHttp(HttpToolsProtocol):
 
     def unread_bytes(self):
         """The bytes the kernel holds for this connection that the loop has not read yet."""
+        if self.transport.is_closing():
+            return 0
         try:
             fd = self.transport.get_extra_info("socket").fileno()
             return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, bytes(4)))[0]
-        except (AttributeError, OSError):  # closed meanwhile
+        except (AttributeError, OSError, ValueError):  # closed meanwhile (a closed socket's fileno is -1)
             return 0
 
     def timeout_keep_alive_handler(self):

@@ -14,7 +14,10 @@ policy's questions (engines.read_images): the same image queries, one more prefi
 """
 
 import asyncio
+import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -32,6 +35,10 @@ class Options:
     batching: dict = field(default_factory=lambda: {s: batching.Settings() for s in STAGES})
     cache_entries: int = 4096
     cache_bytes: int = 64 * 2**20
+    # Model calls running at once, over all stages; None: no limit (the Ray Serve ingress, whose
+    # calls run in replicas elsewhere). Past what the cores can run, a call only time-slices them
+    # with the others, and every batch finishes later: settings.py sets cores // threads.
+    model_calls: Optional[int] = None
 
 
 class Metrics:
@@ -113,10 +120,19 @@ class Moderator:
         options = self.options
         self.metrics = metrics or Metrics()
         self.cache = LRUCache(options.cache_entries, options.cache_bytes)
+        calls = threading.BoundedSemaphore(options.model_calls) if options.model_calls else nullcontext()
+
+        def limited(fn):
+            def call(items):
+                with calls:
+                    return fn(items)
+
+            return call
+
         fns = {
-            "clip_image": lambda images: list(engine.embed_images(images)),
-            "clip_text": lambda texts: list(engine.embed_texts(texts)),
-            "caption": lambda images: engine.read_images(images, policy.questions),
+            "clip_image": limited(lambda images: list(engine.embed_images(images))),
+            "clip_text": limited(lambda texts: list(engine.embed_texts(texts))),
+            "caption": limited(lambda images: engine.read_images(images, policy.questions)),
         }
         self.batchers = {
             s: batching.Batcher(

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # One thread per model call: the three stages already run side by side on their own threads,
     # so more would oversubscribe the cores (measured: 1 and 2 are within noise on 2 cores).
     threads: PositiveInt = 1
+    # Model calls at once over the three stages (default: the cores this process may use // threads):
+    # past that a call only time-slices the cores with the others, and every batch finishes later
+    # (measured in docs/week11.md, "the batchers people deploy").
+    model_calls_at_once: Optional[PositiveInt] = None
     decode_threads: PositiveInt = 2  # image decoding, off the event loop
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()  # comma-separated; empty: no authentication
     auth_metrics_and_docs: bool = False  # with api_keys: /metrics, /docs and /openapi.json need a key too
@@ -161,7 +165,8 @@ class Settings(BaseSettings):
                 size or self.max_batch_size, self.max_wait_ms if wait is None else wait, self.max_queue, self.timeout_s
             )
 
-        return Options({name: stage(name) for name in STAGES}, cache_entries=self.cache_entries)
+        calls = self.model_calls_at_once or max(1, len(os.sched_getaffinity(0)) // self.threads)
+        return Options({name: stage(name) for name in STAGES}, cache_entries=self.cache_entries, model_calls=calls)
 
 
 def one_line(error: ValidationError):

@@ -31,7 +31,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora qformer tiny-blip2-prompts tiny-blip2-compliance week8 week9 export serve serve-ray ui week10 week11 week12 tiny-models remake clean lavis-venv week2-lavis colab-env colab-test notebooks
+.PHONY: help install demo lint test docs report bench train week1 week2 week3 week4 week5 week6 week7 lora qformer tiny-blip2-prompts tiny-blip2-compliance week8 week9 export serve serve-ray ui week10 week11 week12 tiny-models remake clean lavis-venv triton-venv peers bench-peers peers-test week2-lavis colab-env colab-test notebooks
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -69,8 +69,8 @@ lint: $(VENV)/.installed ## ruff (lint and format) and the import contracts (one
 	$(VENV)/bin/lint-imports
 
 # The JUnit XML is what `make report` reads each milestone's status from.
-test: lint ## the linters, then every milestone's tests
-	$(OFFLINE) $(PYTEST) --junitxml=outputs/tests.xml
+test: lint ## the linters, then every milestone's tests (the serving peers' have their own target: peers-test)
+	$(OFFLINE) $(PYTEST) -m "not peers" --junitxml=outputs/tests.xml
 
 docs: $(VENV)/.installed ## rewrite the docs' measured tables from results/ (the reference run)
 	$(PY) -m curriculum.docs
@@ -82,7 +82,7 @@ report: $(VENV)/.installed ## your lab notebook: outputs/report.html from whatev
 	$(PY) -m curriculum.report
 
 test-week%: $(VENV)/.installed ## run one milestone, e.g. make test-week1
-	$(OFFLINE) $(PYTEST) -m week$*
+	$(OFFLINE) $(PYTEST) -m "week$* and not peers"
 
 week1: $(VENV)/.installed ## CLIP retrieval: gallery, index, text and image queries, recall table, zero-shot classification
 	$(OFFLINE) $(PY) -m curriculum.shapesworld export --n 300 --split test --out $(W1)/gallery
@@ -239,12 +239,33 @@ week12: $(VENV)/.installed ## interview: tensor drills, the question list, STAR 
 	$(OFFLINE) $(PY) -m interview.star --out outputs/week12/star.md
 	@echo "quiz yourself: $(PY) -m interview.drill"
 
-bench: $(VENV)/.installed ## benchmarks, as ratios measured in one run: training on 1 vs 2 processes, KV cache (week 5), engines, service, Ray Serve (week 11)
+bench: $(VENV)/.installed ## benchmarks, as ratios measured in one run: training on 1 vs 2 processes, KV cache (week 5), engines, service, Ray Serve, the serving peers (week 11)
 	$(OFFLINE) $(PY) -m curriculum.train_bench --out outputs/bench
 	$(DECODING) bench --out outputs/bench/kv_cache.json
 	$(OFFLINE) $(PY) -m stage3_moderation.bench --out outputs/bench
 	$(OFFLINE) $(PY) -m stage3_moderation.ray_bench --out outputs/bench/ray.json
 	$(OFFLINE) $(PY) -m stage3_moderation.liveness --out outputs/bench/liveness.json
+	$(MAKE) bench-peers
+
+# The serving peers of week 10's batcher (issue 31): LitServe in .venv (the `peers` extra), Triton
+# through PyTriton in .venv-triton (it pins numpy<2: stage3_moderation/triton_venv.sh says why each step).
+$(VENV)/.peers-installed: $(VENV)/.installed
+	$(PIP) install --quiet -e '.[peers]'
+	touch $@
+
+TRITON_VENV := .venv-triton
+$(TRITON_VENV)/.installed: stage3_moderation/triton_venv.sh pyproject.toml
+	bash stage3_moderation/triton_venv.sh $(TRITON_VENV)  # it writes $@ once its import check passes
+
+triton-venv: $(TRITON_VENV)/.installed ## the virtual environment Triton (PyTriton) serves from: .venv-triton
+
+peers: $(VENV)/.peers-installed $(TRITON_VENV)/.installed
+
+bench-peers: peers ## week 10's batcher against LitServe, Triton (PyTriton) and Ray Serve: outputs/bench/peers.json, peers.png
+	$(OFFLINE) $(PY) -m stage3_moderation.peers_bench --out outputs/bench/peers.json
+
+peers-test: peers ## the serving peers' parity and bad-input tests (LitServe, Triton), in CI
+	$(OFFLINE) $(PYTEST) -m peers --junitxml=outputs/peers-tests.xml
 
 # make train MODEL=clip NPROC=2 ARGS="--steps 300": one trainer on NPROC processes (accelerate launch),
 # written to outputs/train/MODEL unless ARGS names another --out; --resume continues a killed run.
@@ -313,7 +334,7 @@ $(COLAB_VENV)/.colab-installed: requirements-colab.txt pyproject.toml
 colab-env: $(COLAB_VENV)/.colab-installed ## .venv-colab: Colab's library versions (requirements-colab.txt)
 
 colab-test: $(COLAB_VENV)/.colab-installed ## the weeks' tests and the notebooks on Colab's library versions, in .venv-colab
-	$(OFFLINE) $(COLAB_PY) -m pytest -m "$(COLAB_MARKERS)" --junitxml=outputs/colab-tests.xml
+	$(OFFLINE) $(COLAB_PY) -m pytest -m "($(COLAB_MARKERS)) and not peers" --junitxml=outputs/colab-tests.xml
 
 # Optional LAVIS backend for week 2. LAVIS 1.0.2 pins transformers<4.27, so it gets a venv of its
 # own (torch chosen by the .torch rule above, as for .venv) and runs only as a subprocess of

@@ -277,15 +277,16 @@ def batch_totals(url):
     return totals
 
 
-def closed_loop(url, bodies, concurrency, seconds, server_pid=None):
+def closed_loop(url, bodies, concurrency, seconds, server_pid=None, path="/v1/moderations"):
     """wrk where it is installed, else the Python client; with the server's CPU milliseconds per
     answered request and the mean batch size of each model stage, when the server's pid is given."""
     if server_pid:
         cpu, batches = loadgen.cpu_seconds(server_pid), batch_totals(url)
     if loadgen.have_wrk():
-        result = loadgen.drive_wrk(url, bodies, concurrency, seconds)
+        result = loadgen.drive_wrk(url, bodies, concurrency, seconds, path)
     else:
-        result = asyncio.run(loadgen.drive(url, bodies[: max(64, round(concurrency * seconds * 4))], concurrency))
+        some = bodies[: max(64, round(concurrency * seconds * 4))]
+        result = asyncio.run(loadgen.drive(url, some, concurrency, path=path))
     if server_pid:
         result["server_cpu_ms_per_request"] = round(
             (loadgen.cpu_seconds(server_pid) - cpu) * 1000 / max(result["ok"], 1), 2

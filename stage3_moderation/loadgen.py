@@ -187,7 +187,7 @@ def server_summary(timings):
     }
 
 
-def drive_wrk(url, bodies, concurrency, seconds=10.0):
+def drive_wrk(url, bodies, concurrency, seconds=10.0, path="/v1/moderations"):
     """The closed loop of `drive`, with wrk (C, one thread, `concurrency` connections) for
     `seconds`: its own latency percentiles, and the Server-Timing of every answer (wrk_moderations.lua)."""
     with tempfile.TemporaryDirectory() as folder:
@@ -197,7 +197,7 @@ def drive_wrk(url, bodies, concurrency, seconds=10.0):
         subprocess.run(
             ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "60s"]
             + ["-s", str(WRK_SCRIPT), url],
-            env=os.environ | {"BODIES": str(lines), "RECORD": str(record)},
+            env=os.environ | {"BODIES": str(lines), "RECORD": str(record), "WRK_PATH": path},
             check=True,
             capture_output=True,
         )

@@ -27,7 +27,7 @@ from stage3_moderation.bench import CONCURRENCY
 
 OUT = OUTPUTS_DIR / "bench" / "ray.json"
 NO_CACHE = {"MODERATION_CACHE_ENTRIES": "0"}  # week 11's "batching on, cache off" configuration
-# what a Ray process is, from its title (setproctitle) or command line
+# what a server's process is, from its title (setproctitle) or command line
 ROLES = [
     ("proxy", re.compile(r"ProxyActor")),
     ("ingress", re.compile(r"ServeReplica:\w+:Moderation")),
@@ -35,6 +35,9 @@ ROLES = [
     ("blip2", re.compile(r"ServeReplica:\w+:Blip2")),
     ("controller", re.compile(r"ServeController")),
     ("week 10 server", re.compile(r"stage3_moderation\.serve")),
+    # the other peers of peers_bench.py: LitServe's workers are multiprocessing's spawned children
+    ("litserve", re.compile(r"stage3_moderation\.litserve_app|multiprocessing\.(spawn|resource_tracker)")),
+    ("triton", re.compile(r"tritonserver|triton_app|triton_python_backend_stub|pytriton")),
 ]
 
 
@@ -88,10 +91,10 @@ SERVERS = {
 }
 
 
-def measured(url, pids, bodies, concurrency, seconds):
+def measured(url, pids, bodies, concurrency, seconds, path="/v1/moderations"):
     """bench.closed_loop, with the server's CPU ms per answered request, in all and by process."""
     before = cpu_by_role(pids())
-    result = bench.closed_loop(url, bodies, concurrency, seconds)
+    result = bench.closed_loop(url, bodies, concurrency, seconds, path=path)
     after, ok = cpu_by_role(pids()), max(result["ok"], 1)
     by_role = {k: round((after[k] - before.get(k, 0.0)) * 1000 / ok, 2) for k in after}
     keep = ("concurrency", "n", "errors", "requests_per_s", "p50_ms", "p99_ms")
@@ -100,6 +103,7 @@ def measured(url, pids, bodies, concurrency, seconds):
         "server_cpu_ms_per_request": round(sum(by_role.values()), 2),
         "cpu_ms_by_process": by_role,
         "server_p50_ms": (result.get("server") or {}).get("p50_ms"),
+        "server_p99_ms": (result.get("server") or {}).get("p99_ms"),
     }
 
 

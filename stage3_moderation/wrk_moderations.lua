@@ -1,7 +1,8 @@
 -- wrk script for `python -m stage3_moderation.bench`: POST the bodies of a file (one JSON body per
--- line) in turn to /v1/moderations, and write each answer's status and Server-Timing to a file.
+-- line) in turn to WRK_PATH (default /v1/moderations), and write each answer's status and
+-- Server-Timing to a file.
 --   BODIES=bodies.jsonl RECORD=out.tsv wrk -t1 -c32 -d10s -s moderations.lua http://127.0.0.1:8000
-local bodies, next_body = {}, 0
+local bodies, next_body, path = {}, 0, os.getenv("WRK_PATH") or "/v1/moderations"
 records = {} -- global: done() reads each thread's copy with thread:get
 for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
 
@@ -12,7 +13,7 @@ end
 
 function request()
   next_body = next_body % #bodies + 1
-  return wrk.format("POST", "/v1/moderations", {["Content-Type"] = "application/json"}, bodies[next_body])
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, bodies[next_body])
 end
 
 function response(status, headers, body)

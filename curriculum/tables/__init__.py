@@ -33,6 +33,7 @@ PICTURES = {
     "week8/forward_snr.png": "make week8",
     "week8/compare_determinism.png": "make week8",
     "bench/moderation.png": "make bench",
+    "bench/peers.png": "make bench-peers",
     **{f"ui/{tab}.png": "make test" for tab in ("search", "caption", "generate", "moderate", "error")},
 }
 

@@ -460,3 +460,86 @@ def open_loop_summary(results):
         return text
 
     return "; ".join(summary(config) for config in (ON, OFF))
+
+
+PEERS = "bench/peers.json"
+
+
+def peers(r):
+    """The closed loops: each server at 1, 8 and 32 clients."""
+    rows = [
+        [x["server"], x["concurrency"], x["requests_per_s"], x["p50_ms"], x["p99_ms"]]
+        + [x["server_p50_ms"], x["server_p99_ms"], x["server_cpu_ms_per_request"], x["mean_batch"], x["errors"]]
+        for x in r["rows"]
+        if x["loop"] == "closed"
+    ]
+    header = ["server", "clients", "requests/s", "p50 ms", "p99 ms", "server p50 ms", "server p99 ms"]
+    return Table(header + ["server CPU ms per request", "mean batch", "errors"], rows)
+
+
+table("week11.peers", 11, "The batchers people deploy: closed loops", [PEERS], "make bench-peers")(
+    lambda results: peers(results(PEERS))
+)
+
+
+def peers_open(r):
+    """The open loops: each server at the same arrival rates, latency from when each request was due."""
+    rows = [
+        [x["server"], x["offered_per_s"], x["answered_per_s"], x["p50_ms"], x["p99_ms"], x["server_p99_ms"]]
+        + [x["mean_batch"], x["errors"]]
+        for x in r["rows"]
+        if x["loop"] == "open"
+    ]
+    header = ["server", "offered/s", "answered/s", "p50 ms", "p99 ms", "server p99 ms", "mean batch", "errors"]
+    return Table(header, rows)
+
+
+table("week11.peers_open", 11, "The batchers people deploy: open loops", [PEERS], "make bench-peers")(
+    lambda results: peers_open(results(PEERS))
+)
+
+
+WEEK10, SIDE_BY_SIDE = "week 10 (its own batchers)", "week 10, 3 model calls at once"
+
+
+def closed_rows(r):
+    return {(x["server"], x["concurrency"]): x for x in r["rows"] if x["loop"] == "closed"}
+
+
+@value("week11.peers_verdict", [PEERS], "make bench-peers")
+def peers_verdict(results):
+    """Week 10 against the best peer at each concurrency: requests/s and p99."""
+    r = results(PEERS)
+    at, peers_ = closed_rows(r), {x["server"] for x in r["rows"]} - {WEEK10, SIDE_BY_SIDE}
+    parts = []
+    for clients in sorted({c for _, c in at}):
+        best = max((at[p, clients] for p in peers_), key=lambda x: x["requests_per_s"])
+        ours = at[WEEK10, clients]
+        parts.append(
+            f"at {clients} client{'s' * (clients > 1)}, week 10 {ours['requests_per_s']} requests/s "
+            f"(p99 {ours['p99_ms']} ms) against {best['server']}'s {best['requests_per_s']} (p99 {best['p99_ms']} ms)"
+        )
+    return "; ".join(parts)
+
+
+@value("week11.peers_model_calls", [PEERS], "make bench-peers")
+def peers_model_calls(results):
+    """One model call at a time against three, on the server's one core."""
+    r = results(PEERS)
+    at = closed_rows(r)
+    opened = {(x["server"], x["offered_per_s"]): x for x in r["rows"] if x["loop"] == "open"}
+    top = max(x["offered_per_s"] for x in r["rows"] if x["loop"] == "open")
+    one, three = at[WEEK10, 32], at[SIDE_BY_SIDE, 32]
+    return (
+        f"at 32 clients {one['requests_per_s']} requests/s (p99 {one['p99_ms']} ms) against {three['requests_per_s']} "
+        f"(p99 {three['p99_ms']} ms) with three calls at once; at {top:g} requests/s offered, p99 "
+        f"{opened[WEEK10, top]['p99_ms']} ms against {opened[SIDE_BY_SIDE, top]['p99_ms']} ms"
+    )
+
+
+@value("week11.peers_workload", [PEERS], "make bench-peers")
+def peers_workload(results):
+    r = results(PEERS)
+    cores = r["server_cpus"] if isinstance(r["server_cpus"], str) else ", ".join(map(str, r["server_cpus"]))
+    where = f"the server on core {cores}, {r['client']} on the rest"
+    return f"{r['workload']}, engine {r['engine']}; {r['cpus']} CPU cores: {where}"

@@ -191,7 +191,11 @@ bench_table("week11.ray_cpu", 11, "Ray Serve's CPU per request, by process", RAY
 
 @value("week11.ray_workload", [RAY], "make bench")
 def ray_workload(results):
-    r = results(RAY)
+    return run_setting(results(RAY))
+
+
+def run_setting(r):
+    """A server benchmark's workload and where its server and load generator ran."""
     cores = r["server_cpus"] if isinstance(r["server_cpus"], str) else ", ".join(map(str, r["server_cpus"]))
     where = f"the server on core {cores}, {r['client']} on the rest"
     return f"{r['workload']}, engine {r['engine']}; {r['cpus']} CPU cores: {where}"
@@ -539,7 +543,4 @@ def peers_model_calls(results):
 
 @value("week11.peers_workload", [PEERS], "make bench-peers")
 def peers_workload(results):
-    r = results(PEERS)
-    cores = r["server_cpus"] if isinstance(r["server_cpus"], str) else ", ".join(map(str, r["server_cpus"]))
-    where = f"the server on core {cores}, {r['client']} on the rest"
-    return f"{r['workload']}, engine {r['engine']}; {r['cpus']} CPU cores: {where}"
+    return run_setting(results(PEERS))

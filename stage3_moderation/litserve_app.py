@@ -51,9 +51,7 @@ import time
 from contextlib import contextmanager
 from typing import Annotated, NamedTuple
 
-import httpx
 import litserve as ls
-import psutil
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from litserve.loops import BatchedLoop
@@ -175,18 +173,11 @@ def build_server(settings, workers=1):
     return server
 
 
-def is_ready(url):
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def announce_when_ready(url):
     """Prints one line once /readyz answers 200: LitServer.run blocks until shutdown, with no hook for it."""
 
     def wait():
-        while not is_ready(url):
+        while not loadgen.answers(url):
             time.sleep(0.25)
         print(f"ready: LitServe serving POST {url}{PATH}", flush=True)
 
@@ -247,36 +238,11 @@ def server(env=None, cpus=None, ready_timeout=300):
         stderr=log,
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
-
-    def family():
-        try:
-            parent = psutil.Process(process.pid)
-            return [parent, *parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
     try:
-        deadline = time.monotonic() + ready_timeout
-        while not is_ready(url):
-            if process.poll() is not None:
-                log.seek(0)
-                last = log.read().decode(errors="replace").strip().splitlines()[-1:]
-                raise RuntimeError(f"the LitServe app exited with code {process.returncode}: {' '.join(last)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the LitServe app was not ready within {ready_timeout} s")
-            time.sleep(0.25)
-        yield url, lambda: [p.pid for p in family()]
+        loadgen.wait_until_ready(process, url, timeout=ready_timeout, log=log, name="the LitServe app")
+        yield url, lambda: [p.pid for p in loadgen.process_tree(process)]
     finally:
-        children = family()[1:]  # listed now: once the process is gone, nothing lists them
-        process.terminate()  # main() turns it into LitServer.run's own shutdown of them all
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        _, left = psutil.wait_procs(children, timeout=10)
-        for leftover in left:
-            leftover.kill()
+        loadgen.stop_tree(process, 60)
         log.close()
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 from PIL import Image
 
 from curriculum import REPO_ROOT, cli, shapesworld
@@ -332,18 +333,7 @@ def server(env=None, port=None, ready_timeout=300, log=None, cpus=None):
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with code {process.returncode} before it was ready")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server was not ready within {ready_timeout} s")
-            time.sleep(0.25)
+        wait_until_ready(process, url, timeout=ready_timeout)
         yield url, process
     finally:
         process.terminate()
@@ -351,6 +341,55 @@ def server(env=None, port=None, ready_timeout=300, log=None, cpus=None):
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def answers(url, paths=("/readyz",)):
+    """Whether every path of the server at `url` answers 200 now."""
+    try:
+        return all(httpx.get(url + path, timeout=2).status_code == 200 for path in paths)
+    except httpx.HTTPError:
+        return False
+
+
+def wait_until_ready(process, url, paths=("/readyz",), timeout=300, log=None, name="the server"):
+    """Until every path answers 200. A process that exits first raises, with the last lines of `log`
+    (a binary file it writes to) when given; so does one not ready in `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not answers(url, paths):
+        if process.poll() is not None:
+            tail = ""
+            if log is not None:
+                log.seek(0)
+                tail = ":\n" + "\n".join(log.read().decode(errors="replace").strip().splitlines()[-15:])
+            raise RuntimeError(f"{name} exited with code {process.returncode} before it was ready{tail}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} was not ready within {timeout} s")
+        time.sleep(0.25)
+
+
+def process_tree(process):
+    """The process and all its children, as psutil's (none once it has gone)."""
+    try:
+        parent = psutil.Process(process.pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_tree(process, seconds):
+    """Stops a server that stops its own children on SIGTERM (main turns it into Ctrl-C): it gets
+    `seconds`, then is killed, and so is any child still there 10 s later. The children are listed
+    first, since nothing lists them once their parent has gone."""
+    children = process_tree(process)[1:]
+    process.terminate()
+    try:
+        process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    _, left = psutil.wait_procs(children, timeout=10)
+    for leftover in left:
+        leftover.kill()
 
 
 def print_result(r):

@@ -27,7 +27,7 @@ import httpx
 from tqdm import tqdm
 
 from curriculum import OUTPUTS_DIR, REPO_ROOT, cli, tables, viz
-from stage3_moderation import bench, engines, loadgen, ray_bench
+from stage3_moderation import bench, engines, loadgen, ray_bench, triton_app
 from stage3_moderation.bench import CONCURRENCY
 
 OUT = OUTPUTS_DIR / "bench" / "peers.json"
@@ -70,22 +70,16 @@ def litserve_batches(url):
 
 @contextmanager
 def triton(cpus):
-    from stage3_moderation import triton_app
-
     with triton_app.server(NO_CACHE, cpus=cpus) as served:
         yield served
 
 
 def triton_batches(url):
-    from stage3_moderation import triton_app
-
     counted = triton_app.stats(url)
     return counted["inference_count"], counted["execution_count"]
 
 
 def triton_body(body):
-    from stage3_moderation import triton_app
-
     return json.loads(triton_app.request_body(json.dumps(body).encode(), "application/json"))
 
 

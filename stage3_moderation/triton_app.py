@@ -52,11 +52,9 @@ import signal
 import subprocess
 import sysconfig
 import tempfile
-import time
 
 import httpx
 import numpy as np
-import psutil
 
 from curriculum import REPO_ROOT, cli
 from curriculum.cli import UserError
@@ -115,15 +113,6 @@ def stats(url):
     }
 
 
-def process_tree(process):
-    """The server process and all its children (tritonserver, the Python backend's stub), as psutil's."""
-    try:
-        parent = psutil.Process(process.pid)
-        return [parent, *parent.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
 @contextlib.contextmanager
 def server(env=None, cpus=None, ready_timeout=300):
     """The real server (python -m stage3_moderation.triton_app in .venv-triton) on free loopback ports;
@@ -146,44 +135,10 @@ def server(env=None, cpus=None, ready_timeout=300):
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         try:
-            wait_until_ready(url, process, log, ready_timeout)
-            yield url, lambda: [p.pid for p in process_tree(process)]
+            loadgen.wait_until_ready(process, url, READY_PATHS, ready_timeout, log, "the Triton server")
+            yield url, lambda: [p.pid for p in loadgen.process_tree(process)]
         finally:
-            stop(process)
-
-
-def wait_until_ready(url, process, log, timeout):
-    """Until Triton says it and the model are ready; a server that exits first raises with its last lines."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            log.seek(0)
-            tail = "\n".join(log.read().decode(errors="replace").strip().splitlines()[-15:])
-            raise RuntimeError(f"the Triton server exited with code {process.returncode} before it was ready:\n{tail}")
-        try:
-            if all(httpx.get(url + path, timeout=2).status_code == 200 for path in READY_PATHS):
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the Triton server was not ready within {timeout} s")
-        time.sleep(0.25)
-
-
-def stop(process):
-    """SIGTERM: PyTriton stops tritonserver (which stops the stub) and removes its workspace. The
-    children are listed first, since they are reparented away once the server process has gone."""
-    children = process_tree(process)[1:]
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(STOP_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    for child in children:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    psutil.wait_procs(children, timeout=10)
+            loadgen.stop_tree(process, STOP_S)
 
 
 # ---------------------------------------------------------------- the server's side (in .venv-triton)

@@ -5,9 +5,19 @@ the matrix units stay busy), but requests arrive one at a time. A batcher sits b
 the way Triton's dynamic batcher and Ray Serve's @serve.batch do:
 
     submit(item) -> queue -> worker: take the first item, then keep taking until
-                     max_batch_size items are in hand or max_wait_ms has passed since the first,
+                     max_batch_size items are in hand or max_wait_ms has passed since the first
+                     (or, with `coming`, no request is on its way to bring more),
+                   -> wait for a model-call slot (`slots`, shared with the other stages' batchers),
+                      and take what arrived meanwhile, up to max_batch_size
                    -> fn(items) in a worker thread (the event loop keeps accepting requests)
                    -> each item's future gets its own result
+
+Two rules came from measuring this batcher against LitServe (docs/week11.md, "the batchers people
+deploy"). A batch closes when its model call can start, not when its wait ends: a batch that closed
+and then queued behind another stage's call left out everything that arrived while it queued
+(LitServe's worker takes its batch only once it is free). And a batch waits for company only while
+some is coming: the service counts the requests it has read and is still parsing and decoding, and
+when there are none, the wait would only add max_wait_ms to a lone request.
 
     max_batch_size  the largest batch the model runs (bigger: more throughput, more memory)
     max_wait_ms     how long the first request may wait for company (bigger: fuller batches under
@@ -29,7 +39,7 @@ shares per client.
 import asyncio
 import time
 from collections import deque
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from stage3_moderation import timing
@@ -60,15 +70,20 @@ class Entry:
 
 
 class Batcher:
-    def __init__(self, name, fn, settings=None, on_batch=None, on_drop=None, on_item=None):
+    def __init__(self, name, fn, settings=None, on_batch=None, on_drop=None, on_item=None, slots=None, coming=None):
         """fn(list of items) -> list of results, same order; runs in a worker thread.
         on_batch(name, size, seconds) is called after every batch, on_drop(name) for every item
-        that left the queue uncomputed, on_item(name, queue seconds) for every item answered (metrics)."""
+        that left the queue uncomputed, on_item(name, queue seconds) for every item answered (metrics).
+        slots: an asyncio.Semaphore of the model calls that may run at once, shared by the batchers
+        whose calls take the same cores (None: this batcher's own `concurrency` alone limits them).
+        coming: () -> how many requests are on their way to the batchers (read and being decoded):
+        a batch waits for company only while some is (None: it always waits up to max_wait_ms)."""
         settings = settings or Settings()
         if min(settings.max_batch_size, settings.max_queue, settings.concurrency) < 1:
             raise ValueError("max_batch_size, max_queue and concurrency must be at least 1")
         self.name, self.fn, self.settings = name, fn, settings
         self.on_batch, self.on_drop, self.on_item = on_batch, on_drop, on_item
+        self.slots, self.coming = slots, coming
         self.waiting = deque()  # Entry, oldest first
         self.arrived = asyncio.Event()
         self.workers = []
@@ -114,7 +129,8 @@ class Batcher:
         return result
 
     async def _collect(self):
-        """The first waiting item, then more until the batch is full or max_wait_ms has passed."""
+        """The first waiting item, then more until the batch is full, or max_wait_ms has passed since
+        it was taken, or (with `coming`) no request is on its way to bring more."""
         while not self.waiting:
             self.arrived.clear()
             await self.arrived.wait()
@@ -124,6 +140,8 @@ class Batcher:
             if self.waiting:
                 batch.append(self.waiting.popleft())
                 continue
+            if self.coming is not None and not self.coming():
+                break  # no company is on its way: waiting would only delay this batch
             if (remaining := deadline - time.monotonic()) <= 0:
                 break
             # woken by the next arrival or the deadline, whichever comes first: no polling, which
@@ -133,7 +151,14 @@ class Batcher:
                 await asyncio.wait_for(self.arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 break
-        for entry in [e for e in batch if e.future.done()]:  # cancelled while the batch was filling
+        return batch
+
+    def _top_up(self, batch):
+        """The batch as its model call starts: what arrived while it waited for its turn joins it,
+        up to max_batch_size, and what was cancelled meanwhile leaves it."""
+        while len(batch) < self.settings.max_batch_size and self.waiting:
+            batch.append(self.waiting.popleft())
+        for entry in [e for e in batch if e.future.done()]:
             batch.remove(entry)
             self._drop()
         return batch
@@ -146,11 +171,14 @@ class Batcher:
     async def _run(self):
         while True:
             batch = await self._collect()
-            if not batch:
-                continue
-            start = time.perf_counter()
-            results = await asyncio.to_thread(self._call, [entry.item for entry in batch])
-            end = time.perf_counter()
+            # the batch closes when a model call can start: while the cores run another, it grows
+            async with self.slots or nullcontext():
+                batch = self._top_up(batch)
+                if not batch:
+                    continue
+                start = time.perf_counter()
+                results = await asyncio.to_thread(self._call, [entry.item for entry in batch])
+                end = time.perf_counter()
             self.computed += len(batch)
             if self.on_batch:
                 self.on_batch(self.name, len(batch), end - start)

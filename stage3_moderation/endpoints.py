@@ -11,6 +11,7 @@ a cancelled call leaves nothing behind (its queued items are dropped, its pixels
 import asyncio
 import base64
 import uuid
+from contextlib import contextmanager
 from typing import Literal, Optional, Union
 
 import numpy as np
@@ -78,36 +79,56 @@ class Api:
         for item, frames in zip(items, decoded):
             item.frames = frames
 
+    @contextmanager
+    def _on_its_way(self):
+        """The request counts as on its way to the batchers (Moderator.on_the_way: a batch waits for
+        company only while some is) from its parse until it calls the function this yields, or fails."""
+        moderator, counted = self.moderator, [True]
+        moderator.on_the_way += 1
+
+        def arrived():
+            if counted and counted.pop():
+                moderator.on_the_way -= 1
+
+        try:
+            yield arrived
+        finally:
+            arrived()
+
     async def moderations(self, body, content_type, tenant, client):
-        parsed = await self._parse(body, content_type, inputs.MODERATIONS, "moderations")
-        with self.budget.hold(parsed.pixels, client):
-            await self._decode(parsed, inputs.MODERATIONS)
-            results = await all_or_none(
-                *(self.moderator.moderate(item.text, item.frames, tenant) for item in parsed.items)
-            )
+        with self._on_its_way() as arrived:
+            parsed = await self._parse(body, content_type, inputs.MODERATIONS, "moderations")
+            with self.budget.hold(parsed.pixels, client):
+                await self._decode(parsed, inputs.MODERATIONS)
+                arrived()
+                results = await all_or_none(
+                    *(self.moderator.moderate(item.text, item.frames, tenant) for item in parsed.items)
+                )
         return {"id": f"modr-{uuid.uuid4().hex}", "model": self.names["moderations"], "results": results}
 
     async def embeddings(self, body, content_type, tenant, client):
-        parsed = await self._parse(body, content_type, inputs.EMBEDDINGS, "embeddings")
-        request = parsed.request
-        if request.dimensions and request.dimensions > self.moderator.dimension:
-            raise BadInput(
-                f"dimensions is {request.dimensions}; the model's vectors have {self.moderator.dimension}",
-                param="dimensions",
-                code="invalid_dimensions",
-            )
-        # each text and each image gets a vector; an animation is embedded by its first frame
-        parts = [(kind, item) for item in parsed.items for kind in ("image", "text") if getattr(item, kind) is not None]
-        with self.budget.hold(parsed.pixels, client):
-            await self._decode(parsed, inputs.EMBEDDINGS)
-            vectors = await all_or_none(
-                *(
-                    self.moderator.embed_image(item.frames[0], tenant)
-                    if kind == "image"
-                    else self.moderator.embed_text(item.text)
-                    for kind, item in parts
+        with self._on_its_way() as arrived:
+            parsed = await self._parse(body, content_type, inputs.EMBEDDINGS, "embeddings")
+            request = parsed.request
+            if request.dimensions and request.dimensions > self.moderator.dimension:
+                raise BadInput(
+                    f"dimensions is {request.dimensions}; the model's vectors have {self.moderator.dimension}",
+                    param="dimensions",
+                    code="invalid_dimensions",
                 )
-            )
+            # each text and each image gets a vector; an animation is embedded by its first frame
+            parts = [(kind, i) for i in parsed.items for kind in ("image", "text") if getattr(i, kind) is not None]
+            with self.budget.hold(parsed.pixels, client):
+                await self._decode(parsed, inputs.EMBEDDINGS)
+                arrived()
+                vectors = await all_or_none(
+                    *(
+                        self.moderator.embed_image(item.frames[0], tenant)
+                        if kind == "image"
+                        else self.moderator.embed_text(item.text)
+                        for kind, item in parts
+                    )
+                )
         tokens = sum(self.moderator.count_tokens([item.text for kind, item in parts if kind == "text"]))
         return {
             "object": "list",
@@ -127,10 +148,12 @@ class Api:
     async def captions(self, body, content_type, tenant, client):
         """Greedy BLIP-2 captions, one per image (an animation: its first frame). The moderation's own
         Reading: a later moderation of the same image finds it in the cache."""
-        parsed = await self._parse(body, content_type, inputs.CAPTIONS, "captions")
-        with self.budget.hold(parsed.pixels, client):
-            await self._decode(parsed, inputs.CAPTIONS)
-            readings = await all_or_none(*(self.moderator.read(item.frames[0], tenant) for item in parsed.items))
+        with self._on_its_way() as arrived:
+            parsed = await self._parse(body, content_type, inputs.CAPTIONS, "captions")
+            with self.budget.hold(parsed.pixels, client):
+                await self._decode(parsed, inputs.CAPTIONS)
+                arrived()
+                readings = await all_or_none(*(self.moderator.read(item.frames[0], tenant) for item in parsed.items))
         return {
             "object": "list",
             "model": self.names["captions"],

@@ -14,8 +14,6 @@ policy's questions (engines.read_images): the same image queries, one more prefi
 """
 
 import asyncio
-import threading
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -35,9 +33,10 @@ class Options:
     batching: dict = field(default_factory=lambda: {s: batching.Settings() for s in STAGES})
     cache_entries: int = 4096
     cache_bytes: int = 64 * 2**20
-    # Model calls running at once, over all stages; None: no limit (the Ray Serve ingress, whose
-    # calls run in replicas elsewhere). Past what the cores can run, a call only time-slices them
-    # with the others, and every batch finishes later: settings.py sets cores // threads.
+    # Model calls running at once, over all stages (a batch waits for one before it closes, so it
+    # grows meanwhile: batching.py); None: no limit (the Ray Serve ingress, whose calls run in
+    # replicas elsewhere, unless told they share its cores). Past what the cores can run, a call only
+    # time-slices them with the others, and every batch finishes later: settings.py sets cores // threads.
     model_calls: Optional[int] = None
 
 
@@ -120,24 +119,17 @@ class Moderator:
         options = self.options
         self.metrics = metrics or Metrics()
         self.cache = LRUCache(options.cache_entries, options.cache_bytes)
-        calls = threading.BoundedSemaphore(options.model_calls) if options.model_calls else nullcontext()
-
-        def limited(fn):
-            def call(items):
-                with calls:
-                    return fn(items)
-
-            return call
-
+        # requests read and being parsed and decoded (endpoints.Api counts them): their items are on their way
+        self.on_the_way = 0
+        slots = asyncio.Semaphore(options.model_calls) if options.model_calls else None
         fns = {
-            "clip_image": limited(lambda images: list(engine.embed_images(images))),
-            "clip_text": limited(lambda texts: list(engine.embed_texts(texts))),
-            "caption": limited(lambda images: engine.read_images(images, policy.questions)),
+            "clip_image": lambda images: list(engine.embed_images(images)),
+            "clip_text": lambda texts: list(engine.embed_texts(texts)),
+            "caption": lambda images: engine.read_images(images, policy.questions),
         }
+        m, coming = self.metrics, lambda: self.on_the_way
         self.batchers = {
-            s: batching.Batcher(
-                s, fns[s], options.batching[s], self.metrics.on_batch, self.metrics.on_drop, self.metrics.on_item
-            )
+            s: batching.Batcher(s, fns[s], options.batching[s], m.on_batch, m.on_drop, m.on_item, slots, coming)
             for s in STAGES
         }
         for stage, batcher in self.batchers.items():

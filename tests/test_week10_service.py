@@ -182,6 +182,59 @@ def test_batcher_time_trigger():
     assert result == "alone" and 0.025 <= waited < 5  # it waited for company, then ran alone
 
 
+def test_a_batch_that_waits_for_its_model_call_takes_what_arrives_meanwhile():
+    """A batch closes when its model call can start: one that closed at its wait's end and then
+    queued behind another stage's call left out every item that came while it queued."""
+    seen = []
+
+    async def main():
+        slots = asyncio.Semaphore(1)
+        await slots.acquire()  # another stage's model call has the cores
+        batcher = batching.Batcher(
+            "t", lambda items: seen.append(list(items)) or items, batching.Settings(max_wait_ms=0), slots=slots
+        )
+        first = asyncio.create_task(batcher.submit(0))
+        await asyncio.sleep(0.05)  # its wait (0 ms) is long over: it queues for the slot
+        later = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        slots.release()
+        results = await asyncio.gather(first, *later)
+        await batcher.stop()
+        return results
+
+    assert run(main()) == [0, 1, 2] and seen == [[0, 1, 2]]
+
+
+def test_a_batch_waits_for_company_only_while_some_is_coming():
+    on_the_way = [0]
+    seen = []
+
+    async def main():
+        batcher = batching.Batcher(
+            "t",
+            lambda items: seen.append(list(items)) or items,
+            batching.Settings(max_batch_size=8, max_wait_ms=2000),
+            coming=lambda: on_the_way[0],
+        )
+        start = time.perf_counter()
+        assert await batcher.submit("alone") == "alone"
+        alone = time.perf_counter() - start
+        on_the_way[0] = 1  # a request being decoded: its item will come
+
+        async def decoded():
+            await asyncio.sleep(0.1)
+            on_the_way[0] = 0
+            return await batcher.submit("late")
+
+        results = await asyncio.gather(batcher.submit("early"), decoded())
+        await batcher.stop()
+        return alone, results
+
+    alone, results = run(main())
+    assert alone < 1 and results == ["early", "late"]  # not the 2 s wait, and the one on its way was waited for
+    assert seen == [["alone"], ["early", "late"]]
+
+
 def test_batcher_overflow_is_refused():
     gate = threading.Event()
 
@@ -434,6 +487,8 @@ def test_bad_input_gets_4xx_json_and_the_server_keeps_serving(client, scene):
         error = response.json()["error"]
         assert error["message"] and error["type"] == "invalid_request_error", name
     assert client.post("/v1/moderations", json={"input": "still here"}).status_code == 200
+    # no refused request still counts as on its way: every batch would wait max_wait_ms for it
+    assert client.app.state.moderation.api.moderator.on_the_way == 0
 
 
 def test_body_size_limit(start_service):

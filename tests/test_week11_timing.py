@@ -15,7 +15,7 @@ WAIT_MS = 60
 
 @pytest.fixture(scope="module")
 def server_url(onnx_export):
-    """Cache off and a long batching wait, so a lone request's queue time is known: the whole wait."""
+    """Cache off and a long batching wait, which a lone request must not spend: no company is on its way."""
     env = {
         "MODERATION_ONNX_DIR": str(onnx_export[0]),
         "MODERATION_CACHE_ENTRIES": "0",
@@ -39,7 +39,9 @@ def test_the_stages_add_up_to_the_request_and_the_wait_is_queue(server_url):
     # the named stages hold the request's time: what is left (routing, building the answer) is small
     assert named == pytest.approx(ms["total"] - ms["other"], abs=0.01)
     assert ms["other"] < max(3.0, 0.1 * ms["total"]), ms
-    assert WAIT_MS - 1 <= ms["queue"] < WAIT_MS + 30, ms  # alone, it waited max_wait_ms for company
+    # alone, with no request on its way, it did not wait max_wait_ms for company (batching.py): its queue
+    # is the other stages' model calls before its own, on this one model-call slot per core
+    assert ms["queue"] < min(WAIT_MS - 1, ms["compute"]), ms
     assert ms["compute"] > 0 and ms["decode"] > 0 and ms["total"] <= client_ms
 
 

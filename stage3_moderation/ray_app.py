@@ -139,7 +139,8 @@ class Moderation:
         options = s.options()
         for stage, batching in options.batching.items():
             batching.concurrency = self.replicas[stage]
-        options.model_calls = None  # they run in the replicas, each on its own CPUs
+        # the replicas run on their own CPUs, unless MODERATION_MODEL_CALLS_AT_ONCE says they share some
+        options.model_calls = s.model_calls_at_once
         engine = RemoteEngine(self.clip, self.blip2, s.clip, s.timeout_s)
         return Moderator(engine, service.policy, options, service.metrics)
 

@@ -73,7 +73,9 @@ def ray_serve(blip2_replicas, cpus, direct_ingress=False):
     mine = os.sched_getaffinity(0)
     os.sched_setaffinity(0, cpus or mine)
     try:  # 2 logical CPUs (Ray's reservations, not cores), whatever the cores
-        serving = ray_app.serving({"cache_entries": 0}, options, direct_ingress=direct_ingress)
+        # every replica runs on these cores: the ingress calls the models as many at once as they have, as week 10 does
+        settings = {"cache_entries": 0, "model_calls_at_once": len(cpus or mine)}
+        serving = ray_app.serving(settings, options, direct_ingress=direct_ingress)
         url = serving.__enter__()
     finally:
         os.sched_setaffinity(0, mine)

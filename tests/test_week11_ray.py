@@ -246,7 +246,12 @@ def test_the_kuberay_manifest_runs_the_same_application():
     cluster = ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"])).applications[0]
     local = ServeDeploySchema.model_validate(yaml.safe_load(ray_app.CONFIG.read_text())).applications[0]
     assert cluster.import_path == local.import_path
-    assert {k: v for k, v in cluster.args.items() if k != "onnx_dir"} == local.args  # onnx_dir: baked into the image
+    # onnx_dir: baked into the image; model_calls_at_once: the local replicas share one machine's
+    # cores, a cluster's do not
+    assert {k: v for k, v in cluster.args.items() if k != "onnx_dir"} == {
+        k: v for k, v in local.args.items() if k != "model_calls_at_once"
+    }
+    assert "model_calls_at_once" not in cluster.args and local.args["model_calls_at_once"] == 2
     assert [d.name for d in cluster.deployments] == [d.name for d in local.deployments]
     assert [d.user_config for d in cluster.deployments] == [d.user_config for d in local.deployments]
     dockerfile = (ray_app.CONFIG.parents[2] / "deploy" / "kuberay" / "Dockerfile").read_text()

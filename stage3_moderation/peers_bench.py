@@ -4,21 +4,23 @@ ways and measured in one run (`make bench-peers`, part of `make bench`), as rati
     servers   week 10's service (uvicorn, a batcher per model stage), LitServe (litserve_app.py),
               Triton through PyTriton (triton_app.py) and Ray Serve (ray_app.py, direct ingress):
               the same engines (ONNX), policy and answers (tests/test_week11_*.py hold them to it);
-              and week 10 as it was before this comparison, its model calls side by side
+              and week 10 with its three stages' model calls side by side (as it was before this comparison)
     load      image+text moderation requests, cache off; the server on all cores but one (with
               every process it starts), wrk on that one: closed loops at 1, 8 and 32 clients,
               then open loops at fixed arrival rates (loadgen.open_loop: no coordinated omission)
     measured  requests/s; p50 and p99 as the client saw them and as the server did (its
               Server-Timing; Triton: its statistics' mean); the server's CPU ms per answered
-              request; the mean batch it formed (images per BLIP-2 call)
+              request; the mean batch it formed (images per BLIP-2 call); each the median of
+              --rounds rounds over all the servers (the machine drifts by more than they differ)
 
     python -m stage3_moderation.peers_bench                           # -> outputs/bench/peers.json, peers.png
-    python -m stage3_moderation.peers_bench --servers week10 litserve --seconds 2 --out /tmp/p.json
+    python -m stage3_moderation.peers_bench --servers week10 litserve --seconds 2 --rounds 1 --out /tmp/p.json
 """
 
 import asyncio
 import json
 import os
+import statistics
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -133,29 +135,60 @@ def measure(peer, url, pids, bodies, seconds):
     return rows
 
 
-def bench_peers(names=tuple(PEERS), seconds=8.0, n=960, pool=64):
+def median_rows(rows):
+    """One row per server and load: each number the median of its rounds' (n and errors: their sum)."""
+    same = ("server", "loop", "concurrency", "offered_per_s")  # what a row measured
+    groups = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(key) for key in same), []).append(row)
+    merged = []
+    for group in groups.values():
+        row = {}
+        for key, first in group[0].items():
+            values = [r[key] for r in group if r.get(key) is not None]
+            if key in same:
+                row[key] = first
+            elif key in ("n", "errors"):
+                row[key] = sum(values)
+            elif isinstance(first, dict):
+                row[key] = {k: round(statistics.median(r[key].get(k, 0.0) for r in group), 2) for k in first}
+            elif isinstance(first, (int, float)) and values:
+                row[key] = round(statistics.median(values), 2)
+            else:
+                row[key] = first
+        merged.append(row)
+    return merged
+
+
+def bench_peers(names=tuple(PEERS), seconds=8.0, rounds=3, n=960, pool=64):
+    """Every server measured in each of `rounds` rounds, one server at a time, in an order that turns
+    by one each round: the machine's speed drifts by more than the servers differ, and a drift then
+    falls on all of them. The table gives each number's median over the rounds."""
     bodies = loadgen.workload("image", n, pool)
     server_cpus, client_cpus = bench.split_cores()
     mine = os.sched_getaffinity(0)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)  # wrk and the open loop's client, started from here, inherit it
     rows = []
+    runs = [(r, names[(r + i) % len(names)]) for r in range(rounds) for i in range(len(names))]
     try:
-        for name in tqdm(names, desc="servers"):
+        for _, name in tqdm(runs, desc="servers × rounds"):
             peer = PEERS[name]
             wrapped = [peer.wrap(b) for b in bodies] if peer.wrap else bodies
             with peer.start(server_cpus) as (url, pids):  # one server at a time, stopped before the next starts
                 rows += measure(peer, url, pids, wrapped, seconds)
     finally:
         os.sched_setaffinity(0, mine)
+    order = {PEERS[name].name: i for i, name in enumerate(names)}
     return {
         "workload": f"image+text moderation requests ({pool} distinct images), cache off, {seconds:g} s per "
-        f"closed loop and {seconds / 2:g} s per open loop",
+        f"closed loop and {seconds / 2:g} s per open loop; the median of {rounds} rounds",
         "engine": engines.DEFAULT_ENGINE,
         "cpus": os.cpu_count(),
         "server_cpus": sorted(server_cpus) if server_cpus else "all",
         "client": "wrk" if loadgen.have_wrk() else "python",
-        "rows": rows,
+        "rounds": rounds,
+        "rows": sorted(median_rows(rows), key=lambda row: order[row["server"]]),  # stable: loads keep their order
     }
 
 
@@ -194,6 +227,12 @@ def build_parser():
         help="per closed loop (an open loop runs half as long), 1 to 300 (default 8)",
     )
     p.add_argument(
+        "--rounds",
+        type=cli.Count(1, 20),
+        default=3,
+        help="rounds over all servers; the table gives each number's median (default 3)",
+    )
+    p.add_argument(
         "--out",
         type=cli.OutFile(".json"),
         default=str(OUT),
@@ -205,7 +244,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    result = bench_peers(tuple(args.servers), args.seconds)
+    result = bench_peers(tuple(args.servers), args.seconds, args.rounds)
     with cli.atomic_paths(args.out, cli.beside(args.out, ".png")) as (data, picture):  # both or neither
         cli.write_json(result, data)
         plot(result, picture)

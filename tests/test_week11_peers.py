@@ -36,3 +36,32 @@ def test_bad_bodies_are_refused_as_week_10_refuses_them(pipeline, service_client
         with pytest.raises(BadInput) as refused:
             pipeline.parse(*as_bytes(request))
         assert (refused.value.status, refused.value.code) == (week10.status_code, week10.json()["error"]["code"]), name
+
+
+def test_the_peers_benchmark_gives_each_number_its_median_over_the_rounds():
+    from stage3_moderation.peers_bench import median_rows
+
+    def closed(server, rps, p99, cpu, n):
+        return {
+            "server": server,
+            "loop": "closed",
+            "concurrency": 8,
+            "n": n,
+            "errors": 0,
+            "requests_per_s": rps,
+            "p99_ms": p99,
+            "server_p99_ms": None,
+            "cpu_ms_by_process": {"server": cpu},
+        }
+
+    rounds = [
+        closed("a", 200.0, 40.0, 4.0, 1600),
+        closed("b", 150.0, 90.0, 5.0, 1200),
+        closed("a", 260.0, 35.0, 3.0, 2080),
+        closed("a", 210.0, 80.0, 3.5, 1680),
+        {"server": "a", "loop": "open", "offered_per_s": 50, "n": 200},
+    ]
+    a, b, opened = median_rows(rounds)
+    assert (a["requests_per_s"], a["p99_ms"], a["cpu_ms_by_process"], a["n"]) == (210.0, 40.0, {"server": 3.5}, 5360)
+    assert a["server_p99_ms"] is None and b["requests_per_s"] == 150.0
+    assert type(a["concurrency"]) is int and type(opened["offered_per_s"]) is int  # what was measured, as it was

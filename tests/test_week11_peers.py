@@ -65,3 +65,19 @@ def test_the_peers_benchmark_gives_each_number_its_median_over_the_rounds():
     assert (a["requests_per_s"], a["p99_ms"], a["cpu_ms_by_process"], a["n"]) == (210.0, 40.0, {"server": 3.5}, 5360)
     assert a["server_p99_ms"] is None and b["requests_per_s"] == 150.0
     assert type(a["concurrency"]) is int and type(opened["offered_per_s"]) is int  # what was measured, as it was
+
+
+def test_the_target_against_the_best_peer_is_missed_where_week_10_serves_less_or_has_the_longer_tail():
+    from curriculum.tables import week11
+
+    def row(server, clients, rps, p99):
+        return {"server": server, "loop": "closed", "concurrency": clients, "requests_per_s": rps, "p99_ms": p99}
+
+    rows = [row(week11.WEEK10, 1, 100, 10), row(week11.WEEK10, 8, 250, 40), row(week11.WEEK10, 32, 300, 90)]
+    rows += [row(week11.SIDE_BY_SIDE, c, 999, 1) for c in (1, 8, 32)]  # week 10 itself: not a peer
+    rows += [row("LitServe", 1, 60, 12), row("LitServe", 8, 240, 55), row("LitServe", 32, 310, 100)]
+    rows += [row("Triton", 1, 50, 9), row("Triton", 8, 260, 30), row("Triton", 32, 200, 80)]
+    # 1 client: the best peer (LitServe, 60/s) has the longer tail; 8: Triton serves more; 32: LitServe serves more
+    assert week11.peers_target(lambda _: {"rows": rows}) == "not met at 8 clients, 32 clients"
+    rows[2] = row(week11.WEEK10, 32, 320, 90)
+    assert week11.peers_target(lambda _: {"rows": rows}) == "not met at 8 clients"

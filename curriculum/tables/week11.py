@@ -510,20 +510,36 @@ def closed_rows(r):
     return {(x["server"], x["concurrency"]): x for x in r["rows"] if x["loop"] == "closed"}
 
 
+def against_best(r):
+    """(clients, week 10's row, the best peer's row: the most requests/s) at each closed loop."""
+    at, peers_ = closed_rows(r), {x["server"] for x in r["rows"]} - {WEEK10, SIDE_BY_SIDE}
+    for clients in sorted({c for _, c in at}):
+        yield clients, at[WEEK10, clients], max((at[p, clients] for p in peers_), key=lambda x: x["requests_per_s"])
+
+
+def clients_text(clients):
+    return f"{clients} client{'s' * (clients > 1)}"
+
+
 @value("week11.peers_verdict", [PEERS], "make bench-peers")
 def peers_verdict(results):
     """Week 10 against the best peer at each concurrency: requests/s and p99."""
-    r = results(PEERS)
-    at, peers_ = closed_rows(r), {x["server"] for x in r["rows"]} - {WEEK10, SIDE_BY_SIDE}
-    parts = []
-    for clients in sorted({c for _, c in at}):
-        best = max((at[p, clients] for p in peers_), key=lambda x: x["requests_per_s"])
-        ours = at[WEEK10, clients]
-        parts.append(
-            f"at {clients} client{'s' * (clients > 1)}, week 10 {ours['requests_per_s']} requests/s "
-            f"(p99 {ours['p99_ms']} ms) against {best['server']}'s {best['requests_per_s']} (p99 {best['p99_ms']} ms)"
-        )
-    return "; ".join(parts)
+    return "; ".join(
+        f"at {clients_text(clients)}, week 10 {ours['requests_per_s']} requests/s (p99 {ours['p99_ms']} ms) "
+        f"against {best['server']}'s {best['requests_per_s']} (p99 {best['p99_ms']} ms)"
+        for clients, ours, best in against_best(results(PEERS))
+    )
+
+
+@value("week11.peers_target", [PEERS], "make bench-peers")
+def peers_target(results):
+    """Issue 31's target: at every concurrency, week 10's requests/s at least the best peer's, its p99 at most."""
+    missed = [
+        clients_text(clients)
+        for clients, ours, best in against_best(results(PEERS))
+        if ours["requests_per_s"] < best["requests_per_s"] or ours["p99_ms"] > best["p99_ms"]
+    ]
+    return f"not met at {', '.join(missed)}" if missed else "met at every concurrency"
 
 
 @value("week11.peers_model_calls", [PEERS], "make bench-peers")

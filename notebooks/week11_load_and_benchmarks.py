@@ -68,9 +68,10 @@ cli.write_json(load, OUT / "load.json")
 # ## A small benchmark: dynamic batching on and off
 #
 # Image + text requests with the cache off, so every request reaches the models. With batching on,
-# each model stage waits up to `max_wait_ms` to gather up to 16 items into one call; off, every item
-# is its own call. One client gains nothing from batching (it pays the wait); several clients
-# share model calls, which is where the throughput comes from: watch "mean caption batch". Here the
+# each model stage gathers up to 16 items into one call, waiting up to `max_wait_ms` while more
+# requests are on their way; off, every item is its own call. One client gains nothing from
+# batching; several clients share model calls, which is where the throughput comes from: watch
+# "mean caption batch". Here the
 # client and the server share this machine's cores; `make bench` gives each its own.
 
 # %%

@@ -83,11 +83,13 @@ class Api:
     def _on_its_way(self):
         """The request counts as on its way to the batchers (Moderator.on_the_way: a batch waits for
         company only while some is) from its parse until it calls the function this yields, or fails."""
-        moderator, counted = self.moderator, [True]
+        moderator, waiting = self.moderator, True
         moderator.on_the_way += 1
 
         def arrived():
-            if counted and counted.pop():
+            nonlocal waiting
+            if waiting:
+                waiting = False
                 moderator.on_the_way -= 1
 
         try:

@@ -170,9 +170,9 @@ def bench_peers(names=tuple(PEERS), seconds=8.0, rounds=3, n=960, pool=64):
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)  # wrk and the open loop's client, started from here, inherit it
     rows = []
-    runs = [(r, names[(r + i) % len(names)]) for r in range(rounds) for i in range(len(names))]
+    runs = [names[(r + i) % len(names)] for r in range(rounds) for i in range(len(names))]
     try:
-        for _, name in tqdm(runs, desc="servers × rounds"):
+        for name in tqdm(runs, desc="servers × rounds"):
             peer = PEERS[name]
             wrapped = [peer.wrap(b) for b in bodies] if peer.wrap else bodies
             with peer.start(server_cpus) as (url, pids):  # one server at a time, stopped before the next starts

@@ -83,7 +83,7 @@ class State:
     load: Optional[Callable[["State"], Moderator]] = None  # builds the moderator; default load_moderator
 
 
-def state(request: Request) -> State:
+async def state(request: Request) -> State:  # async: FastAPI would run a plain function in a worker thread
     return request.app.state.moderation
 
 
@@ -159,7 +159,7 @@ async def answer(request: Request, endpoint):
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)
     if work.cancelled():
-        state(request).metrics.disconnects.inc()
+        request.app.state.moderation.metrics.disconnects.inc()
         raise ClientDisconnect()
     with timing.stage("serialize"):
         return JSONResponse(work.result())

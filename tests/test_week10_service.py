@@ -6,6 +6,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import fastapi.dependencies.utils
+import fastapi.routing
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -414,6 +416,20 @@ def test_embeddings_and_captions(client, scene):
         == client.post("/v1/captions", json={"input": [image_part(scene.image)]}).json()["data"][0]["caption"]
     )
     assert client.post("/v1/captions", json={"input": "text"}).status_code == 400
+
+
+def test_fastapi_hands_no_part_of_a_request_to_a_worker_thread(client, monkeypatch):
+    """FastAPI runs a plain function (an endpoint, a dependency) in a thread pool: a hop per request,
+    which in Ray Serve's ingress also walked all the loop's tasks each time. Every one is async."""
+    hops = []
+    for module in (fastapi.dependencies.utils, fastapi.routing):
+        original = module.run_in_threadpool
+        monkeypatch.setattr(
+            module, "run_in_threadpool", lambda fn, *a, _o=original, **k: hops.append(fn) or _o(fn, *a, **k)
+        )
+    assert client.post("/v1/moderations", json={"input": "a red circle"}).status_code == 200
+    assert client.get("/readyz").status_code == 200
+    assert hops == []
 
 
 def test_operations_endpoints(client, scene):

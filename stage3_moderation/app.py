@@ -31,7 +31,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Awaitable, Callable, Literal, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -80,7 +80,7 @@ class State:
     budget: PixelBudget
     api: Optional[Api] = None  # set once the models are loaded and warm
     load_error: Optional[str] = None
-    load: Optional[Callable[["State"], Moderator]] = None  # builds the moderator; default load_moderator
+    load: Optional[Callable[["State"], Awaitable[Moderator]]] = None  # builds the moderator; default load_moderator
 
 
 async def state(request: Request) -> State:  # async: FastAPI would run a plain function in a worker thread
@@ -290,14 +290,13 @@ async def client_gone(request, exc):
 
 
 # ---------------------------------------------------------------- start-up
-def load_moderator(service):
-    """Engine (exporting ONNX first if missing), warm-up of every batch shape, then the moderator."""
+def load_engine(service):
+    """Engine (exporting ONNX first if missing), warmed up on every batch shape."""
     s = service.settings
     if s.engine.startswith("onnx"):
         export_onnx.ensure_exported(s.clip, s.blip2, s.onnx_dir)
     engine = engines.load(s.engine, s.clip, s.blip2, s.onnx_dir, s.threads)
-    options = s.options()
-    engine.warm_up(max(o.max_batch_size for o in options.batching.values()), service.policy.questions)
+    engine.warm_up(max(o.max_batch_size for o in s.options().batching.values()), service.policy.questions)
     if service.policy.model != s.clip:
         log.warning(
             "policy %s was calibrated for CLIP %s, but the service runs %s: its thresholds may not fit",
@@ -305,12 +304,19 @@ def load_moderator(service):
             service.policy.model,
             s.clip,
         )
-    return Moderator(engine, service.policy, options, service.metrics)
+    return engine
+
+
+async def load_moderator(service):
+    """The moderator over this process's models, loaded in a worker thread (the loop answers /readyz)."""
+    engine = await asyncio.to_thread(load_engine, service)
+    return Moderator(engine, service.policy, service.settings.options(), service.metrics)
 
 
 async def load_in_background(service, decoder):
     try:
-        moderator = await asyncio.to_thread(service.load or load_moderator, service)
+        moderator = await (service.load or load_moderator)(service)
+        await moderator.start()
         names = {
             "moderations": f"{service.policy.name}/{service.settings.clip}",
             "embeddings": service.settings.clip,
@@ -349,11 +355,13 @@ def check_questions(policy, blip2):
     engines.yes_no_ids(zoo.load_processor(blip2, "blip2").tokenizer)
 
 
-def create_app(settings: Optional[Settings] = None, load: Optional[Callable[[State], Moderator]] = None) -> FastAPI:
+def create_app(
+    settings: Optional[Settings] = None, load: Optional[Callable[[State], Awaitable[Moderator]]] = None
+) -> FastAPI:
     """The ASGI app (`uvicorn --factory stage3_moderation.app:create_app`); settings default to the
-    MODERATION_* environment's. Settings that cannot work stop the start with one line. load(state)
-    builds the moderator in a worker thread (default `load_moderator`: the models in this process;
-    the Ray Serve ingress passes one whose models are deployments)."""
+    MODERATION_* environment's. Settings that cannot work stop the start with one line. await load(state)
+    builds the moderator (default `load_moderator`: the models in this process; the Ray Serve
+    ingress passes one whose models are deployments)."""
     try:
         settings = settings or Settings.from_environment()
         policy = policies.load(settings.policy)  # a bad policy file stops the start at once, with its reason

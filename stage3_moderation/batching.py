@@ -9,7 +9,8 @@ the way Triton's dynamic batcher and Ray Serve's @serve.batch do:
                      (or, with `coming`, no request is on its way to bring more),
                    -> wait for a model-call slot (`slots`, shared with the other stages' batchers),
                       and take what arrived meanwhile, up to max_batch_size
-                   -> fn(items) in a worker thread (the event loop keeps accepting requests)
+                   -> fn(items) in a worker thread (the event loop keeps accepting requests),
+                      or awaited on the loop when fn is a coroutine function (its model runs elsewhere)
                    -> each item's future gets its own result
 
 Two rules came from measuring this batcher against LitServe (docs/week11.md, "the batchers people
@@ -37,6 +38,7 @@ shares per client.
 """
 
 import asyncio
+import inspect
 import time
 from collections import deque
 from contextlib import contextmanager, nullcontext
@@ -71,7 +73,8 @@ class Entry:
 
 class Batcher:
     def __init__(self, name, fn, settings=None, on_batch=None, on_drop=None, on_item=None, slots=None, coming=None):
-        """fn(list of items) -> list of results, same order; runs in a worker thread.
+        """fn(list of items) -> list of results, same order; runs in a worker thread, or, when it is a
+        coroutine function (a call to a model elsewhere, ray_app.py), is awaited on the event loop.
         on_batch(name, size, seconds) is called after every batch, on_drop(name) for every item
         that left the queue uncomputed, on_item(name, queue seconds) for every item answered (metrics).
         slots: an asyncio.Semaphore of the model calls that may run at once, shared by the batchers
@@ -177,7 +180,7 @@ class Batcher:
                 if not batch:
                     continue
                 start = time.perf_counter()
-                results = await asyncio.to_thread(self._call, [entry.item for entry in batch])
+                results = await self._call([entry.item for entry in batch])
                 end = time.perf_counter()
             self.computed += len(batch)
             if self.on_batch:
@@ -191,19 +194,25 @@ class Batcher:
                 else:
                     entry.future.set_result(result)
 
-    def _call(self, items):
+    async def model_call(self, items):
+        """fn(items), awaited on the event loop when fn is a coroutine function, else in a worker thread."""
+        if inspect.iscoroutinefunction(self.fn):
+            return await self.fn(items)
+        return await asyncio.to_thread(self.fn, items)
+
+    async def _call(self, items):
         """fn on the batch; if that raises, fn on each item alone, so only the bad ones fail."""
         try:
-            results = self.fn(items)
+            results = await self.model_call(items)
             if len(results) != len(items):
                 raise RuntimeError(f"{self.name}: fn returned {len(results)} results for {len(items)} items")
             return results
         except Exception as e:
-            return [e] if len(items) == 1 else [self._one(item) for item in items]
+            return [e] if len(items) == 1 else [await self._one(item) for item in items]
 
-    def _one(self, item):
+    async def _one(self, item):
         try:
-            return self.fn([item])[0]
+            return (await self.model_call([item]))[0]
         except Exception as e:
             return e
 

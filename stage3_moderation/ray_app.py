@@ -92,18 +92,24 @@ class Blip2(ModelDeployment):
 
 class RemoteEngine:
     """The engine of the ingress's Moderator when the models are deployments: week 10's batchers run
-    in the ingress, and each batch is one call through a handle (from the batcher's worker thread,
-    so the wait blocks no event loop). Ray's failures become the API's: a deployment whose queue is
-    full 503 overloaded, a replica that died under the batch 503 replica_failed."""
+    in the ingress, and each batch is one call through a handle, awaited on the event loop (the
+    methods are coroutines, so the batchers await them there instead of in a worker thread). Ray's
+    failures become the API's: a deployment whose queue is full 503 overloaded, a replica that died
+    under the batch 503 replica_failed."""
 
-    def __init__(self, clip, blip2, clip_name, timeout_s):
-        self.clip, self.blip2, self.timeout_s = clip, blip2, timeout_s
-        self.name = clip.describe.remote().result()["engine"]
-        self.clip_processor = zoo.load_processor(clip_name, "clip")  # token counts: no weights
+    def __init__(self, clip, blip2, name, clip_processor, timeout_s):
+        self.clip, self.blip2, self.name, self.timeout_s = clip, blip2, name, timeout_s
+        self.clip_processor = clip_processor  # token counts: no weights
 
-    def call(self, stage, method, items):
+    @classmethod
+    async def connect(cls, clip, blip2, clip_name, timeout_s):
+        name = (await clip.describe.remote())["engine"]
+        processor = await asyncio.to_thread(zoo.load_processor, clip_name, "clip")
+        return cls(clip, blip2, name, processor, timeout_s)
+
+    async def call(self, stage, method, items):
         try:
-            return method.remote(list(items)).result(timeout_s=self.timeout_s)
+            return await asyncio.wait_for(method.remote(list(items)), self.timeout_s)
         except BackPressureError as e:
             raise Overloaded(f"the {stage} deployment is overloaded: {e.message.strip().rstrip('.')}") from None
         except (RayActorError, ActorUnavailableError, DeploymentUnavailableError):
@@ -113,14 +119,14 @@ class RemoteEngine:
                 1,
             ) from None
 
-    def embed_images(self, images):
-        return self.call("clip_image", self.clip.embed_images, images)
+    async def embed_images(self, images):
+        return await self.call("clip_image", self.clip.embed_images, images)
 
-    def embed_texts(self, texts):
-        return self.call("clip_text", self.clip.embed_texts, texts)
+    async def embed_texts(self, texts):
+        return await self.call("clip_text", self.clip.embed_texts, texts)
 
-    def read_images(self, images, questions):
-        return self.call("caption", self.blip2.read_images, images)  # the replica asks its policy's questions
+    async def read_images(self, images, questions):
+        return await self.call("caption", self.blip2.read_images, images)  # the replica asks its policy's questions
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
@@ -132,16 +138,16 @@ class Moderation:
         self.clip, self.blip2, self.settings = clip, blip2, settings_from(settings)
         self.replicas = replicas  # {stage: the most replicas its deployment runs}: batches in flight at once
 
-    def load(self, service):
-        """app.py's loader for this front end (run in a worker thread): week 10's Moderator, batching
-        here, whose engine is the deployments; a stage keeps a batch in flight per replica."""
+    async def load(self, service):
+        """app.py's loader for this front end: week 10's Moderator, batching here, whose engine is the
+        deployments; a stage keeps a batch in flight per replica."""
         s = service.settings
         options = s.options()
         for stage, batching in options.batching.items():
             batching.concurrency = self.replicas[stage]
         # the replicas run on their own CPUs, unless MODERATION_MODEL_CALLS_AT_ONCE says they share some
         options.model_calls = s.model_calls_at_once
-        engine = RemoteEngine(self.clip, self.blip2, s.clip, s.timeout_s)
+        engine = await RemoteEngine.connect(self.clip, self.blip2, s.clip, s.timeout_s)
         return Moderator(engine, service.policy, options, service.metrics)
 
     def __serve_build_asgi_app__(self):
@@ -185,29 +191,36 @@ def config_options(path=CONFIG, **changes):
     return options
 
 
+def config_env(path=CONFIG):
+    """The environment variables of a Serve config file's application (its runtime_env)."""
+    application = yaml.safe_load(Path(path).read_text())["applications"][0]
+    return dict(application.get("runtime_env", {}).get("env_vars", {}))
+
+
 @contextmanager
 def serving(args=None, deployments=None, num_cpus=2, ready_timeout=300, direct_ingress=False):
     """A local Ray cluster of num_cpus CPUs serving the application on a free loopback port; yields
     its base URL once /readyz says ready, then shuts Serve and Ray down (the tests and the benchmark).
+    Every Ray process runs with the config file's environment variables, as its replicas would.
     direct_ingress: the URL is the ingress replica's own HTTP server, with no proxy in front (Ray
     2.60's experimental RAY_SERVE_ENABLE_DIRECT_INGRESS, which every Ray process inherits from here)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report over the network
-    direct = {}
+    env = config_env()
     if direct_ingress:
         first = free_port()  # the replicas' ports are taken from here on: this one is free now
-        direct = {
+        env |= {
             "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + 100),
         }
-    before = {name: os.environ.get(name) for name in direct}
-    os.environ.update(direct)
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
         serve.run(application(args, deployments), name=APP, route_prefix="/", blocking=False)
-        url = f"http://127.0.0.1:{direct['RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT'] if direct else port}"
+        url = f"http://127.0.0.1:{first if direct_ingress else port}"
         deadline = time.monotonic() + ready_timeout
         while True:
             try:

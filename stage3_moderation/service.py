@@ -15,6 +15,7 @@ policy's questions (engines.read_images): the same image queries, one more prefi
 
 import asyncio
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -112,8 +113,8 @@ class Metrics:
 
 class Moderator:
     def __init__(self, engine, policy, options=None, metrics=None):
-        """engine: the models, which embed the policy's concepts once here and count tokens (its CLIP
-        tokenizer); one batcher per stage over it. In week 10 the engine is in this process; the Ray
+        """engine: the models, which embed the policy's concepts once (start) and count tokens (its
+        CLIP tokenizer); one batcher per stage over it. In week 10 the engine is in this process; the Ray
         Serve ingress (ray_app.py) passes one whose calls go to its model deployments, a batch a call."""
         self.engine, self.policy, self.options = engine, policy, options or Options()
         options = self.options
@@ -122,10 +123,12 @@ class Moderator:
         # requests read and being parsed and decoded (endpoints.Api counts them): their items are on their way
         self.on_the_way = 0
         slots = asyncio.Semaphore(options.model_calls) if options.model_calls else None
+        # an engine's methods run in worker threads, or on the event loop when they are coroutines
+        # (ray_app.RemoteEngine: the models are elsewhere, and the loop only waits for them)
         fns = {
-            "clip_image": lambda images: list(engine.embed_images(images)),
-            "clip_text": lambda texts: list(engine.embed_texts(texts)),
-            "caption": lambda images: engine.read_images(images, policy.questions),
+            "clip_image": engine.embed_images,
+            "clip_text": engine.embed_texts,
+            "caption": partial(engine.read_images, questions=policy.questions),
         }
         m, coming = self.metrics, lambda: self.on_the_way
         self.batchers = {
@@ -134,8 +137,15 @@ class Moderator:
         }
         for stage, batcher in self.batchers.items():
             self.metrics.queue_depth.labels(stage).set_function(lambda b=batcher: b.depth)
-        self.concepts = dict(zip(policy.concepts, engine.embed_texts(policy.concepts))) if policy.concepts else {}
-        self.dimension = engine.embed_texts(["a"]).shape[1]
+        self.concepts, self.dimension = {}, None  # start() embeds them
+
+    async def start(self):
+        """Before the first request: the policy's concepts embedded once, in one model call of the
+        text stage, and the size of an embedding."""
+        embed = self.batchers["clip_text"].model_call
+        if self.policy.concepts:
+            self.concepts = dict(zip(self.policy.concepts, await embed(self.policy.concepts)))
+        self.dimension = len((await embed(["a"]))[0])
 
     async def stop(self):
         await asyncio.gather(*(b.stop() for b in self.batchers.values()))

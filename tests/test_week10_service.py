@@ -237,6 +237,28 @@ def test_a_batch_waits_for_company_only_while_some_is_coming():
     assert seen == [["alone"], ["early", "late"]]
 
 
+def test_a_coroutine_model_call_runs_on_the_event_loop_and_a_function_in_a_worker_thread():
+    threads = {}
+
+    def local(items):  # the model in this process: it holds a core, so the loop must not run it
+        threads["function"] = threading.get_ident()
+        return items
+
+    async def remote(items):  # the model elsewhere: the loop only waits for it
+        threads["coroutine function"] = threading.get_ident()
+        return items
+
+    async def main():
+        batchers = [batching.Batcher(name, fn) for name, fn in (("local", local), ("remote", remote))]
+        answers = [await b.submit(name) for b, name in zip(batchers, ("a", "b"))]
+        await asyncio.gather(*(b.stop() for b in batchers))
+        return answers, threading.get_ident()
+
+    answers, loop_thread = run(main())
+    assert answers == ["a", "b"]
+    assert threads["coroutine function"] == loop_thread != threads["function"]
+
+
 def test_batcher_overflow_is_refused():
     gate = threading.Event()
 
@@ -260,7 +282,8 @@ def test_batcher_overflow_is_refused():
     assert run(main()) == [0, 1, 2]
 
 
-def test_one_failing_item_fails_only_its_request():
+@pytest.mark.parametrize("coroutine", [False, True], ids=["function", "coroutine function"])
+def test_one_failing_item_fails_only_its_request(coroutine):
     calls = []
 
     def fragile(items):
@@ -269,8 +292,13 @@ def test_one_failing_item_fails_only_its_request():
             raise ValueError("cannot handle bad")
         return [x.upper() for x in items]
 
+    async def fragile_remote(items):  # a model elsewhere (ray_app.RemoteEngine): awaited, not threaded
+        await asyncio.sleep(0)
+        return fragile(items)
+
     async def main():
-        batcher = batching.Batcher("t", fragile, batching.Settings(max_batch_size=8, max_wait_ms=20))
+        fn = fragile_remote if coroutine else fragile
+        batcher = batching.Batcher("t", fn, batching.Settings(max_batch_size=8, max_wait_ms=20))
         results = await asyncio.gather(*(batcher.submit(x) for x in ("a", "bad", "c")), return_exceptions=True)
         await batcher.stop()
         return results

@@ -182,8 +182,7 @@ def application(args=None, deployments=None):
 def config_options(path=CONFIG, **changes):
     """{deployment: options} of a Serve config file's application, with changes ({deployment: options})
     applied; a fixed num_replicas replaces the autoscaling bounds."""
-    deployments = yaml.safe_load(Path(path).read_text())["applications"][0]["deployments"]
-    options = {d.pop("name"): d for d in deployments}
+    options = {d.pop("name"): d for d in config_application(path)["deployments"]}
     for name, change in changes.items():
         if "num_replicas" in change:
             options[name].pop("autoscaling_config", None)
@@ -191,21 +190,22 @@ def config_options(path=CONFIG, **changes):
     return options
 
 
-def config_env(path=CONFIG):
-    """The environment variables of a Serve config file's application (its runtime_env)."""
-    application = yaml.safe_load(Path(path).read_text())["applications"][0]
-    return dict(application.get("runtime_env", {}).get("env_vars", {}))
+def config_application(path=CONFIG):
+    """A Serve config file's application, as the file has it."""
+    return yaml.safe_load(Path(path).read_text())["applications"][0]
 
 
 @contextmanager
 def serving(args=None, deployments=None, num_cpus=2, ready_timeout=300, direct_ingress=False):
     """A local Ray cluster of num_cpus CPUs serving the application on a free loopback port; yields
     its base URL once /readyz says ready, then shuts Serve and Ray down (the tests and the benchmark).
-    Every Ray process runs with the config file's environment variables, as its replicas would.
+    The application runs with the config file's logging_config, and every Ray process with its
+    environment variables, as the replicas of `serve run` on the file would.
     direct_ingress: the URL is the ingress replica's own HTTP server, with no proxy in front (Ray
     2.60's experimental RAY_SERVE_ENABLE_DIRECT_INGRESS, which every Ray process inherits from here)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report over the network
-    env = config_env()
+    config = config_application()
+    env = dict(config["runtime_env"]["env_vars"])
     if direct_ingress:
         first = free_port()  # the replicas' ports are taken from here on: this one is free now
         env |= {
@@ -219,7 +219,8 @@ def serving(args=None, deployments=None, num_cpus=2, ready_timeout=300, direct_i
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
-        serve.run(application(args, deployments), name=APP, route_prefix="/", blocking=False)
+        app = application(args, deployments)
+        serve.run(app, name=APP, route_prefix="/", blocking=False, logging_config=config["logging_config"])
         url = f"http://127.0.0.1:{first if direct_ingress else port}"
         deadline = time.monotonic() + ready_timeout
         while True:

@@ -246,6 +246,7 @@ def test_the_kuberay_manifest_runs_the_same_application():
     cluster = ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"])).applications[0]
     local = ServeDeploySchema.model_validate(yaml.safe_load(ray_app.CONFIG.read_text())).applications[0]
     assert cluster.import_path == local.import_path and cluster.runtime_env == local.runtime_env
+    assert cluster.logging_config == local.logging_config and local.logging_config.enable_access_log is False
     # onnx_dir: baked into the image; model_calls_at_once: the local replicas share one machine's
     # cores, a cluster's do not
     assert {k: v for k, v in cluster.args.items() if k != "onnx_dir"} == {

@@ -81,3 +81,18 @@ def test_the_target_against_the_best_peer_is_missed_where_week_10_serves_less_or
     assert week11.peers_target(lambda _: {"rows": rows}) == "not met at 8 clients, 32 clients"
     rows[2] = row(week11.WEEK10, 32, 320, 90)
     assert week11.peers_target(lambda _: {"rows": rows}) == "not met at 8 clients"
+
+
+def test_the_ray_target_is_met_from_half_the_single_process_at_32_clients():
+    from curriculum.tables import week11
+
+    def rows(ray):
+        single, direct = "single process (week 10)", "Ray Serve, 1 BLIP-2 replica, direct ingress"
+        return {
+            "rows": [{"server": single, "concurrency": 32, "requests_per_s": 300.0}]
+            + [{"server": direct, "concurrency": c, "requests_per_s": ray} for c in (8, 32)]
+        }
+
+    assert week11.ray_target(lambda _: rows(149.0)) == "not met (0.497× against at least 0.5×)"
+    assert week11.ray_target(lambda _: rows(150.0)) == "met (0.500× against at least 0.5×)"
+    assert week11.ray_target(lambda _: rows(180.0)) == "met (0.600× against at least 0.5×)"

@@ -222,6 +222,18 @@ def ray_costs(results):
     )
 
 
+RAY_TARGET = 0.5  # issue 31: Ray Serve, one replica per model, against the single process at 32 clients
+
+
+@value("week11.ray_target", [RAY], "make bench")
+def ray_target(results):
+    """Issue 31's target for Ray Serve: its best configuration with one replica per model answers at
+    least half the single process's requests/s at 32 clients."""
+    at = {(x["server"], x["concurrency"]): x["requests_per_s"] for x in results(RAY)["rows"]}
+    ratio = at["Ray Serve, 1 BLIP-2 replica, direct ingress", 32] / at["single process (week 10)", 32]
+    return f"{'met' if ratio >= RAY_TARGET else 'not met'} ({ratio:.3f}× against at least {RAY_TARGET}×)"
+
+
 @value("week11.rates", [ENGINES], "make bench")
 def best_of_run(results):
     return rates(results(ENGINES))

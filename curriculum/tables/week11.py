@@ -201,36 +201,42 @@ def run_setting(r):
     return f"{r['workload']}, engine {r['engine']}; {r['cpus']} CPU cores: {where}"
 
 
+RAY_SINGLE, RAY_DIRECT = "single process (week 10)", "Ray Serve, 1 BLIP-2 replica, direct ingress"
+RAY_TARGET = 0.5  # issue 31: Ray Serve, one replica per model, against the single process at 32 clients
+
+
+def ray_share(rows, server):
+    """A server's requests/s at 32 clients over the single process's, in ray_bench's rows."""
+    at = {(x["server"], x["concurrency"]): x["requests_per_s"] for x in rows}
+    return at[server, 32] / at[RAY_SINGLE, 32]
+
+
 @value("week11.ray_costs", [RAY], "make bench")
 def ray_costs(results):
     """Ray's cost at one client, and at 32: through its proxy, with two BLIP-2 replicas, and with direct ingress."""
-    at = {(x["server"], x["concurrency"]): x for x in results(RAY)["rows"]}
-    one, ray1, ray2 = "single process (week 10)", "Ray Serve, 1 BLIP-2 replica", "Ray Serve, 2 BLIP-2 replicas"
-    direct = "Ray Serve, 1 BLIP-2 replica, direct ingress"
-    c1, c32 = at[one, 1], at[one, 32]
+    rows = results(RAY)["rows"]
+    at = {(x["server"], x["concurrency"]): x for x in rows}
+    ray1, ray2 = "Ray Serve, 1 BLIP-2 replica", "Ray Serve, 2 BLIP-2 replicas"
+    c1, c32 = at[RAY_SINGLE, 1], at[RAY_SINGLE, 32]
 
     def share(name):
-        return f"{at[name, 32]['requests_per_s'] / c32['requests_per_s']:.2f}×"
+        return f"{ray_share(rows, name):.2f}×"
 
     return (
         f"at one client, p50 {at[ray1, 1]['p50_ms']} ms on Ray against {c1['p50_ms']} ms in one process; at 32 "
         f"clients, against {c32['requests_per_s']} requests/s in one process ({c32['server_cpu_ms_per_request']} ms "
         f"of CPU each), Ray Serve answers {at[ray1, 32]['requests_per_s']} through its proxy ({share(ray1)}, "
         f"{at[ray1, 32]['server_cpu_ms_per_request']} ms each), {at[ray2, 32]['requests_per_s']} with two BLIP-2 "
-        f"replicas ({share(ray2)}) and {at[direct, 32]['requests_per_s']} with direct ingress ({share(direct)}, "
-        f"{at[direct, 32]['server_cpu_ms_per_request']} ms each)"
+        f"replicas ({share(ray2)}) and {at[RAY_DIRECT, 32]['requests_per_s']} with direct ingress "
+        f"({share(RAY_DIRECT)}, {at[RAY_DIRECT, 32]['server_cpu_ms_per_request']} ms each)"
     )
-
-
-RAY_TARGET = 0.5  # issue 31: Ray Serve, one replica per model, against the single process at 32 clients
 
 
 @value("week11.ray_target", [RAY], "make bench")
 def ray_target(results):
     """Issue 31's target for Ray Serve: its best configuration with one replica per model answers at
     least half the single process's requests/s at 32 clients."""
-    at = {(x["server"], x["concurrency"]): x["requests_per_s"] for x in results(RAY)["rows"]}
-    ratio = at["Ray Serve, 1 BLIP-2 replica, direct ingress", 32] / at["single process (week 10)", 32]
+    ratio = ray_share(results(RAY)["rows"], RAY_DIRECT)
     return f"{'met' if ratio >= RAY_TARGET else 'not met'} ({ratio:.3f}× against at least {RAY_TARGET}×)"
 
 

@@ -182,7 +182,7 @@ def application(args=None, deployments=None):
 def config_options(path=CONFIG, **changes):
     """{deployment: options} of a Serve config file's application, with changes ({deployment: options})
     applied; a fixed num_replicas replaces the autoscaling bounds."""
-    options = {d.pop("name"): d for d in config_application(path)["deployments"]}
+    options = {d.pop("name"): d for d in read_config(path)["applications"][0]["deployments"]}
     for name, change in changes.items():
         if "num_replicas" in change:
             options[name].pop("autoscaling_config", None)
@@ -190,22 +190,23 @@ def config_options(path=CONFIG, **changes):
     return options
 
 
-def config_application(path=CONFIG):
-    """A Serve config file's application, as the file has it."""
-    return yaml.safe_load(Path(path).read_text())["applications"][0]
+def read_config(path=CONFIG):
+    """A Serve config file, as the file has it."""
+    return yaml.safe_load(Path(path).read_text())
 
 
 @contextmanager
 def serving(args=None, deployments=None, num_cpus=2, ready_timeout=300, direct_ingress=False):
     """A local Ray cluster of num_cpus CPUs serving the application on a free loopback port; yields
     its base URL once /readyz says ready, then shuts Serve and Ray down (the tests and the benchmark).
-    The application runs with the config file's logging_config, and every Ray process with its
-    environment variables, as the replicas of `serve run` on the file would.
+    Serve and the application run with the config file's logging_config, and every Ray process with
+    its application's environment variables, as under `serve run` on the file.
     direct_ingress: the URL is the ingress replica's own HTTP server, with no proxy in front (Ray
     2.60's experimental RAY_SERVE_ENABLE_DIRECT_INGRESS, which every Ray process inherits from here)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report over the network
-    config = config_application()
-    env = dict(config["runtime_env"]["env_vars"])
+    config = read_config()
+    application_config = config["applications"][0]
+    env = dict(application_config["runtime_env"]["env_vars"])
     if direct_ingress:
         first = free_port()  # the replicas' ports are taken from here on: this one is free now
         env |= {
@@ -218,9 +219,9 @@ def serving(args=None, deployments=None, num_cpus=2, ready_timeout=300, direct_i
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=config["logging_config"])
         app = application(args, deployments)
-        serve.run(app, name=APP, route_prefix="/", blocking=False, logging_config=config["logging_config"])
+        serve.run(app, name=APP, route_prefix="/", blocking=False, logging_config=application_config["logging_config"])
         url = f"http://127.0.0.1:{first if direct_ingress else port}"
         deadline = time.monotonic() + ready_timeout
         while True:
